@@ -1,0 +1,3 @@
+from clapsep_cli.cli import main
+
+main()

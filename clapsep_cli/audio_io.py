@@ -1,0 +1,304 @@
+"""Audio files in and out: probing, block-wise reading, atomic block-wise writing.
+
+Reading goes through libsndfile (WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...) and falls back to
+ffmpeg, located and probed with pydub's helpers, for what libsndfile cannot open (m4a, aac,
+...); ffmpeg's decoded PCM is streamed, never held whole. Writing is block-wise into a hidden
+temporary file beside the destination, renamed into place only when complete, so a stem is
+either whole or absent and a source is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from clapsep_cli.errors import AudioError, ClapsepError
+
+BLOCK = 1 << 16
+
+# Output containers we write: name -> (libsndfile format, extension, allowed bit depths)
+FORMATS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "wav": ("WAV", "wav", ("16", "24", "32f")),
+    "flac": ("FLAC", "flac", ("16", "24")),
+    "ogg": ("OGG", "ogg", ()),
+    "mp3": ("MP3", "mp3", ()),
+    "aiff": ("AIFF", "aiff", ("16", "24", "32f")),
+}
+SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
+LOSSY_SUBTYPES = {"ogg": "VORBIS", "mp3": "MPEG_LAYER_III"}
+CLIP_POLICIES = ("rescale", "clamp", "none")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a source file holds; ``frames`` is exact for libsndfile, estimated for ffmpeg."""
+
+    path: Path
+    rate: int
+    channels: int
+    frames: int
+    container: str | None  # libsndfile major format ("WAV", "FLAC", ...) or None (ffmpeg)
+    subtype: str | None
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.rate
+
+
+def _ffmpeg() -> str | None:
+    from pydub.utils import get_encoder_name
+
+    name = get_encoder_name()
+    return shutil.which(name)
+
+
+def probe(path: Path) -> AudioInfo:
+    """Describe ``path`` or raise :class:`AudioError` with one clear line."""
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    try:
+        info = sf.info(str(path))
+        result = AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+    except (sf.LibsndfileError, RuntimeError):
+        result = _probe_ffmpeg(path)
+    except OSError as err:
+        raise AudioError(f"{path}: cannot read ({err.strerror or err})") from None
+    if result.frames <= 0:
+        raise AudioError(f"{path}: contains no audio (0 samples)")
+    if result.channels <= 0 or result.rate <= 0:
+        raise AudioError(f"{path}: not a usable audio stream")
+    return result
+
+
+def _probe_ffmpeg(path: Path) -> AudioInfo:
+    from pydub.utils import mediainfo_json
+
+    if _ffmpeg() is None:
+        raise AudioError(f"{path}: not an audio format libsndfile reads (install ffmpeg for mp4/m4a/aac and more)")
+    try:
+        info = mediainfo_json(str(path))
+    except Exception:  # noqa: BLE001 - pydub raises bare exceptions for unreadable input
+        info = {}
+    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
+    if not streams:
+        raise AudioError(f"{path}: not an audio file")
+    stream = streams[0]
+    rate, channels = int(stream.get("sample_rate", 0) or 0), int(stream.get("channels", 0) or 0)
+    duration = float(stream.get("duration") or info.get("format", {}).get("duration") or 0.0)
+    return AudioInfo(path, rate, channels, int(round(duration * rate)), None, None)
+
+
+def read_blocks(info: AudioInfo, start: int = 0, stop: int | None = None, block: int = BLOCK) -> Iterator[np.ndarray]:
+    """Float32 blocks (n, channels) of frames [start, stop) of the source."""
+    stop = info.frames if stop is None else stop
+    if info.container is None:
+        yield from _ffmpeg_blocks(info, start, stop, block)
+        return
+    with sf.SoundFile(str(info.path)) as f:
+        f.seek(start)
+        remaining = stop - start
+        while remaining > 0:
+            data = f.read(min(block, remaining), dtype="float32", always_2d=True)
+            if len(data) == 0:
+                break
+            remaining -= len(data)
+            yield data
+
+
+def _ffmpeg_blocks(info: AudioInfo, start: int, stop: int, block: int) -> Iterator[np.ndarray]:
+    ffmpeg = _ffmpeg()
+    assert ffmpeg is not None
+    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(info.path), "-map", "0:a:0", "-f", "f32le",
+           "-acodec", "pcm_f32le", "-ac", str(info.channels), "-ar", str(info.rate), "-"]
+    frame_bytes = 4 * info.channels
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    position = 0
+    try:
+        while position < stop:
+            raw = proc.stdout.read(block * frame_bytes)
+            if not raw:
+                break
+            data = np.frombuffer(raw[: len(raw) - len(raw) % frame_bytes], dtype="<f4").reshape(-1, info.channels)
+            lo, hi = max(start - position, 0), min(stop - position, len(data))
+            position += len(data)
+            if hi > lo:
+                yield np.array(data[lo:hi], dtype=np.float32)
+    finally:
+        proc.stdout.close()
+        if position < stop:
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            proc.wait()
+            if proc.returncode:
+                raise AudioError(f"{info.path}: ffmpeg could not decode it ({err[-1] if err else 'unknown error'})")
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+def read(path: Path, start: float = 0.0, end: float | None = None) -> tuple[np.ndarray, int]:
+    """A whole (short) file or region as float32 (n, channels) and its rate; for query clips."""
+    info = probe(path)
+    first = int(round(start * info.rate))
+    last = info.frames if end is None else min(int(round(end * info.rate)), info.frames)
+    if first >= last:
+        raise AudioError(f"{path}: region {start}-{end} s lies outside the file ({info.duration:.3f} s)")
+    blocks = list(read_blocks(info, first, last))
+    data = np.concatenate(blocks) if blocks else np.zeros((0, info.channels), np.float32)
+    if len(data) == 0:
+        raise AudioError(f"{path}: contains no audio")
+    return data, info.rate
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """Container, libsndfile subtype and file extension of a stem."""
+
+    name: str
+    container: str
+    subtype: str
+    extension: str
+
+    @property
+    def is_float(self) -> bool:
+        return self.subtype in ("FLOAT", "DOUBLE")
+
+
+def _depth_of(subtype: str | None) -> str | None:
+    return {"PCM_16": "16", "PCM_24": "24", "FLOAT": "32f", "PCM_S8": "16", "PCM_U8": "16",
+            "PCM_32": "32f", "DOUBLE": "32f"}.get(subtype or "")
+
+
+def choose_format(source: AudioInfo, fmt: str | None = None, bit_depth: str | None = None) -> OutputFormat:
+    """The stem's format: as asked, else the source's container and bit depth where writable."""
+    if fmt is None:
+        container = (source.container or "").upper()
+        fmt = next((name for name, spec in FORMATS.items() if spec[0] == container), "wav")
+        if fmt in ("ogg", "mp3") and bit_depth is not None:
+            fmt = "wav"
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ClapsepError(f"unknown output format {fmt!r}: choose {', '.join(FORMATS)}")
+    container, extension, depths = FORMATS[fmt]
+    if not depths:
+        if bit_depth is not None:
+            raise ClapsepError(f"--bit-depth does not apply to {fmt} (a lossy format)")
+        return OutputFormat(fmt, container, LOSSY_SUBTYPES[fmt], extension)
+    depth = bit_depth or _depth_of(source.subtype) or "24"
+    if depth not in depths:
+        if bit_depth is not None:
+            raise ClapsepError(f"{fmt} cannot hold --bit-depth {bit_depth} (choose {', '.join(depths)})")
+        depth = depths[-1]
+    return OutputFormat(fmt, container, SUBTYPES[depth], extension)
+
+
+def resolve_clip(policy: str | None, fmt: OutputFormat) -> str:
+    """Clip policy for ``fmt``: the default is ``none`` for float stems and ``clamp`` otherwise."""
+    if policy is None:
+        return "none" if fmt.is_float else "clamp"
+    if policy not in CLIP_POLICIES:
+        raise ClapsepError(f"unknown clip policy {policy!r}: choose {', '.join(CLIP_POLICIES)}")
+    if policy == "none" and not fmt.is_float:
+        raise ClapsepError(f"--clip none needs a float format ({fmt.name} {fmt.subtype} cannot exceed full scale; "
+                           "use --bit-depth 32f)")
+    return policy
+
+
+class StemWriter:
+    """Writes one stem block by block to a temporary file and renames it into place on commit.
+
+    ``clamp`` limits samples to [-1, 1] (and counts them); ``rescale`` writes float first and,
+    if the peak exceeds 1, rescales the whole stem to peak 1 in a second streaming pass.
+    """
+
+    def __init__(self, path: Path, rate: int, channels: int, fmt: OutputFormat, clip: str, overwrite: bool):
+        self.path, self.rate, self.channels, self.fmt, self.clip = path, rate, channels, fmt, clip
+        self.overwrite = overwrite
+        self.peak = 0.0
+        self.clipped = 0
+        self.frames = 0
+        self.gain = 1.0
+        if path.exists() and not overwrite:
+            raise ClapsepError(f"{path}: exists (pass --overwrite to replace it)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        except OSError as err:
+            raise AudioError(f"{path}: cannot write ({err.strerror or err})") from None
+        os.close(fd)
+        self._tmp = Path(tmp)
+        first_pass = OutputFormat("wav", "WAV", "FLOAT", "wav") if clip == "rescale" and not fmt.is_float else fmt
+        self._first_pass = first_pass
+        self._file = self._open(self._tmp, first_pass)
+
+    def _open(self, path: Path, fmt: OutputFormat) -> sf.SoundFile:
+        try:
+            return sf.SoundFile(str(path), "w", self.rate, self.channels, subtype=fmt.subtype, format=fmt.container)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            self._tmp.unlink(missing_ok=True)
+            raise AudioError(f"{self.path}: cannot write {fmt.name} at {self.rate} Hz ({err})") from None
+
+    def write(self, block: np.ndarray) -> None:
+        if len(block) == 0:
+            return
+        self.peak = max(self.peak, float(np.max(np.abs(block))))
+        if self.clip == "clamp":
+            over = np.abs(block) > 1.0
+            if over.any():
+                self.clipped += int(over.sum())
+                block = np.clip(block, -1.0, 1.0)
+        self._file.write(block)
+        self.frames += len(block)
+
+    def commit(self) -> Path:
+        self._file.close()
+        if self.clip == "rescale" and (self.peak > 1.0 or self._first_pass != self.fmt):
+            self._rescale()
+        if self.overwrite:
+            os.replace(self._tmp, self.path)
+        else:
+            try:
+                os.link(self._tmp, self.path)
+            except FileExistsError:
+                self._tmp.unlink(missing_ok=True)
+                raise ClapsepError(f"{self.path}: appeared while writing (pass --overwrite to replace it)") from None
+            except OSError:
+                if self.path.exists():
+                    self._tmp.unlink(missing_ok=True)
+                    raise ClapsepError(f"{self.path}: exists (pass --overwrite to replace it)") from None
+                os.replace(self._tmp, self.path)
+            self._tmp.unlink(missing_ok=True)
+        return self.path
+
+    def _rescale(self) -> None:
+        self.gain = 1.0 / self.peak if self.peak > 1.0 else 1.0
+        fd, final = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        os.close(fd)
+        final_path = Path(final)
+        try:
+            out = self._open(final_path, self.fmt)
+            with sf.SoundFile(str(self._tmp)) as src, out:
+                for block in src.blocks(blocksize=BLOCK, dtype="float32", always_2d=True):
+                    out.write(np.clip(block * self.gain, -1.0, 1.0))
+        except BaseException:
+            final_path.unlink(missing_ok=True)
+            raise
+        self._tmp.unlink(missing_ok=True)
+        self._tmp = final_path
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,167 @@
+"""Signal-processing building blocks: the separation STFT pair and band-limited resampling.
+
+Functional style (as torchaudio's ``functional``): plain functions over tensors, plus the
+small stateful :class:`ResampleStream` for block-by-block processing.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+
+from clapsep_cli.config import HOP, N_FFT
+
+
+@cache
+def _hann(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.hann_window(n, periodic=True, device=device, dtype=dtype)
+
+
+def stft(x: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
+    """Complex STFT of ``x`` (..., time) -> (..., n_fft // 2 + 1, frames).
+
+    Hann window (periodic), centred frames with reflect padding: the released model's settings.
+    """
+    shape = x.shape
+    spec = torch.stft(
+        x.reshape(-1, shape[-1]),
+        n_fft=n_fft,
+        hop_length=hop,
+        win_length=n_fft,
+        window=_hann(n_fft, x.device, x.dtype),
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
+    return spec.reshape(*shape[:-1], *spec.shape[-2:])
+
+
+def istft(spec: torch.Tensor, length: int, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
+    """Inverse of :func:`stft`: (..., bins, frames) complex -> (..., length) real."""
+    shape = spec.shape
+    wave = torch.istft(
+        spec.reshape(-1, *shape[-2:]),
+        n_fft=n_fft,
+        hop_length=hop,
+        win_length=n_fft,
+        window=_hann(n_fft, spec.device, spec.real.dtype),
+        center=True,
+        length=length,
+    )
+    return wave.reshape(*shape[:-2], length)
+
+
+class SincResampler:
+    """Rational-ratio resampling with a Hann-windowed sinc low-pass filter.
+
+    The kernel is the one torchaudio's ``Resample`` uses by default (6 zero crossings, roll-off
+    0.99), which is how the official pipeline turns 32 kHz segments into the 48 kHz encoder
+    input; the same filter serves every other rate conversion here. The ratio is reduced to
+    ``up / down``; output sample ``i * up + p`` is a dot product of phase ``p``'s taps with the
+    input window starting at ``i * down`` (after ``width`` zeros of left padding).
+    """
+
+    def __init__(self, orig_rate: int, new_rate: int, zero_crossings: int = 6, rolloff: float = 0.99):
+        if orig_rate <= 0 or new_rate <= 0:
+            raise ValueError("sample rates must be positive")
+        g = math.gcd(int(orig_rate), int(new_rate))
+        self.orig_rate, self.new_rate = int(orig_rate), int(new_rate)
+        self.down, self.up = self.orig_rate // g, self.new_rate // g
+        base = min(self.down, self.up) * rolloff
+        self.width = math.ceil(zero_crossings * self.down / base)
+        taps = torch.arange(-self.width, self.width + self.down, dtype=torch.float64)[None, :] / self.down
+        phases = -(torch.arange(self.up, dtype=torch.float32) / self.up).to(torch.float64)[:, None]
+        t = (phases + taps) * base
+        t = t.clamp(-zero_crossings, zero_crossings)
+        window = torch.cos(t * math.pi / zero_crossings / 2) ** 2
+        t = t * math.pi
+        sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / torch.where(t == 0, torch.ones_like(t), t))
+        self.kernel = (sinc * window * (base / self.down)).to(torch.float32)[:, None, :]
+        self._kernels: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    @property
+    def identity(self) -> bool:
+        return self.up == self.down
+
+    def output_length(self, n: int) -> int:
+        """Samples produced for ``n`` input samples."""
+        return -(-self.up * n // self.down)
+
+    def _kernel(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._kernels:
+            self._kernels[key] = self.kernel.to(device=like.device, dtype=like.dtype)
+        return self._kernels[key]
+
+    def _frames(self, padded: torch.Tensor) -> torch.Tensor:
+        """Run the polyphase filter over already padded input (rows, samples)."""
+        out = F.conv1d(padded[:, None, :], self._kernel(padded), stride=self.down)
+        return out.transpose(1, 2).reshape(padded.shape[0], -1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Resample a whole signal (..., time)."""
+        if self.identity:
+            return x
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        out = self._frames(F.pad(flat, (self.width, self.width + self.down)))
+        n = self.output_length(shape[-1])
+        return out[:, :n].reshape(*shape[:-1], n)
+
+    def stream(self) -> ResampleStream:
+        return ResampleStream(self)
+
+
+class ResampleStream:
+    """Block-by-block resampling whose concatenated output equals the whole-signal result."""
+
+    def __init__(self, resampler: SincResampler):
+        self.r = resampler
+        self._buffer: torch.Tensor | None = None  # input from absolute index _start - width
+        self._consumed = 0  # input samples received so far
+        self._frames_done = 0  # output frames (of `up` samples each) emitted
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        """Feed (channels, n) input; returns the output that is now fully determined."""
+        if self.r.identity:
+            return x
+        if self._buffer is None:
+            self._buffer = F.pad(x[:, :0], (self.r.width, 0))
+        self._buffer = torch.cat([self._buffer, x], dim=1)
+        self._consumed += x.shape[1]
+        return self._emit(final=False)
+
+    def flush(self, channels: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Finish the stream; returns the remaining output."""
+        if self.r.identity:
+            return torch.zeros(channels, 0, dtype=dtype)
+        if self._buffer is None:
+            return torch.zeros(channels, 0, dtype=dtype)
+        self._buffer = F.pad(self._buffer, (0, self.r.width + self.r.down))
+        return self._emit(final=True)
+
+    def _emit(self, final: bool) -> torch.Tensor:
+        r = self.r
+        assert self._buffer is not None
+        kernel_len = 2 * r.width + r.down
+        # Frame i reads buffer[i*down - start : ... + kernel_len] where the buffer starts at
+        # frame `_frames_done`.
+        available = self._buffer.shape[1]
+        frames = (available - kernel_len) // r.down + 1 if available >= kernel_len else 0
+        if final:
+            total = -(-r.output_length(self._consumed) // r.up)
+            frames = min(frames, total - self._frames_done)
+        if frames <= 0:
+            return self._buffer[:, :0]
+        used = (frames - 1) * r.down + kernel_len
+        out = r._frames(self._buffer[:, :used])
+        self._buffer = self._buffer[:, frames * r.down :]
+        self._frames_done += frames
+        if final:
+            excess = self._frames_done * r.up - r.output_length(self._consumed)
+            if excess > 0:
+                out = out[:, : out.shape[1] - excess]
+        return out

@@ -1,0 +1,57 @@
+"""Progress bars for jobs (rich), shown only on an interactive terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+
+def wanted(json_output: bool) -> bool:
+    """Bars only when stdout is a terminal and no machine-readable output was asked for."""
+    return not json_output and sys.stdout.isatty()
+
+
+class RichProgress:
+    """A per-file bar and an overall bar, with audio seconds processed per second."""
+
+    def __init__(self, files: int):
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[speed]}"), TimeRemainingColumn(),
+            console=Console(stderr=False), transient=True)
+        self._overall = self._progress.add_task("all files", total=files, speed="")
+        self._file: TaskID | None = None
+        self._seconds_per_segment = 0.0
+        self._started = 0.0
+
+    def __enter__(self) -> RichProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        self._progress.__exit__(kind, err, tb)
+
+    def start_file(self, path: Path, segments: int, seconds: float) -> None:
+        self._seconds_per_segment = seconds / max(segments, 1)
+        self._started = time.perf_counter()
+        self._file = self._progress.add_task(path.name, total=segments, speed="")
+
+    def advance(self, segments: int) -> None:
+        if self._file is None:
+            return
+        self._progress.advance(self._file, segments)
+        done = self._progress.tasks[self._file].completed
+        elapsed = time.perf_counter() - self._started
+        speed = done * self._seconds_per_segment / elapsed if elapsed > 0 else 0.0
+        self._progress.update(self._file, speed=f"{speed:.1f} audio s/s")
+
+    def end_file(self) -> None:
+        if self._file is not None:
+            self._progress.remove_task(self._file)
+            self._file = None
+        self._progress.advance(self._overall, 1)

@@ -1,0 +1,280 @@
+"""The model store: installed models, their fast-loading weights, download and import.
+
+Layout under the store root (``$CLAPSEP_HOME``, else platformdirs' user data dir)::
+
+    models/<name>/manifest.json         what was installed, from which files (sha256), when
+    models/<name>/separator.safetensors encoder copy (LoRA merged) + decoder
+    models/<name>/text.safetensors      CLAP text branch + projection
+    models/<name>/audio.safetensors     CLAP audio branch + projection
+    models/<name>/tokenizer/            roberta-base vocab.json + merges.txt
+    downloads/                          huggingface_hub cache while downloading
+
+Conversion happens once, at install; a run memory-maps only the parts it needs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import platformdirs
+import torch
+from torch import nn
+
+from clapsep_cli import checkpoints
+from clapsep_cli.config import RELEASED, ModelConfig
+from clapsep_cli.errors import ClapsepError, ModelMissingError
+
+DEFAULT_MODEL = "default"
+FORMAT_VERSION = 1
+PARTS = ("separator", "text", "audio")
+
+CLAP_REPO, CLAP_FILE = "lukewys/laion_clap", "music_audioset_epoch_15_esc_90.14.pt"
+CLAPSEP_REPO, CLAPSEP_FILE = "AisakaMikoto/CLAPSep", "model/best_model.ckpt"
+TOKENIZER_REPO = "FacebookAI/roberta-base"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+FIX_HINT = "run `clapsep models download` (needs network) or `clapsep models import --clap FILE --clapsep FILE`"
+
+
+def store_root() -> Path:
+    """Root of the model store: ``$CLAPSEP_HOME`` if set, else the per-user data directory."""
+    home = os.environ.get("CLAPSEP_HOME")
+    return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("clapsep", appauthor=False))
+
+
+def models_dir() -> Path:
+    return store_root() / "models"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def valid_name(name: str) -> str:
+    if not name or name.startswith(".") or any(c in name for c in "/\\:") or name != name.strip():
+        raise ClapsepError(f"invalid model name {name!r}: use letters, digits, '-', '_' or '.'")
+    return name
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    """A model in the store."""
+
+    name: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.manifest["architecture"])
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the weights (sha256 over the converted files); changes with the model."""
+        return self.manifest["fingerprint"]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / "tokenizer"
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def load(self, part: str, module: nn.Module, device: torch.device) -> nn.Module:
+        """Load one part's weights into ``module`` (strict) and return it in eval mode."""
+        from safetensors.torch import load_file
+
+        file = self.path / f"{part}.safetensors"
+        if not file.is_file():
+            raise ModelMissingError(f"model {self.name!r} is incomplete ({file.name} missing); {FIX_HINT}")
+        module.load_state_dict(load_file(file, device="cpu"), strict=True)
+        return module.to(device).eval().requires_grad_(False)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelMissingError(f"model at {path} has no readable manifest ({err}); reinstall it") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ModelMissingError(f"model at {path} was written by another clapsep version; reinstall it")
+    return manifest
+
+
+def installed_models() -> list[InstalledModel]:
+    root = models_dir()
+    if not root.is_dir():
+        return []
+    out = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir() and not entry.name.startswith(".") and (entry / "manifest.json").is_file():
+            try:
+                out.append(InstalledModel(entry.name, entry, read_manifest(entry)))
+            except ModelMissingError:
+                continue
+    return out
+
+
+def get_model(name: str = DEFAULT_MODEL) -> InstalledModel:
+    path = models_dir() / valid_name(name)
+    if not (path / "manifest.json").is_file():
+        raise ModelMissingError(f"model {name!r} is not installed; {FIX_HINT}")
+    return InstalledModel(name, path, read_manifest(path))
+
+
+def _write_tokenizer(src: Path | None, dest: Path) -> int | None:
+    """Copy vocab.json and merges.txt; returns the vocabulary size (None if not given)."""
+    if src is None:
+        return None
+    missing = [f for f in TOKENIZER_FILES if not (src / f).is_file()]
+    if missing:
+        raise ClapsepError(f"tokenizer directory {src} lacks {', '.join(missing)}")
+    try:
+        vocab = json.loads((src / "vocab.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ClapsepError(f"{src / 'vocab.json'}: not a readable vocabulary ({err})") from None
+    if not isinstance(vocab, dict) or len(vocab) < 256:
+        raise ClapsepError(f"{src / 'vocab.json'}: not a byte-level BPE vocabulary")
+    dest.mkdir(parents=True)
+    for f in TOKENIZER_FILES:
+        shutil.copyfile(src / f, dest / f)
+    return len(vocab)
+
+
+def install(name: str, clap_file: Path, clapsep_file: Path, tokenizer_dir: Path | None = None,
+            config: ModelConfig = RELEASED, overwrite: bool = False, trust_pickle: bool = False,
+            origin: str = "import", log: Callable[[str], None] = lambda _: None) -> InstalledModel:
+    """Convert official checkpoints into a store entry named ``name`` (atomically)."""
+    from safetensors.torch import save_file
+
+    from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
+    from clapsep_cli.separator import Separator
+
+    target = models_dir() / valid_name(name)
+    if target.exists() and not overwrite:
+        raise ClapsepError(f"model {name!r} is already installed at {target}; pass --overwrite to replace it")
+    log(f"reading {clap_file}")
+    clap = checkpoints.clap_state(checkpoints.read(clap_file, trust_pickle), str(clap_file))
+    text_state, audio_state = checkpoints.split_clap(clap)
+    log(f"reading {clapsep_file}")
+    sep_raw = checkpoints.read(clapsep_file, trust_pickle)
+    log("checking and converting weights")
+    parts = {
+        "text": checkpoints.fit_to_module(text_state, TextEncoder(config), f"CLAP checkpoint {clap_file}"),
+        "audio": checkpoints.fit_to_module(audio_state, AudioEncoder(config), f"CLAP checkpoint {clap_file}"),
+    }
+    clap_audio_branch = {k[len("audio_branch."):]: v for k, v in audio_state.items() if k.startswith("audio_branch.")}
+    parts["separator"], layout = checkpoints.separator_state(
+        sep_raw, clap_audio_branch, config, Separator(config), str(clapsep_file))
+    del clap, sep_raw
+
+    models_dir().mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir()))
+    try:
+        vocab_size = _write_tokenizer(tokenizer_dir, staging / "tokenizer")
+        digest = hashlib.sha256()
+        for part in PARTS:
+            file = staging / f"{part}.safetensors"
+            save_file(parts[part], str(file), metadata={"clapsep_part": part})
+            digest.update(sha256_file(file).encode())
+        manifest = {
+            "format": FORMAT_VERSION,
+            "name": name,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "origin": origin,
+            "architecture": config.to_dict(),
+            "clapsep_layout": layout,
+            "fingerprint": digest.hexdigest(),
+            "tokenizer": {"vocab_size": vocab_size} if vocab_size else None,
+            "sources": {
+                "clap": {"file": clap_file.name, "bytes": clap_file.stat().st_size, "sha256": sha256_file(clap_file)},
+                "clapsep": {"file": clapsep_file.name, "bytes": clapsep_file.stat().st_size,
+                            "sha256": sha256_file(clapsep_file)},
+            },
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if target.exists():
+            trash = target.with_name(f".{name}.old")
+            shutil.rmtree(trash, ignore_errors=True)
+            target.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"installed model {name!r} at {target}")
+    return get_model(name)
+
+
+def remove(name: str) -> Path:
+    model = get_model(name)
+    shutil.rmtree(model.path)
+    return model.path
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub can be reached; never waits longer than ``timeout``."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def download(name: str = DEFAULT_MODEL, overwrite: bool = False, keep_downloads: bool = False,
+             log: Callable[[str], None] = lambda _: None) -> InstalledModel:
+    """Fetch the released CLAP and CLAPSep checkpoints and the tokenizer, then install them."""
+    if not hub_reachable():
+        raise ModelMissingError(
+            "cannot reach huggingface.co (offline?); copy the checkpoints here and run "
+            "`clapsep models import --clap FILE --clapsep FILE --tokenizer DIR`")
+    from huggingface_hub import hf_hub_download
+
+    cache = store_root() / "downloads"
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "20")
+    try:
+        log(f"downloading {CLAP_REPO}/{CLAP_FILE}")
+        clap = Path(hf_hub_download(CLAP_REPO, CLAP_FILE, cache_dir=cache))
+        log(f"downloading {CLAPSEP_REPO}/{CLAPSEP_FILE} (Space)")
+        sep = Path(hf_hub_download(CLAPSEP_REPO, CLAPSEP_FILE, repo_type="space", cache_dir=cache))
+        log(f"downloading the {TOKENIZER_REPO} tokenizer")
+        tok = [Path(hf_hub_download(TOKENIZER_REPO, f, cache_dir=cache)) for f in TOKENIZER_FILES]
+    except Exception as err:  # noqa: BLE001 - network and hub errors vary by version
+        raise ClapsepError(f"download failed: {checkpoints._first_line(err)} (re-run to resume)") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in tok:
+            shutil.copyfile(f, Path(tmp) / f.name)
+        model = install(name, clap, sep, Path(tmp), overwrite=overwrite, origin="download", log=log)
+    if not keep_downloads:
+        shutil.rmtree(cache, ignore_errors=True)
+    return model
+
+
+def ensure_model(name: str = DEFAULT_MODEL, log: Callable[[str], None] = lambda _: None) -> InstalledModel:
+    """The installed model ``name``; the default model is downloaded on first use when online."""
+    try:
+        return get_model(name)
+    except ModelMissingError:
+        if name != DEFAULT_MODEL or not hub_reachable():
+            raise
+    log("no model installed yet: downloading the released CLAPSep model (one time, about 2 GB)")
+    return download(name, log=log)
