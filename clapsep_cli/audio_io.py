@@ -204,6 +204,16 @@ def choose_format(source: AudioInfo, fmt: str | None = None, bit_depth: str | No
     return OutputFormat(fmt, container, SUBTYPES[depth], extension)
 
 
+def choose_format_for_name(path: Path, fmt: str | None, bit_depth: str | None) -> OutputFormat | None:
+    """The format :func:`choose_format` would pick for a source known only by its name."""
+    suffix = path.suffix.lower().lstrip(".")
+    container = {"aif": "AIFF", "aiff": "AIFF", "oga": "OGG", "opus": "OGG"}.get(suffix, suffix.upper())
+    try:
+        return choose_format(AudioInfo(path, 1, 1, 1, container, None), fmt, bit_depth)
+    except ClapsepError:
+        return None
+
+
 def resolve_clip(policy: str | None, fmt: OutputFormat) -> str:
     """Clip policy for ``fmt``: the default is ``none`` for float stems and ``clamp`` otherwise."""
     if policy is None:

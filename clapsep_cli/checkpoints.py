@@ -50,11 +50,11 @@ def read(path: Path, trust_pickle: bool = False) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
-        if trust_pickle:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
-        raise CheckpointError(
-            f"{path}: holds pickled Python objects besides tensors; if you trust the file, "
-            "re-run with --trust-pickle") from None
+        if "Unsupported global" in str(err) and not trust_pickle:
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects besides tensors; if you trust the file, "
+                "re-run with --trust-pickle") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a checkpoint)") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt file
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
     if not isinstance(data, dict):
@@ -129,11 +129,12 @@ def split_clap(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
 
 def detect_layout(data: dict) -> int:
     """Which of the three released CLAPSep layouts ``data`` is (1, 2 or 3)."""
-    if isinstance(data.get("state_dict"), dict):
-        return 3
-    keys = [k for k in _tensors(data)]
+    lightning = isinstance(data.get("state_dict"), dict)
+    keys = list(_strip(_tensors(data["state_dict"] if lightning else data), "module."))
     if not any(k.startswith("decoder_model.") for k in keys):
         raise CheckpointError("not a CLAPSep checkpoint (no decoder_model.* weights)")
+    if lightning:
+        return 3
     changed_only = all(
         k.startswith("decoder_model.") or LORA_A in k or LORA_B in k or k.endswith((".attn.qkv.bias", ".attn.proj.bias"))
         for k in keys)
@@ -147,7 +148,10 @@ def separator_state(data: dict, clap_audio_branch: dict[str, torch.Tensor], cfg:
     ``clap_audio_branch`` is the CLAP checkpoint's ``audio_branch.*`` (without prefix), which
     layout 1 builds on. ``reference`` is a freshly built ``Separator`` of ``cfg``.
     """
-    layout = detect_layout(data)
+    try:
+        layout = detect_layout(data)
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err}") from None
     if layout == 3:
         state = _tensors(data["state_dict"])
         state = {k: v for k, v in state.items() if not k.startswith(LIGHTNING_OTHER)}

@@ -142,27 +142,28 @@ class FileResult:
         return out
 
 
-def collect_inputs(paths: Iterable[Path], pattern: str | None = None, recursive: bool = True) -> list[Path]:
-    """Files named directly, plus files under named directories matching ``pattern``.
+def collect_inputs(paths: Iterable[Path], pattern: str | None = None) -> tuple[list[Path], frozenset[Path]]:
+    """Files named directly, plus files found under named folders (recursively, hidden entries
+    skipped, sorted) that match ``pattern`` or, without one, have an audio file extension.
 
-    Directory walks skip hidden entries and clapsep's own outputs of earlier runs are left to
-    the skip rule; order is stable (sorted per directory).
+    Returns (inputs in order, the subset found by scanning folders).
     """
     out: list[Path] = []
+    scanned: set[Path] = set()
     for path in paths:
-        if path.is_dir():
-            walker = os.walk(path) if recursive else [(str(path), [], [p.name for p in path.iterdir()])]
-            for root, dirs, files in walker:
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if name.startswith(".") or (pattern and not fnmatch.fnmatch(name, pattern)):
-                        continue
-                    if pattern is None and Path(name).suffix.lower() not in AUDIO_SUFFIXES:
-                        continue
-                    out.append(Path(root) / name)
-        else:
+        if not path.is_dir():
             out.append(path)
-    return list(dict.fromkeys(out))
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith(".") or (pattern and not fnmatch.fnmatch(name, pattern)):
+                    continue
+                if pattern is None and Path(name).suffix.lower() not in AUDIO_SUFFIXES:
+                    continue
+                out.append(Path(root) / name)
+                scanned.add(Path(root) / name)
+    return list(dict.fromkeys(out)), frozenset(scanned)
 
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".rf64",
@@ -181,21 +182,18 @@ class Extractor:
         self.condition = condition(model, query, cache, model.cfg.joint_embed_dim)
         self.query_seconds = time.perf_counter() - t0
 
-    def run(self, inputs: list[Path]) -> list[FileResult]:
-        """Separate each input; inputs that are this job's own outputs (an earlier run's stems
-        in a scanned folder) are skipped rather than separated again."""
-        outputs = set()
-        for path in inputs:
-            try:
-                info = audio_io.AudioInfo(path, 1, 1, 1, path.suffix.lstrip(".").upper(), None)
-                fmt = audio_io.choose_format(info, self.plan.fmt, self.plan.bit_depth)
-                outputs.update(p.resolve() for p in self.plan.paths(path, self.query, fmt) if p is not None)
-            except ClapsepError:
-                continue
+    def run(self, inputs: list[Path], scanned: frozenset[Path] = frozenset()) -> list[FileResult]:
+        """Separate each input. Files found by scanning folders (``scanned``) that are this
+        job's own outputs, an earlier run's stems, are skipped rather than separated again."""
+        own_outputs = set()
+        for path in scanned:
+            fmt = audio_io.choose_format_for_name(path, self.plan.fmt, self.plan.bit_depth)
+            if fmt is not None:
+                own_outputs.update(p for p in self.plan.paths(path, self.query, fmt) if p is not None)
         results = []
         for path in inputs:
-            if path.resolve() in outputs:
-                results.append(FileResult(path, "skipped", error="is an output of this job"))
+            if path in own_outputs:
+                results.append(FileResult(path, "skipped", error="is a stem written by this command"))
             else:
                 results.append(self.run_one(path))
         return results

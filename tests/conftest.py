@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import socket
+import os
+
+# Before anything imports huggingface_hub, which reads this once: every hub lookup is local.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import socket  # noqa: E402
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +22,9 @@ from clapsep_cli.config import TINY
 from tests import official
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail any test that tries to reach beyond this machine."""
+@pytest.fixture(autouse=True, scope="session")
+def no_network() -> Iterator[None]:
+    """Fail any test (or fixture) that tries to reach beyond this machine."""
     real_connect = socket.socket.connect
 
     def guarded(self: socket.socket, address: object) -> object:
@@ -27,8 +33,10 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
             return real_connect(self, address)
         raise AssertionError(f"test tried to reach the network: {address}")
 
-    monkeypatch.setattr(socket.socket, "connect", guarded)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(socket.socket, "connect", guarded)
+    yield
+    mp.undo()
 
 
 @dataclass

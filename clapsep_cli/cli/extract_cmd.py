@@ -92,7 +92,7 @@ def run_job(query: Query, files: tuple[Path, ...], *, output: Path | None, out_d
     """Shared by ``extract`` and ``remove``: load once, separate every input, report."""
     from clapsep_cli import progress as progress_mod
 
-    inputs = collect_inputs(files, pattern)
+    inputs, scanned = collect_inputs(files, pattern)
     if not inputs:
         raise ClapsepError("no audio files found in the given folders")
     if output is not None and len(inputs) > 1:
@@ -109,10 +109,9 @@ def run_job(query: Query, files: tuple[Path, ...], *, output: Path | None, out_d
     bar = progress_mod.RichProgress(len(inputs)) if show else None
     if bar:
         with bar:
-            results = Extractor(model, query, options, plan, cache, region, bar).run(inputs)
+            results = Extractor(model, query, options, plan, cache, region, bar).run(inputs, scanned)
     else:
-        extractor = Extractor(model, query, options, plan, cache, region)
-        results = extractor.run(inputs)
+        results = Extractor(model, query, options, plan, cache, region).run(inputs, scanned)
     report(results, query, model, load_seconds, time.perf_counter() - started, json_output)
 
 
@@ -136,7 +135,9 @@ def report(results: list[FileResult], query: Query, model: object, load_seconds:
                 click.echo(f"{r.input} -> {outs}")
             elif r.status == "skipped":
                 click.echo(f"skipped {r.input}: {r.error}", err=True)
-        if failed:
+        if len(results) == 1 and failed:
+            click.echo(f"clapsep: error: {failed[0].error}", err=True)
+        elif failed:
             click.echo(f"clapsep: {len(failed)} of {len(results)} files failed:", err=True)
             for r in failed:
                 click.echo(f"  {r.error}", err=True)

@@ -8,6 +8,7 @@ import click
 
 from clapsep_cli import store
 from clapsep_cli.cli.common import emit_json
+from clapsep_cli.config import ARCHITECTURES
 
 
 def _log(msg: str) -> None:
@@ -43,11 +44,13 @@ def download(name: str, overwrite: bool, keep_downloads: bool) -> None:
 @click.option("--name", default=store.DEFAULT_MODEL, show_default=True, help="Name to install the model under.")
 @click.option("--overwrite", is_flag=True, help="Replace an installed model of that name.")
 @click.option("--trust-pickle", is_flag=True, help="Allow checkpoints that contain pickled Python objects.")
+@click.option("--architecture", type=click.Choice(sorted(ARCHITECTURES)), default="clapsep-base", show_default=True,
+              help="Network size the checkpoints hold (clapsep-base is the released model).")
 def import_(clap_file: Path, clapsep_file: Path, tokenizer_dir: Path | None, name: str, overwrite: bool,
-            trust_pickle: bool) -> None:
+            trust_pickle: bool, architecture: str) -> None:
     """Install a model from checkpoint files you copied here (works offline)."""
-    model = store.install(name, clap_file, clapsep_file, tokenizer_dir, overwrite=overwrite,
-                          trust_pickle=trust_pickle, log=_log)
+    model = store.install(name, clap_file, clapsep_file, tokenizer_dir, config=ARCHITECTURES[architecture],
+                          overwrite=overwrite, trust_pickle=trust_pickle, log=_log)
     if model.manifest.get("tokenizer") is None:
         _log("note: no tokenizer installed; text queries need one (--tokenizer DIR), audio queries work")
     click.echo(str(model.path))

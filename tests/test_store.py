@@ -1,0 +1,160 @@
+"""The model store: import (every layout), checks on bad checkpoints, list/path/rm, offline."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from clapsep_cli import store
+from clapsep_cli.cli import main
+from clapsep_cli.config import TINY
+from tests import official
+from tests.conftest import Artefacts, tone, write_audio
+
+
+def run(*args: object) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_store_root_follows_clapsep_home(empty_home: Path) -> None:
+    assert store.store_root() == empty_home
+    assert run("models", "path").output.strip() == str(empty_home)
+
+
+def test_store_root_defaults_to_platformdirs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CLAPSEP_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert store.store_root() == tmp_path / "xdg" / "clapsep"
+
+
+@pytest.mark.parametrize("layout", [1, 2, 3])
+def test_import_each_layout_records_sources_and_loads(empty_home: Path, tiny_files: Artefacts, layout: int) -> None:
+    model = store.install("m", tiny_files.clap, tiny_files.layouts[layout], tiny_files.tokenizer, config=TINY)
+    manifest = model.manifest
+    assert manifest["clapsep_layout"] == layout
+    assert manifest["sources"]["clapsep"]["sha256"] == store.sha256_file(tiny_files.layouts[layout])
+    assert sorted(p.name for p in model.path.iterdir()) == [
+        "audio.safetensors", "manifest.json", "separator.safetensors", "text.safetensors", "tokenizer"]
+    from safetensors.torch import load_file
+
+    sep = load_file(model.path / "separator.safetensors")
+    assert not any("lora" in k for k in sep)  # merged
+    assert not any(k.startswith(("clap_model", "stft", "istft")) for k in sep)
+
+
+def test_same_weights_give_same_fingerprint_across_layouts(empty_home: Path, tiny_files: Artefacts) -> None:
+    a = store.install("a", tiny_files.clap, tiny_files.layouts[1], None, config=TINY)
+    b = store.install("b", tiny_files.clap, tiny_files.layouts[3], None, config=TINY)
+    assert a.fingerprint == b.fingerprint
+
+
+def test_models_cli_import_list_rm(empty_home: Path, tiny_files: Artefacts) -> None:
+    result = run("models", "import", "--clap", tiny_files.clap, "--clapsep", tiny_files.layouts[2],
+                 "--tokenizer", tiny_files.tokenizer, "--name", "mine", "--architecture", "tiny")
+    assert result.exit_code == 0, result.output
+    listed = json.loads(run("models", "list", "--json").output)
+    assert [m["name"] for m in listed["models"]] == ["mine"] and listed["models"][0]["tokenizer"] is True
+    assert run("models", "path", "mine").output.strip() == str(empty_home / "models" / "mine")
+    again = run("models", "import", "--clap", tiny_files.clap, "--clapsep", tiny_files.layouts[2], "--name", "mine",
+                "--architecture", "tiny")
+    assert again.exit_code == 1 and "already installed" in again.output
+    assert run("models", "rm", "mine").exit_code == 0
+    assert json.loads(run("models", "list", "--json").output)["models"] == []
+
+
+def _bad_checkpoints(tmp: Path, files: Artefacts) -> dict[str, tuple[Path, str]]:
+    truncated = tmp / "truncated.ckpt"
+    truncated.write_bytes(files.layouts[2].read_bytes()[:5000])
+    missing = {k: v for k, v in files.training_state.items() if k != "decoder_model.mask_net.0.weight"}
+    missing_path = tmp / "missing.ckpt"
+    torch.save(missing, missing_path)
+    partial_lora = {k: v for k, v in files.training_state.items()
+                    if k != "audio_branch.layers.0.blocks.1.attn.proj.lora_A"}
+    partial_path = tmp / "partial.ckpt"
+    torch.save(partial_lora, partial_path)
+    shapes = dict(files.training_state)
+    shapes["decoder_model.film.norm.weight"] = torch.zeros(3)
+    shape_path = tmp / "shape.ckpt"
+    torch.save(shapes, shape_path)
+    extra = dict(files.training_state)
+    extra["decoder_model.phase_net.0.weight"] = torch.zeros(2, 2)
+    extra_path = tmp / "extra.ckpt"
+    torch.save(extra, extra_path)
+    text = tmp / "notes.txt"
+    text.write_text("hello")
+    return {
+        "truncated": (truncated, "not a readable PyTorch checkpoint"),
+        "not a checkpoint": (text, "not a readable PyTorch checkpoint"),
+        "clap as clapsep": (files.clap, "not a CLAPSep checkpoint"),
+        "missing weight": (missing_path, "decoder_model.mask_net.0.weight"),
+        "partial lora": (partial_path, "layers.0.blocks.1.attn.proj.lora_A"),
+        "shape": (shape_path, "decoder_model.film.norm.weight has shape [3]"),
+        "unexpected": (extra_path, "unexpected tensors: decoder_model.phase_net.0.weight"),
+    }
+
+
+def test_bad_checkpoints_fail_with_a_named_reason_and_write_nothing(
+        empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
+    for case, (path, message) in _bad_checkpoints(tmp_path, tiny_files).items():
+        with pytest.raises(store.ClapsepError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            store.install("bad", tiny_files.clap, path, None, config=TINY)
+        models = empty_home / "models"
+        assert not models.exists() or list(models.iterdir()) == [], case
+
+
+def test_bad_checkpoint_through_the_cli_is_one_line(empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 100)
+    result = run("models", "import", "--clap", junk, "--clapsep", tiny_files.layouts[1])
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("clapsep:")]
+    assert errors == [f"clapsep: error: {junk}: not a readable PyTorch checkpoint (corrupt or not a checkpoint)"]
+
+
+def test_wrong_clap_checkpoint_is_named(empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
+    half = {k: v for k, v in tiny_files.clap_state.items() if not k.startswith("text_projection.")}
+    path = official.write_clap(tmp_path / "half.pt", half)
+    with pytest.raises(store.ClapsepError, match=r"weights missing: text_projection\.0\.weight"):
+        store.install("x", path, tiny_files.layouts[1], None, config=TINY)
+
+
+def test_download_offline_fails_fast(empty_home: Path) -> None:
+    started = time.monotonic()
+    result = run("models", "download")
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 1 and "models import" in result.output
+
+
+def test_text_query_without_tokenizer_fails_clearly_audio_query_works(
+        empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
+    store.install(store.DEFAULT_MODEL, tiny_files.clap, tiny_files.layouts[1], None, config=TINY)
+    src = write_audio(tmp_path / "in.wav", tone(2.0, 32000), 32000)
+    started = time.monotonic()
+    result = run("extract", "dog", src)
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 1 and "tokenizer is not installed" in result.output
+    ref = write_audio(tmp_path / "ref.wav", tone(1.0, 44100, freq=880), 44100)
+    result = run("extract", "", src, "--query-audio", ref)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "in.like_ref.wav").is_file()
+
+
+def test_tokenizer_guard_rejects_a_hollow_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers 5 can build a 5-token tokenizer from missing files; that must not pass."""
+    import transformers
+
+    from clapsep_cli.errors import ModelMissingError
+    from clapsep_cli.query_encoder import Tokenizer
+
+    tok = official.write_tokenizer(tmp_path / "tok")
+    assert Tokenizer(tok, 77)(["dog"])["input_ids"][0, 1] > 3  # the real files give real tokens
+    specials = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+    hollow = transformers.RobertaTokenizer(vocab=specials, merges=[])
+    monkeypatch.setattr(transformers.RobertaTokenizer, "from_pretrained", classmethod(lambda cls, *a, **k: hollow))
+    with pytest.raises(ModelMissingError, match="loaded 5 tokens"):
+        Tokenizer(tok, 77)
