@@ -29,7 +29,7 @@ from clapsep_cli import dsp
 from clapsep_cli.config import SAMPLE_RATE, SEGMENT_SAMPLES
 from clapsep_cli.errors import ClapsepError
 
-DEFAULT_OVERLAP = 0.25
+DEFAULT_OVERLAP = 0.1
 MAX_OVERLAP = 0.5
 
 
@@ -38,7 +38,7 @@ class EngineOptions:
     """How segments are laid out and batched."""
 
     overlap: float = DEFAULT_OVERLAP
-    batch_size: int = 1
+    batch_size: int = 2
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap <= MAX_OVERLAP:

@@ -62,6 +62,12 @@ class ClapSep:
         self.dtype = check_precision(precision, device)
         self.precision = precision
         self.separator: Separator = installed.load("separator", Separator(self.cfg), device)
+        if self.dtype != torch.float32:
+            # Autocast would cast each weight on every call; cast the matrix weights once instead
+            # (same arithmetic). Norms and statistics stay in float32 under autocast.
+            for module in self.separator.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.to(self.dtype)
         self._text: TextEncoder | None = None
         self._tokenizer: Tokenizer | None = None
         self._audio: AudioEncoder | None = None

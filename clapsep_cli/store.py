@@ -159,9 +159,7 @@ def _write_tokenizer(src: Path | None, dest: Path) -> int | None:
 def install(name: str, clap_file: Path, clapsep_file: Path, tokenizer_dir: Path | None = None,
             config: ModelConfig = RELEASED, overwrite: bool = False, trust_pickle: bool = False,
             origin: str = "import", log: Callable[[str], None] = lambda _: None) -> InstalledModel:
-    """Convert official checkpoints into a store entry named ``name`` (atomically)."""
-    from safetensors.torch import save_file
-
+    """Convert official checkpoints into a store entry named ``name``."""
     from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
     from clapsep_cli.separator import Separator
 
@@ -182,7 +180,25 @@ def install(name: str, clap_file: Path, clapsep_file: Path, tokenizer_dir: Path 
     parts["separator"], layout = checkpoints.separator_state(
         sep_raw, clap_audio_branch, config, Separator(config), str(clapsep_file))
     del clap, sep_raw
+    sources = {role: {"file": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(f)}
+               for role, f in (("clap", clap_file), ("clapsep", clapsep_file))}
+    model = write_model(name, parts, config, tokenizer_dir, overwrite,
+                        {"origin": origin, "clapsep_layout": layout, "sources": sources})
+    log(f"installed model {name!r} at {model.path}")
+    return model
 
+
+def write_model(name: str, parts: dict[str, dict[str, torch.Tensor]], config: ModelConfig,
+                tokenizer_dir: Path | None, overwrite: bool, details: dict[str, Any]) -> InstalledModel:
+    """Write complete state dicts of the three parts as store entry ``name``, atomically.
+
+    The entry is assembled in a hidden folder beside its destination and renamed into place.
+    """
+    from safetensors.torch import save_file
+
+    target = models_dir() / valid_name(name)
+    if target.exists() and not overwrite:
+        raise ClapsepError(f"model {name!r} is already installed at {target}; pass --overwrite to replace it")
     models_dir().mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir()))
     try:
@@ -190,22 +206,16 @@ def install(name: str, clap_file: Path, clapsep_file: Path, tokenizer_dir: Path 
         digest = hashlib.sha256()
         for part in PARTS:
             file = staging / f"{part}.safetensors"
-            save_file(parts[part], str(file), metadata={"clapsep_part": part})
+            save_file({k: v.contiguous() for k, v in parts[part].items()}, str(file), metadata={"clapsep_part": part})
             digest.update(sha256_file(file).encode())
         manifest = {
             "format": FORMAT_VERSION,
             "name": name,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "origin": origin,
             "architecture": config.to_dict(),
-            "clapsep_layout": layout,
             "fingerprint": digest.hexdigest(),
             "tokenizer": {"vocab_size": vocab_size} if vocab_size else None,
-            "sources": {
-                "clap": {"file": clap_file.name, "bytes": clap_file.stat().st_size, "sha256": sha256_file(clap_file)},
-                "clapsep": {"file": clapsep_file.name, "bytes": clapsep_file.stat().st_size,
-                            "sha256": sha256_file(clapsep_file)},
-            },
+            **details,
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if target.exists():
@@ -217,7 +227,6 @@ def install(name: str, clap_file: Path, clapsep_file: Path, tokenizer_dir: Path 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"installed model {name!r} at {target}")
     return get_model(name)
 
 

@@ -32,13 +32,10 @@ def window_attention(block: nn.Module, windows: torch.Tensor, batch: int) -> tor
     qkv = attn.qkv(windows).reshape(bw, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     bias = attention_bias(block).to(q.dtype)
-    windows_per_item = bias.shape[0]
-    if windows_per_item > 1:
-        q = q.reshape(batch, bw // batch, heads, n, -1)
-        k = k.reshape(batch, bw // batch, heads, n, -1)
-        v = v.reshape(batch, bw // batch, heads, n, -1)
+    if bias.shape[0] > 1:  # one mask per window: repeat it for each batch item (4-D keeps the fused kernel)
+        bias = bias.unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(bw, heads, n, n)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
-    out = out.reshape(bw, heads, n, -1).transpose(1, 2).reshape(bw, n, c)
+    out = out.transpose(1, 2).reshape(bw, n, c)
     return attn.proj(out)
 
 

@@ -152,46 +152,55 @@ class LoRALinear(nn.Module):
         return out + (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
 
 
+class OfficialPath:
+    """The official test-time forward for 32 kHz segments, LoRA unmerged (built once)."""
+
+    def __init__(self, cfg: ModelConfig, training_state: dict[str, torch.Tensor]):
+        from torchlibrosa.stft import ISTFT, STFT
+
+        from clapsep_cli.dsp import SincResampler
+        from clapsep_cli.separator import build_htsat
+
+        encoder = build_htsat(cfg.htsat)
+        base = {k[len("audio_branch."):]: v for k, v in training_state.items()
+                if k.startswith("audio_branch.") and "lora" not in k}
+        encoder.load_state_dict(base, strict=True)
+        scaling = cfg.lora_alpha / cfg.lora_rank
+        for name, module in list(encoder.named_modules()):
+            if type(module).__name__ == "WindowAttention":
+                for attr in ("qkv", "proj"):
+                    key = f"audio_branch.{name}.{attr}"
+                    setattr(module, attr, LoRALinear(getattr(module, attr), training_state[key + ".lora_A"],
+                                                     training_state[key + ".lora_B"], scaling))
+        decoder = Separator(cfg).decoder_model
+        decoder.load_state_dict({k[len("decoder_model."):]: v for k, v in training_state.items()
+                                 if k.startswith("decoder_model.")}, strict=True)
+        self.encoder, self.decoder = encoder.eval(), decoder.eval()
+        self.features: list[torch.Tensor] = []
+        encoder.spectrogram_extractor.register_forward_hook(
+            lambda _m, _i, out: nn.functional.pad(out, (0, 0, 0, 1024 - out.size(2))))
+        encoder.patch_embed.register_forward_hook(lambda _m, _i, out: self.features.append(out))
+        for layer in encoder.layers:
+            layer.register_forward_hook(lambda _m, _i, out: self.features.append(out[0]))
+        self.stft = STFT(n_fft=1024, hop_length=320, win_length=1024, window="hann", center=True, pad_mode="reflect")
+        self.istft = ISTFT(n_fft=1024, hop_length=320, win_length=1024, window="hann", center=True,
+                           pad_mode="reflect")
+        self.resample = SincResampler(32000, 48000)
+
+    @torch.no_grad()
+    def __call__(self, mixture: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        from torchlibrosa.stft import magphase
+
+        self.features.clear()
+        real, imag = self.stft(mixture)
+        mag, cos, sin = magphase(real, imag)
+        self.encoder({"waveform": self.resample(mixture)})
+        mask = self.decoder(self.features, mag[:, 0].transpose(1, 2), condition)  # (B, bins, frames)
+        mag_y = torch.relu(mag * mask.transpose(1, 2).unsqueeze(1))
+        return self.istft(mag_y * cos, mag_y * sin, length=mixture.shape[-1])
+
+
 def reference_separate(cfg: ModelConfig, training_state: dict[str, torch.Tensor], mixture: torch.Tensor,
                        condition: torch.Tensor) -> torch.Tensor:
-    """The official test-time forward for 32 kHz segments (B, 320000), LoRA unmerged."""
-    from torchlibrosa.stft import ISTFT, STFT, magphase
-
-    from clapsep_cli.dsp import SincResampler
-    from clapsep_cli.separator import build_htsat
-
-    encoder = build_htsat(cfg.htsat)
-    base = {k[len("audio_branch."):]: v for k, v in training_state.items()
-            if k.startswith("audio_branch.") and "lora" not in k}
-    encoder.load_state_dict(base, strict=True)
-    scaling = cfg.lora_alpha / cfg.lora_rank
-    for name, module in list(encoder.named_modules()):
-        if type(module).__name__ == "WindowAttention":
-            for attr in ("qkv", "proj"):
-                key = f"audio_branch.{name}.{attr}"
-                setattr(module, attr, LoRALinear(getattr(module, attr), training_state[key + ".lora_A"],
-                                                 training_state[key + ".lora_B"], scaling))
-    decoder = Separator(cfg).decoder_model
-    decoder.load_state_dict({k[len("decoder_model."):]: v for k, v in training_state.items()
-                             if k.startswith("decoder_model.")}, strict=True)
-    encoder.eval()
-    decoder.eval()
-    features: list[torch.Tensor] = []
-    hooks = [
-        encoder.spectrogram_extractor.register_forward_hook(
-            lambda _m, _i, out: nn.functional.pad(out, (0, 0, 0, 1024 - out.size(2)))),
-        encoder.patch_embed.register_forward_hook(lambda _m, _i, out: features.append(out)),
-    ]
-    hooks += [layer.register_forward_hook(lambda _m, _i, out: features.append(out[0])) for layer in encoder.layers]
-    stft = STFT(n_fft=1024, hop_length=320, win_length=1024, window="hann", center=True, pad_mode="reflect")
-    istft = ISTFT(n_fft=1024, hop_length=320, win_length=1024, window="hann", center=True, pad_mode="reflect")
-    with torch.no_grad():
-        real, imag = stft(mixture)
-        mag, cos, sin = magphase(real, imag)
-        encoder({"waveform": SincResampler(32000, 48000)(mixture)})
-        mask = decoder(features, mag[:, 0].transpose(1, 2), condition)  # (B, bins, frames)
-        mag_y = torch.relu(mag * mask.transpose(1, 2).unsqueeze(1))
-        out = istft(mag_y * cos, mag_y * sin, length=mixture.shape[-1])
-    for h in hooks:
-        h.remove()
-    return out
+    """One-off :class:`OfficialPath` call."""
+    return OfficialPath(cfg, training_state)(mixture, condition)
