@@ -101,11 +101,11 @@ def _probe_ffmpeg(path: Path) -> AudioInfo:
 
 
 def read_blocks(info: AudioInfo, start: int = 0, stop: int | None = None, block: int = BLOCK) -> Iterator[np.ndarray]:
-    """Float32 blocks (n, channels) of frames [start, stop) of the source."""
-    stop = info.frames if stop is None else stop
+    """Float32 blocks (n, channels) of frames [start, stop) of the source (``None``: to its end)."""
     if info.container is None:
         yield from _ffmpeg_blocks(info, start, stop, block)
         return
+    stop = info.frames if stop is None else stop
     with sf.SoundFile(str(info.path)) as f:
         f.seek(start)
         remaining = stop - start
@@ -117,35 +117,36 @@ def read_blocks(info: AudioInfo, start: int = 0, stop: int | None = None, block:
             yield data
 
 
-def _ffmpeg_blocks(info: AudioInfo, start: int, stop: int, block: int) -> Iterator[np.ndarray]:
+def _ffmpeg_blocks(info: AudioInfo, start: int, stop: int | None, block: int) -> Iterator[np.ndarray]:
+    """Decode with ffmpeg to float32 PCM on a pipe, yielding frames [start, stop)."""
     ffmpeg = _ffmpeg()
     assert ffmpeg is not None
     cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(info.path), "-map", "0:a:0", "-f", "f32le",
            "-acodec", "pcm_f32le", "-ac", str(info.channels), "-ar", str(info.rate), "-"]
     frame_bytes = 4 * info.channels
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    position = 0
-    try:
-        while position < stop:
-            raw = proc.stdout.read(block * frame_bytes)
-            if not raw:
-                break
-            data = np.frombuffer(raw[: len(raw) - len(raw) % frame_bytes], dtype="<f4").reshape(-1, info.channels)
-            lo, hi = max(start - position, 0), min(stop - position, len(data))
-            position += len(data)
-            if hi > lo:
-                yield np.array(data[lo:hi], dtype=np.float32)
-    finally:
-        proc.stdout.close()
-        if position < stop:
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-            proc.wait()
-            if proc.returncode:
-                raise AudioError(f"{info.path}: ffmpeg could not decode it ({err[-1] if err else 'unknown error'})")
-        proc.kill()
-        proc.wait()
-        proc.stderr.close()
+    end = stop if stop is not None else 1 << 62
+    with tempfile.TemporaryFile() as errors, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors) as proc:
+        assert proc.stdout is not None
+        position = 0
+        at_eof = False
+        try:
+            while position < end:
+                raw = proc.stdout.read(block * frame_bytes)
+                if not raw:
+                    at_eof = True
+                    break
+                data = np.frombuffer(raw[: len(raw) - len(raw) % frame_bytes], dtype="<f4").reshape(-1, info.channels)
+                lo, hi = max(start - position, 0), min(end - position, len(data))
+                position += len(data)
+                if hi > lo:
+                    yield np.array(data[lo:hi], dtype=np.float32)
+        finally:
+            if not at_eof and proc.poll() is None:
+                proc.kill()  # stopped early: the region ended, or the consumer went away
+        if at_eof and proc.wait() != 0:
+            errors.seek(0)
+            lines = errors.read().decode(errors="replace").strip().splitlines()
+            raise AudioError(f"{info.path}: ffmpeg could not decode it ({lines[-1] if lines else 'unknown error'})")
 
 
 def read(path: Path, start: float = 0.0, end: float | None = None) -> tuple[np.ndarray, int]:

@@ -174,8 +174,11 @@ class Extractor:
     """Runs one query over many files with one loaded model."""
 
     def __init__(self, model: Any, query: Query, options: engine.EngineOptions, plan: OutputPlan,
-                 cache: EmbeddingCache, region: Region | None = None, progress: Progress | None = None):
-        self.model, self.query, self.options, self.plan = model, query, options, plan
+                 cache: EmbeddingCache, region: Region | None = None, progress: Progress | None = None,
+                 invert: bool = False):
+        """``invert`` writes source minus the separated sound as the stem (and the separated
+        sound as the residual): removal by subtraction."""
+        self.model, self.query, self.options, self.plan, self.invert = model, query, options, plan, invert
         self.region = region or Region()
         self.progress = progress or NoProgress()
         t0 = time.perf_counter()
@@ -228,14 +231,16 @@ class Extractor:
         try:
             peak = 0.0
             frames = 0
-            stream = engine.separate_stream(self.model, self.condition, audio_io.read_blocks(info, first, last),
+            stop = None if self.region.end is None else last  # to the real end (ffmpeg lengths are estimates)
+            stream = engine.separate_stream(self.model, self.condition, audio_io.read_blocks(info, first, stop),
                                             info.rate, self.options, self.progress.advance)
             for target, src in stream:
                 peak = max(peak, float(np.max(np.abs(src))))
                 frames += len(target)
-                writers[0].write(target)
+                stem = src - target if self.invert else target
+                writers[0].write(stem)
                 if residual_path is not None:
-                    writers[1].write(src - target)
+                    writers[1].write(src - stem)
             if frames == 0:
                 raise AudioError(f"{source}: contains no audio")
             if peak == 0.0:

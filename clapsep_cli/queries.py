@@ -149,6 +149,7 @@ class EmbeddingCache:
 
     def __init__(self, root: Path | None, fingerprint: str):
         self.dir = None if root is None else root / fingerprint[:32]
+        self.hits = self.misses = 0
 
     def _file(self, key: str) -> Path | None:
         if self.dir is None:
@@ -156,13 +157,19 @@ class EmbeddingCache:
         return self.dir / (hashlib.sha256(key.encode()).hexdigest()[:40] + ".npy")
 
     def get(self, key: str) -> torch.Tensor | None:
+        """The cached embedding for ``key``, or None (counted as a hit or a miss)."""
         file = self._file(key)
-        if file is None or not file.is_file():
-            return None
-        try:
-            return torch.from_numpy(np.load(file))
-        except (OSError, ValueError):
-            return None
+        value = None
+        if file is not None and file.is_file():
+            try:
+                value = torch.from_numpy(np.load(file))
+            except (OSError, ValueError):
+                value = None
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
 
     def put(self, key: str, value: torch.Tensor) -> None:
         file = self._file(key)

@@ -41,9 +41,12 @@ def main() -> None:
 
 
 def _register() -> None:
-    from clapsep_cli.cli import extract_cmd, models_cmd
+    from clapsep_cli.cli import embed_cmd, extract_cmd, models_cmd, presets_cmd
 
     main.add_command(extract_cmd.extract)
+    main.add_command(extract_cmd.remove)
+    main.add_command(presets_cmd.presets_group)
+    main.add_command(embed_cmd.embed)
     main.add_command(models_cmd.models)
 
 

@@ -1,30 +1,64 @@
-"""``clapsep extract``: keep what the query describes."""
+"""``clapsep extract`` (keep what the query describes) and ``clapsep remove`` (keep the rest)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 import time
+from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from clapsep_cli import store
+from clapsep_cli import presets, store
 from clapsep_cli.cli.common import TimeType, emit_json, engine_options, engine_settings, load_model, model_options
+from clapsep_cli.engine import EngineOptions
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.extract import DEFAULT_NAME, Extractor, FileResult, OutputPlan, Region, collect_inputs
 from clapsep_cli.queries import AudioRef, EmbeddingCache, Query
 
+F = Callable[..., Any]
+REMOVE_METHODS = ("negative", "subtract")
+DEFAULT_REMOVE_METHOD = "negative"
 
-def output_options(f):  # type: ignore[no-untyped-def]
+
+def _apply(decorators: list[Callable[[F], F]], f: F) -> F:
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def query_options(f: F) -> F:
+    """-q, -p, -n, --query-audio, --negative-audio, --audio-weight."""
+    return _apply([
+        click.option("-q", "--query", "texts", multiple=True, metavar="TEXT",
+                     help="A description of the sound (repeatable; several are averaged). With -q or -p, "
+                          "every argument is a file."),
+        click.option("-p", "--preset", metavar="NAME", help="A named query preset (see `clapsep presets list`)."),
+        click.option("-n", "--negative", multiple=True, metavar="TEXT", help="A sound to reject (repeatable)."),
+        click.option("--query-audio", multiple=True, metavar="FILE[@START-END]",
+                     help="A reference clip of the sound (repeatable)."),
+        click.option("--negative-audio", multiple=True, metavar="FILE[@START-END]",
+                     help="A reference clip of a sound to reject (repeatable)."),
+        click.option("--audio-weight", type=click.FloatRange(0.0, 1.0),
+                     help="Weight of reference clips against texts on the same side (default 0.5)."),
+    ], f)
+
+
+def output_options(f: F) -> F:
     """Where and how stems are written."""
-    for decorator in reversed([
+    return _apply([
         click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
                      help="Stem file for a single input (default: next to the source)."),
         click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Write stems into this folder instead of next to each source."),
         click.option("--name", "name_template", default=DEFAULT_NAME, show_default=True,
                      help="Stem file name template: {stem} {query} {ext} {name} {suffix}."),
-        click.option("--residual", is_flag=True, help="Also write the residual (source minus stem)."),
+        click.option("--residual/--no-residual", default=None,
+                     help="Also write the residual (source minus stem); a preset may turn it on."),
         click.option("--format", "fmt", type=click.Choice(["wav", "flac", "ogg", "mp3", "aiff"]),
                      help="Stem format (default: the source's, where writable, else wav)."),
         click.option("--bit-depth", type=click.Choice(["16", "24", "32f"]),
@@ -38,96 +72,174 @@ def output_options(f):  # type: ignore[no-untyped-def]
         click.option("--glob", "pattern", metavar="PATTERN",
                      help="In folders, take files matching this pattern (default: known audio types)."),
         click.option("--json", "json_output", is_flag=True, help="Print one machine-readable JSON result."),
-    ]):
-        f = decorator(f)
-    return f
+        click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Also write the JSON result to this file (atomically; written on failure too)."),
+    ], f)
 
 
-def query_options(f):  # type: ignore[no-untyped-def]
-    for decorator in reversed([
-        click.option("-n", "--negative", multiple=True, metavar="TEXT", help="Sound to reject (repeatable)."),
-        click.option("--query-audio", multiple=True, metavar="FILE[@START-END]",
-                     help="Reference clip of the sound to keep (repeatable)."),
-        click.option("--negative-audio", multiple=True, metavar="FILE[@START-END]",
-                     help="Reference clip of a sound to reject (repeatable)."),
-        click.option("--audio-weight", type=click.FloatRange(0.0, 1.0),
-                     help="Weight of reference audio against text on the same side (default 0.5)."),
-    ]):
-        f = decorator(f)
-    return f
+def resolve_query(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
+                  query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None
+                  ) -> tuple[Query, list[Path], presets.Preset | None]:
+    """The query and the input paths from the command line.
 
+    With -q or -p every argument is a file. Otherwise the first argument is QUERY, except that
+    with --query-audio an existing file in first place is an input rather than a text.
+    """
+    positive = list(texts)
+    if not texts and preset is None and args and not (query_audio and Path(args[0]).exists()):
+        positive, args = [args[0]], args[1:]
+    if not args:
+        raise ClapsepError("no input files given")
+    base = presets.load(preset) if preset else None
 
-def build_query(positive: list[str], negative: tuple[str, ...], query_audio: tuple[str, ...],
-                negative_audio: tuple[str, ...], audio_weight: float | None, label: str | None = None) -> Query:
-    return Query(
-        positive=tuple(t for t in positive if t.strip()),
-        negative=tuple(negative),
-        positive_audio=tuple(AudioRef.parse(a) for a in query_audio),
-        negative_audio=tuple(AudioRef.parse(a) for a in negative_audio),
-        audio_weight=audio_weight, label=label)
+    def from_preset(field: str) -> tuple[Any, ...]:
+        return getattr(base.query, field) if base else ()
+
+    query = Query(
+        positive=from_preset("positive") + tuple(t for t in positive if t.strip()),
+        negative=from_preset("negative") + tuple(negative),
+        positive_audio=from_preset("positive_audio") + tuple(AudioRef.parse(a) for a in query_audio),
+        negative_audio=from_preset("negative_audio") + tuple(AudioRef.parse(a) for a in negative_audio),
+        audio_weight=audio_weight if audio_weight is not None or base is None else base.query.audio_weight,
+        label=base.suffix if base else None)
+    return query, [Path(a) for a in args], base
 
 
 @click.command()
-@click.argument("query")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("args", nargs=-1, required=True, metavar="[QUERY] FILE...")
 @query_options
 @output_options
 @model_options
 @engine_options
-def extract(query: str, files: tuple[Path, ...], negative: tuple[str, ...], query_audio: tuple[str, ...],
-            negative_audio: tuple[str, ...], audio_weight: float | None, **kwargs: object) -> None:
+def extract(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
+            query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None,
+            residual: bool | None, **kwargs: Any) -> None:
     """Keep the sound QUERY describes, from each FILE (or folder).
 
-    QUERY is a text such as "dog barking"; an empty QUERY ("") with --negative keeps everything
-    but the negative. Writes <name>.<query>.wav next to each source.
+    \b
+    QUERY is a text such as "dog barking"; an empty QUERY ("") with --negative keeps
+    everything but the negative. Writes <name>.<query>.<ext> next to each source.
+    \b
+      clapsep extract "dog barking" walk.wav
+      clapsep extract -p dialogue --residual interviews/
+      clapsep extract "" -n "wind noise" take.flac
     """
-    q = build_query([query], negative, query_audio, negative_audio, audio_weight)
-    run_job(q, files, **kwargs)  # type: ignore[arg-type]
+    query, files, base = resolve_query(args, texts, preset, negative, query_audio, negative_audio, audio_weight)
+    want_residual = residual if residual is not None else bool(base and base.residual)
+    run_job(query, files, job_options(residual=want_residual, **kwargs))
 
 
-def run_job(query: Query, files: tuple[Path, ...], *, output: Path | None, out_dir: Path | None, name_template: str,
-            residual: bool, fmt: str | None, bit_depth: str | None, clip: str | None, overwrite: bool,
-            start: float | None, end: float | None, pattern: str | None, json_output: bool, model_name: str,
-            device: str, precision: str, overlap: float, batch_size: int) -> None:
-    """Shared by ``extract`` and ``remove``: load once, separate every input, report."""
-    from clapsep_cli import progress as progress_mod
+@click.command()
+@click.argument("args", nargs=-1, required=True, metavar="[QUERY] FILE...")
+@query_options
+@click.option("--method", type=click.Choice(REMOVE_METHODS), default=DEFAULT_REMOVE_METHOD, show_default=True,
+              help="negative: ask the model for everything but QUERY (a negative-only query); "
+                   "subtract: extract QUERY and keep the source minus it.")
+@output_options
+@model_options
+@engine_options
+def remove(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
+           query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None,
+           method: str, residual: bool | None, **kwargs: Any) -> None:
+    """Keep everything but the sound QUERY describes, from each FILE (or folder).
 
-    inputs, scanned = collect_inputs(files, pattern)
-    if not inputs:
-        raise ClapsepError("no audio files found in the given folders")
-    if output is not None and len(inputs) > 1:
-        raise ClapsepError("--output names one stem; with several inputs use --out-dir or --name")
+    \b
+    Writes <name>.without_<query>.<ext>; --residual also writes what was removed.
+    --negative names sounds to protect (kept for certain).
+      clapsep remove "wind noise" take.wav
+      clapsep remove -p hum-buzz --residual podcast.flac
+    """
+    query, files, _ = resolve_query(args, texts, preset, negative, query_audio, negative_audio, audio_weight)
+    label = "without_" + query.slug()
+    if method == "negative":
+        query = Query(query.negative, query.positive, query.negative_audio, query.positive_audio,
+                      query.audio_weight, label=label)
+    else:
+        query = Query(query.positive, query.negative, query.positive_audio, query.negative_audio,
+                      query.audio_weight, label=label)
+    run_job(query, files, job_options(residual=bool(residual), **kwargs), invert=method == "subtract", method=method)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Everything about a run besides the query and the inputs, as the command line gave it."""
+
+    plan: OutputPlan
+    engine: EngineOptions
+    region: Region
+    pattern: str | None
+    json_output: bool
+    report_file: Path | None
+    model_name: str
+    device: str
+    precision: str
+
+
+def job_options(residual: bool, output: Path | None, out_dir: Path | None, name_template: str, fmt: str | None,
+                bit_depth: str | None, clip: str | None, overwrite: bool, start: float | None, end: float | None,
+                pattern: str | None, json_output: bool, report_file: Path | None, model_name: str, device: str,
+                precision: str, overlap: float, batch_size: int) -> JobOptions:
     plan = OutputPlan(name_template=name_template, out_dir=out_dir, output=output, residual=residual, fmt=fmt,
                       bit_depth=bit_depth, clip=clip, overwrite=overwrite)
-    options = engine_settings(overlap, batch_size)
-    region = Region(start or 0.0, end)
+    return JobOptions(plan, engine_settings(overlap, batch_size), Region(start or 0.0, end), pattern, json_output,
+                      report_file, model_name, device, precision)
+
+
+def run_job(query: Query, files: list[Path], opts: JobOptions, invert: bool = False, method: str | None = None) -> None:
+    """Load the model once, separate every input, report (to ``--report`` too, even on failure)."""
+    try:
+        _run(query, files, opts, invert, method)
+    except ClapsepError as err:
+        if opts.report_file is not None:
+            write_report(opts.report_file, {"failed": 1, "error": str(err), "results": []})
+        raise
+
+
+def _run(query: Query, files: list[Path], opts: JobOptions, invert: bool, method: str | None) -> None:
+    from clapsep_cli import progress as progress_mod
+
+    inputs, scanned = collect_inputs(files, opts.pattern)
+    if not inputs:
+        raise ClapsepError("no audio files found in the given folders")
+    if opts.plan.output is not None and len(inputs) > 1:
+        raise ClapsepError("--output names one stem; with several inputs use --out-dir or --name")
     started = time.perf_counter()
-    model = load_model(model_name, device, precision, quiet=json_output)
+    model = load_model(opts.model_name, opts.device, opts.precision, quiet=opts.json_output)
     load_seconds = time.perf_counter() - started
     cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
-    show = progress_mod.wanted(json_output)
-    bar = progress_mod.RichProgress(len(inputs)) if show else None
-    if bar:
-        with bar:
-            results = Extractor(model, query, options, plan, cache, region, bar).run(inputs, scanned)
-    else:
-        results = Extractor(model, query, options, plan, cache, region).run(inputs, scanned)
-    report(results, query, model, load_seconds, time.perf_counter() - started, json_output)
+    bar = progress_mod.RichProgress(len(inputs)) if progress_mod.wanted(opts.json_output) else None
+    with bar if bar else contextlib.nullcontext():
+        extractor = Extractor(model, query, opts.engine, opts.plan, cache, opts.region, bar, invert=invert)
+        results = extractor.run(inputs, scanned)
+    details: dict[str, Any] = {"method": method} if method else {}
+    details["query_embeddings"] = {"from_cache": cache.hits, "computed": cache.misses,
+                                   "text_encoder_loaded": model.text_encoder_loaded,
+                                   "seconds": round(extractor.query_seconds, 3)}
+    report(results, query, model, load_seconds, time.perf_counter() - started, opts, details)
 
 
-def report(results: list[FileResult], query: Query, model: object, load_seconds: float, total_seconds: float,
-           json_output: bool) -> None:
+def write_report(path: Path, data: dict[str, Any]) -> None:
+    """Write a JSON report atomically (a bridge polling for the file never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def report(results: list[FileResult], query: Query, model: Any, load_seconds: float, total_seconds: float,
+           opts: JobOptions, details: dict[str, Any]) -> None:
     failed = [r for r in results if r.status == "failed"]
-    if json_output:
-        emit_json({
-            "query": query.describe(),
-            "model": getattr(model, "installed").name,
-            "device": str(getattr(model, "device")),
-            "precision": getattr(model, "precision"),
-            "results": [r.to_json() for r in results],
-            "failed": len(failed),
-            "timings": {"model_load_seconds": round(load_seconds, 3), "total_seconds": round(total_seconds, 3)},
-        })
+    data = {
+        "query": query.describe(), **details,
+        "model": model.installed.name, "device": str(model.device), "precision": model.precision,
+        "results": [r.to_json() for r in results],
+        "failed": len(failed),
+        "timings": {"model_load_seconds": round(load_seconds, 3), "total_seconds": round(total_seconds, 3)},
+    }
+    if opts.report_file is not None:
+        write_report(opts.report_file, data)
+    if opts.json_output:
+        emit_json(data)
     else:
         for r in results:
             if r.status == "ok":
@@ -135,6 +247,9 @@ def report(results: list[FileResult], query: Query, model: object, load_seconds:
                 click.echo(f"{r.input} -> {outs}")
             elif r.status == "skipped":
                 click.echo(f"skipped {r.input}: {r.error}", err=True)
+            if r.clipped_samples:
+                click.echo(f"note: {r.clipped_samples} samples of {r.target} were clamped at full scale "
+                           "(--clip rescale or --bit-depth 32f avoid it)", err=True)
         if len(results) == 1 and failed:
             click.echo(f"clapsep: error: {failed[0].error}", err=True)
         elif failed:

@@ -1,0 +1,55 @@
+"""``clapsep embed``: compute query embeddings ahead of time (and export them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from clapsep_cli import presets, store
+from clapsep_cli.cli.common import emit_json, load_model, model_options
+from clapsep_cli.errors import ClapsepError
+from clapsep_cli.queries import EmbeddingCache, Query, condition
+
+
+@click.command()
+@click.argument("texts", nargs=-1)
+@click.option("-p", "--preset", "names", multiple=True, metavar="NAME", help="A preset to embed (repeatable).")
+@click.option("--all-presets", is_flag=True, help="Embed every preset.")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also save each conditioning vector as DIR/<name>.npy (float32: 512 positive, 512 negative).")
+@click.option("--json", "json_output", is_flag=True, help="Machine-readable output.")
+@model_options
+def embed(texts: tuple[str, ...], names: tuple[str, ...], all_presets: bool, export_dir: Path | None,
+          json_output: bool, model_name: str, device: str, precision: str) -> None:
+    """Cache the CLAP embeddings of TEXTS and presets, so later runs start without the text encoder.
+
+    The cache is per model; `clapsep extract` fills it too, on first use of a query.
+    """
+    jobs: list[tuple[str, Query]] = []
+    if all_presets:
+        good, bad = presets.load_all()
+        if bad:
+            raise ClapsepError(f"invalid preset: {bad[0]}")
+        jobs += [(p.name, p.query) for p in good]
+    jobs += [(n, presets.load(n).query) for n in names]
+    jobs += [(Query(positive=(t,)).slug(), Query(positive=(t,))) for t in texts]
+    if not jobs:
+        raise ClapsepError("nothing to embed: give TEXTS, -p PRESET or --all-presets")
+    model = load_model(model_name, device, precision, quiet=json_output)
+    cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
+    rows = []
+    for name, query in jobs:
+        vector = condition(model, query, cache, model.cfg.joint_embed_dim)[0]
+        row = {"name": name, "query": query.describe()}
+        if export_dir is not None:
+            export_dir.mkdir(parents=True, exist_ok=True)
+            np.save(export_dir / f"{name}.npy", vector.numpy().astype(np.float32))
+            row["file"] = str(export_dir / f"{name}.npy")
+        rows.append(row)
+        if not json_output:
+            click.echo(f"{name}: cached" + (f" -> {row['file']}" if "file" in row else ""))
+    if json_output:
+        emit_json({"model": model.installed.name, "embedded": rows,
+                   "from_cache": cache.hits, "computed": cache.misses})
