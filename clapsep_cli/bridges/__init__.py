@@ -1,0 +1,1 @@
+"""Editor bridges: Audacity (mod-script-pipe) and REAPER (ReaScript actions)."""
