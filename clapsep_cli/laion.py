@@ -13,12 +13,16 @@ import importlib
 import importlib.util
 import sys
 import types
+import warnings
 from functools import cache
 from pathlib import Path
 
 from clapsep_cli.errors import ClapsepError
 
 _PACKAGE = "_clapsep_laion_clap_module"
+
+# laion-clap's WindowAttention calls torch.meshgrid without `indexing`, warning on every build.
+warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
 
 
 @cache

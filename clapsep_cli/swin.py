@@ -52,8 +52,8 @@ def swin_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     y = y.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
     if shift:
         y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-    x = x + y.reshape(b, h * w, c)
-    return x + block.mlp(block.norm2(x))
+    x = x + block.drop_path(y.reshape(b, h * w, c))  # drop_path: identity except when training
+    return x + block.drop_path(block.mlp(block.norm2(x)))
 
 
 def swin_blocks(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:

@@ -41,13 +41,15 @@ def main() -> None:
 
 
 def _register() -> None:
-    from clapsep_cli.cli import audacity_cmd, embed_cmd, evaluate_cmd, extract_cmd, models_cmd, presets_cmd, reaper_cmd
+    from clapsep_cli.cli import (
+        audacity_cmd, embed_cmd, evaluate_cmd, extract_cmd, models_cmd, presets_cmd, reaper_cmd, train_cmd)
 
     main.add_command(extract_cmd.extract)
     main.add_command(extract_cmd.remove)
     main.add_command(presets_cmd.presets_group)
     main.add_command(embed_cmd.embed)
     main.add_command(evaluate_cmd.evaluate)
+    main.add_command(train_cmd.train)
     main.add_command(models_cmd.models)
     main.add_command(audacity_cmd.audacity)
     main.add_command(reaper_cmd.reaper)
