@@ -267,7 +267,7 @@ def test_edits_made_while_clapsep_runs(tmp_path: Path, on_exec: str, names: list
     answer = tmp_path / "answering clapsep"
     answer.write_text("#!/bin/sh\nresult=\"${3%.json}.result.lua\"\n"
                       f"echo 'return {{state = \"done\", items = {{{{status = \"ok\", target = \"{stem}\", "
-                      "rate = 1000, offset = 0, frames = 500}}}}' > \"$result.tmp\" && mv \"$result.tmp\" \"$result\"\n")
+                      "rate = 1000, offset = 0, frames = 500}}}' > \"$result.tmp\" && mv \"$result.tmp\" \"$result\"\n")
     answer.chmod(0o755)
     resource = tmp_path / "resource"
     folder = install_into(resource, [str(answer)])
@@ -398,6 +398,7 @@ def test_preset_action_with_windows_quoting_reports_a_failing_item(home: Path, t
         "os": "Win64", "resource": str(resource), "project_path": str(project), "tracks": tracks}, tmp_path, home)
 
     (exec_,) = recorded["execs"]
+    assert exec_["timeout"] == -2
     assert exec_["cmd"].startswith(f'"{wrapper}" "reaper" "run" "')
     assert exec_["argv"][:3] == [str(wrapper), "reaper", "run"]
     assert json.loads(exec_["job"])["query"] == {"preset": "dog"}
@@ -441,7 +442,8 @@ def test_run_reports_a_bad_job_in_its_result_file(tmp_path: Path, job: str, erro
     path.write_text(job, encoding="utf-8")
     result = CliRunner().invoke(main, ["reaper", "run", str(path)])
     assert result.exit_code == 1 and error in result.output
-    script = f"local r = dofile({bridge.lua_string(str(tmp_path / 'job-1.result.lua'))}) io.write(r.state, '|', r.error)"
+    result_file = bridge.lua_string(str(tmp_path / "job-1.result.lua"))
+    script = f"local r = dofile({result_file}) io.write(r.state, '|', r.error)"
     done = lua("-e", script)
     state, message = done.stdout.split("|", 1)
     assert state == "done" and error in message

@@ -102,7 +102,7 @@ class Action:
 
 def actions(available: list[presets.Preset]) -> list[Action]:
     """The free-text action, then one per preset, sorted by name."""
-    out = [Action(ASK_FILE, None, "describe a sound", "asks for a description of the sound")]
+    out = [Action(ASK_FILE, None, "describe a sound", "Asks for a description of the sound.")]
     for p in sorted(available, key=lambda p: p.name):
         out.append(Action(f"clapsep - {p.name}.lua", p.name, p.name, p.description or p.name))
     return out
@@ -112,7 +112,8 @@ def action_script(action: Action, command: list[str]) -> str:
     """The text of one action: its settings, then a call into clapsep_core.lua beside it."""
     config = {"command": command, "preset": action.preset, "label": action.label}
     summary = " ".join(action.description.split())
-    return (f"{MARKER} extract {action.label!r} from the selected items ({summary}).\n"
+    return (f"{MARKER} extract {action.label!r} from the selected items.\n"
+            f"-- {summary}\n"
             "-- Written by `clapsep reaper install`; run that again after adding or changing presets.\n"
             f"local config = {lua_literal(config)}\n"
             "local here = debug.getinfo(1, \"S\").source:match(\"^@(.*[/\\\\])\") or \"\"\n"
@@ -278,7 +279,7 @@ def write_result(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def run_job_file(job_path: Path) -> list[FileResult]:
+def run_job_file(job_path: Path) -> None:
     """Run a job file from a REAPER action, reporting to its result file whatever happens."""
     result = result_path(job_path)
     write_result(result, {"state": "running"})
@@ -291,4 +292,3 @@ def run_job_file(job_path: Path) -> list[FileResult]:
         write_result(result, {"state": "done", "error": f"internal error ({type(err).__name__}: {err})"})
         raise
     write_result(result, {"state": "done", "items": [stem_entry(r) for r in results]})
-    return results

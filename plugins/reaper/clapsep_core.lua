@@ -313,11 +313,13 @@ local function start(config)
   local argv = {}
   for i, arg in ipairs(config.command) do argv[i] = arg end
   for _, arg in ipairs({ "reaper", "run", path }) do argv[#argv + 1] = arg end
+  local os_name = reaper.GetOS()
   local job = {
     path = path, result = path:gsub("%.json$", ".result.lua"), parts = parts, label = label,
-    out_dir = out_dir, project = reaper.EnumProjects(-1), command = M.command_line(argv, reaper.GetOS()),
+    out_dir = out_dir, project = reaper.EnumProjects(-1), command = M.command_line(argv, os_name),
   }
-  if reaper.ExecProcess(job.command, -1) == nil then
+  -- Do not wait (-1); on Windows also minimize the console window clapsep opens (-2).
+  if reaper.ExecProcess(job.command, os_name:match("^Win") and -2 or -1) == nil then
     cleanup(job)
     refuse("could not start clapsep:\n" .. job.command)
   end

@@ -255,7 +255,8 @@ function Fake.new(scenario)
   end
   function api.GetSetMediaItemTakeInfo_String(take, key, value, set)
     local record = get(take, "MediaItem_Take")
-    check(key == "P_NAME" and type(value) == "string" and set == true, "GetSetMediaItemTakeInfo_String(take, \"P_NAME\", name, true)")
+    check(key == "P_NAME" and type(value) == "string" and set == true,
+      "GetSetMediaItemTakeInfo_String(take, \"P_NAME\", name, true)")
     changing("GetSetMediaItemTakeInfo_String")
     record.name = value
     return true, value
@@ -285,13 +286,15 @@ function Fake.new(scenario)
     return 0.0
   end
   function api.InsertTrackAtIndex(index, defaults)
-    check(math.type(index) == "integer" and type(defaults) == "boolean", "InsertTrackAtIndex(integer idx, boolean wantDefaults)")
+    check(math.type(index) == "integer" and type(defaults) == "boolean",
+      "InsertTrackAtIndex(integer idx, boolean wantDefaults)")
     changing("InsertTrackAtIndex")
     new_track(math.max(0, math.min(index, #state.tracks)) + 1)
   end
   function api.GetSetMediaTrackInfo_String(track, key, value, set)
     local record = get(track, "MediaTrack")
-    check(key == "P_NAME" and type(value) == "string" and set == true, "GetSetMediaTrackInfo_String(track, \"P_NAME\", name, true)")
+    check(key == "P_NAME" and type(value) == "string" and set == true,
+      "GetSetMediaTrackInfo_String(track, \"P_NAME\", name, true)")
     changing("GetSetMediaTrackInfo_String")
     record.name = value
     return true, value
@@ -324,7 +327,8 @@ function Fake.new(scenario)
   end
   function api.Undo_EndBlock(description, flags)
     check(undo_depth > 0, "Undo_EndBlock without Undo_BeginBlock")
-    check(type(description) == "string" and math.type(flags) == "integer", "Undo_EndBlock(string descchange, integer extraflags)")
+    check(type(description) == "string" and math.type(flags) == "integer",
+      "Undo_EndBlock(string descchange, integer extraflags)")
     undo_depth = undo_depth - 1
     table.insert(state.undo, { event = "end", description = description, flags = flags })
   end
@@ -347,7 +351,8 @@ function Fake.new(scenario)
   end
 
   function api.ExecProcess(cmd, timeout)
-    check(type(cmd) == "string" and (timeout == -1 or timeout == -2), "ExecProcess(cmdline, -1): the actions must not wait")
+    check(type(cmd) == "string" and (timeout == -1 or timeout == -2),
+      "ExecProcess(cmdline, -1): the actions must not wait")
     local argv = scenario.os:match("^Win") and Fake.split_windows(cmd) or Fake.split_unix(cmd)
     local exec = { cmd = cmd, timeout = timeout, argv = argv, job = read_file(argv[#argv]) }
     table.insert(state.execs, exec)
