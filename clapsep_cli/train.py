@@ -53,6 +53,8 @@ class TrainSettings:
     val_fraction: float = 0.1
     seed: int = 0
     workers: int = 0
+    audio_queries: bool = True  # mix CLAP audio embeddings into the queries (needs a trained CLAP)
+    full_encoder: bool = False  # train the whole encoder copy instead of LoRA (nothing pretrained to adapt)
 
 
 @dataclass(frozen=True)
@@ -156,10 +158,12 @@ class Trainer:
         self.separator = Separator(cfg)
         self.separator.load_state_dict(separator_state)
         self.separator.requires_grad_(False)
-        trainable = lora.attach(self.separator.audio_branch, cfg.lora_rank, cfg.lora_alpha)
+        if settings.full_encoder:
+            self.separator.audio_branch.requires_grad_(True)
+        else:
+            for p in lora.attach(self.separator.audio_branch, cfg.lora_rank, cfg.lora_alpha):
+                p.requires_grad_(True)
         self.separator.decoder_model.requires_grad_(True)
-        for p in trainable:
-            p.requires_grad_(True)
         self.separator.to(device)
         self.net: nn.Module = MaskModule(self.separator)
         if self.world > 1:
@@ -216,11 +220,13 @@ class Trainer:
         self.separator.decoder_model.train()
         mixture, target = batch["mixture"].to(self.device), batch["target"].to(self.device)
         with torch.no_grad():
-            a = torch.rand(1, device=self.device)
-            audio = self.audio(torch.cat([batch["pos_audio"], batch["neg_audio"]]).to(self.device))
-            pos_a, neg_a = audio.chunk(2)
-            pos = a * pos_a + (1 - a) * self.text_embedding(list(batch["pos_caption"]))
-            neg = a * neg_a + (1 - a) * self.text_embedding(list(batch["neg_caption"]))
+            pos = self.text_embedding(list(batch["pos_caption"]))
+            neg = self.text_embedding(list(batch["neg_caption"]))
+            if self.settings.audio_queries:
+                a = torch.rand(1, device=self.device)
+                audio = self.audio(torch.cat([batch["pos_audio"], batch["neg_audio"]]).to(self.device))
+                pos_a, neg_a = audio.chunk(2)
+                pos, neg = a * pos_a + (1 - a) * pos, a * neg_a + (1 - a) * neg
             mode = random.random()
             if mode < 0.25:
                 neg = torch.zeros_like(neg)

@@ -2,9 +2,130 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
+
+from clapsep_cli.cli.common import engine_options, engine_settings, load_model, model_options
+from clapsep_cli.errors import ClapsepError
 
 
 @click.group()
 def audacity() -> None:
-    """Work inside a running Audacity (mod-script-pipe)."""
+    """Work inside a running Audacity (mod-script-pipe).
+
+    \b
+    Once:  clapsep audacity setup      (enable mod-script-pipe; Audacity closed)
+           clapsep audacity install    (one macro per preset)
+    Then, with Audacity running and some audio selected:
+           clapsep audacity extract "dog barking"
+    or keep `clapsep audacity watch` running and use Tools > Apply Macro > clapsep-<preset>.
+    """
+
+
+def _stem_maker(model_name: str, device: str, precision: str, overlap: float, batch_size: int) -> Any:
+    from clapsep_cli.bridges.audacity import StemMaker
+
+    return StemMaker(lambda: load_model(model_name, device, precision, quiet=False),
+                     engine_settings(overlap, batch_size))
+
+
+@audacity.command()
+@click.argument("query", required=False)
+@click.option("-p", "--preset", metavar="NAME", help="A named query preset (see `clapsep presets list`).")
+@click.option("-n", "--negative", multiple=True, metavar="TEXT", help="A sound to reject (repeatable).")
+@click.option("--residual/--no-residual", default=None,
+              help="Also add the residual (selection minus stem) as a track; a preset may turn it on.")
+@model_options
+@engine_options
+def extract(query: str | None, preset: str | None, negative: tuple[str, ...], residual: bool | None,
+            model_name: str, device: str, precision: str, overlap: float, batch_size: int) -> None:
+    """Extract QUERY (or a preset) from the audio selected in Audacity, as new tracks.
+
+    \b
+      clapsep audacity extract "dog barking"
+      clapsep audacity extract -p dialogue --residual
+    """
+    from clapsep_cli.bridges.audacity import extract_selection, make_job
+    from clapsep_cli.bridges.audacity_pipe import AudacityPipe
+
+    job = make_job(query, preset, negative, residual)
+    separate = _stem_maker(model_name, device, precision, overlap, batch_size)
+    with AudacityPipe() as pipe:
+        added = extract_selection(pipe, job, separate)
+    for track in added:
+        click.echo(f"added track '{track.name}' ({track.start:.3f}-{track.end:.3f} s, "
+                   f"{'stereo' if track.channels > 1 else 'mono'})")
+
+
+@audacity.command()
+@click.option("--poll", type=click.FloatRange(0.05, 60.0), default=0.5, show_default=True, metavar="SECONDS",
+              help="How often to look for requests.")
+@click.option("--once", is_flag=True, help="Serve the requests waiting now, then exit.")
+@click.option("--residual/--no-residual", default=None, help="Add the residual too (default: as each preset says).")
+@model_options
+@engine_options
+def watch(poll: float, once: bool, residual: bool | None, model_name: str, device: str, precision: str,
+          overlap: float, batch_size: int) -> None:
+    """Serve the requests Audacity's clapsep macros make (Ctrl-C stops).
+
+    Select audio in Audacity, then Tools > Apply Macro > clapsep-<preset>: the macro marks the
+    selection with a label `clapsep:<preset>`, which this command replaces with the stem.
+    """
+    from clapsep_cli.bridges.audacity import watch as serve_requests
+    from clapsep_cli.bridges.audacity_pipe import AudacityPipe
+
+    separate = _stem_maker(model_name, device, precision, overlap, batch_size)
+    separate.model  # noqa: B018 - load now, so that the first request is served quickly
+    if not once:
+        click.echo("watching Audacity for clapsep requests (Tools > Apply Macro > clapsep-...); Ctrl-C stops")
+    for line in serve_requests(AudacityPipe, separate, residual, poll, once):
+        click.echo(line)
+
+
+@audacity.command()
+@click.option("--module", "module_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Path of mod-script-pipe.so (default: found in the usual places).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Audacity's audacity.cfg (default: the one Audacity uses for you).")
+@click.option("--check", is_flag=True, help="Only report; exit 1 if mod-script-pipe is not enabled.")
+def setup(module_path: Path | None, config_path: Path | None, check: bool) -> None:
+    """Enable mod-script-pipe in Audacity's settings (run it while Audacity is closed)."""
+    from clapsep_cli.bridges import audacity_setup as aset
+
+    module = aset.find_module(module_path)
+    config = config_path or aset.config_file()
+    if check:
+        problems = aset.pipe_problems(config, module)
+        for line in problems:
+            click.echo(f"{config}: {line}")
+        if problems:
+            raise ClapsepError("mod-script-pipe is not enabled (run `clapsep audacity setup` with Audacity closed)")
+        click.echo(f"{config}: mod-script-pipe is enabled ({module})")
+        return
+    fixed = aset.enable_pipe(config, module)
+    click.echo(f"{config}: {'enabled' if fixed else 'already enabled'} {aset.MODULE} ({module})")
+    if fixed:
+        click.echo("Start Audacity; if `clapsep audacity extract` then says nothing answers, restart Audacity "
+                   "once (its plug-in scan at the first start can break the pipe).")
+
+
+@audacity.command()
+@click.option("-p", "--preset", "names", multiple=True, metavar="NAME",
+              help="Install the macro of this preset only (repeatable; default: every preset).")
+@click.option("--folder", type=click.Path(file_okay=False, path_type=Path),
+              help="Audacity's Macros folder (default: the one Audacity uses for you).")
+def install(names: tuple[str, ...], folder: Path | None) -> None:
+    """Write one Audacity macro per preset: Tools > Apply Macro > clapsep-<preset>."""
+    from clapsep_cli import presets
+    from clapsep_cli.bridges import audacity_setup as aset
+
+    chosen = [presets.load(n).name for n in names] if names else sorted(presets.available())
+    written, removed = aset.install_macros(chosen, folder or aset.macros_folder())
+    for path in written:
+        click.echo(f"wrote {path}")
+    for path in removed:
+        click.echo(f"removed {path}")
+    click.echo("Restart Audacity to see them under Tools > Apply Macro, and keep `clapsep audacity watch` "
+               "running to serve them.")

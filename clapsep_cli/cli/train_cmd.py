@@ -44,6 +44,10 @@ def train(data_dir: Path, captions: Path, out_name: str, base: str | None, archi
           overwrite: bool, json_output: bool) -> None:
     """Fine-tune on the captioned clips in DATA_DIR; the result is an installed model.
 
+    \b
+    Fine-tuning follows the paper: frozen CLAP, LoRA on the encoder copy, trainable decoder,
+    text/audio query mixing. From scratch (--architecture), CLAP is random, so queries are text
+    only and the whole encoder copy trains (there is nothing pretrained for LoRA to adapt).
     Several GPUs: torchrun --nproc_per_node N -m clapsep_cli train ...
     """
     from clapsep_cli import train as training
@@ -68,7 +72,7 @@ def train(data_dir: Path, captions: Path, out_name: str, base: str | None, archi
         data_dir=data_dir, captions=captions, out_name=out_name,
         checkpoint_dir=checkpoint_dir or store.store_root() / "training" / out_name, epochs=epochs,
         steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
-        workers=workers)
+        workers=workers, audio_queries=not architecture, full_encoder=bool(architecture))
     log = (lambda _m: None) if json_output else (lambda m: click.echo(m, err=True))
     trainer = training.Trainer(settings, cfg, *parts, tokenizer_dir, dev, origin, log)
     if resume:

@@ -1,0 +1,231 @@
+"""The bridge's logic (export, import, alignment, naming, selection, requests) on a mini project
+behind the fake pipe; the real Audacity is exercised in test_audacity_e2e.py."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from clapsep_cli.bridges import audacity as bridge
+from clapsep_cli.bridges.audacity_pipe import AudacityPipe, PipeError
+from clapsep_cli.errors import ClapsepError
+from clapsep_cli.queries import Query
+from tests.audacity.fake_pipe import FakeAudacity, greeting
+from tests.audacity.mini_project import MiniProject
+from tests.conftest import tone
+
+RATE = 8000
+
+
+class CopySeparate:
+    """A stand-in separator: the stem is the exported selection halved (the residual the rest)."""
+
+    def __init__(self, fail: str | None = None):
+        self.sources: list[np.ndarray] = []
+        self.fail = fail
+
+    def __call__(self, source: Path, job: bridge.Job, folder: Path) -> list[bridge.Stem]:
+        if self.fail:
+            raise ClapsepError(self.fail)
+        audio, rate = sf.read(str(source), dtype="float32", always_2d=True)
+        self.sources.append(audio)
+        stems = [bridge.Stem(folder / f"{job.tag}.wav", job.tag)]
+        sf.write(str(stems[0].path), audio / 2, rate, subtype="FLOAT")
+        if job.residual:
+            stems.append(bridge.Stem(folder / f"{job.tag}.residual.wav", f"{job.tag}.residual"))
+            shutil.copy(stems[0].path, stems[1].path)
+        return stems
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[MiniProject, FakeAudacity]]:
+    mini = MiniProject(RATE)
+    with FakeAudacity(tmp_path, greeting(mini)) as fake:
+        yield mini, fake
+
+
+def connect(fake: FakeAudacity) -> Callable[[], AudacityPipe]:
+    return lambda: AudacityPipe(fake.paths, settle=0.5)
+
+
+DOG = bridge.Job(Query(positive=("dog",)), residual=False)
+
+
+def test_stems_are_inserted_aligned_and_named_and_the_selection_is_kept(project: tuple[MiniProject, FakeAudacity],
+                                                                        ) -> None:
+    mini, fake = project
+    walk = tone(4.0, RATE, 2)
+    mini.wave("walk", walk)
+    mini.label_track("Labels", [(0.1, 0.2, "mine")], selected=True)
+    mini.wave("other", tone(4.0, RATE, 1, seed=1), selected=False)
+    mini.wave("voice", tone(4.0, RATE, 1, seed=2))
+    mini.selection = (1.0, 2.5)
+    mini.prefs["/FileFormats/ExportFormat_SF1_Type/WAV_10000"] = "4"
+    separate = CopySeparate()
+
+    with connect(fake)() as pipe:
+        added = bridge.extract_selection(pipe, bridge.Job(Query(positive=("dog",)), residual=True), separate)
+
+    assert [(t.name, t.start, t.end, t.channels) for t in added] == [("mix.dog", 1.0, 2.5, 2),
+                                                                      ("mix.dog.residual", 1.0, 2.5, 2)]
+    assert [(lane.name, lane.selected) for lane in mini.lanes] == [
+        ("walk", True), ("Labels", True), ("other", False), ("voice", True), ("mix.dog", False),
+        ("mix.dog.residual", False)]
+    assert mini.selection == (1.0, 2.5)
+    assert mini.prefs["/FileFormats/ExportFormat_SF1_Type/WAV_10000"] == "4"  # the user's setting is back
+    assert mini.prefs["/AudioFiles/SkipSilenceAtBeginning"] == "0"
+    exported = separate.sources[0]
+    np.testing.assert_array_equal(exported, walk[RATE:int(2.5 * RATE)] + tone(4.0, RATE, 1, seed=2)[RATE:int(2.5 * RATE)])
+    assert 'Export2: Filename="' in "\n".join(fake.commands) and "NumChannels=2" in "\n".join(fake.commands)
+
+
+def test_a_single_mono_track_gives_a_mono_export_named_after_it(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("voice", tone(3.0, RATE, 1))
+    mini.selection = (0.5, 1.0)
+    with connect(fake)() as pipe:
+        added = bridge.extract_selection(pipe, DOG, CopySeparate())
+    assert [(t.name, t.channels, t.start, t.end) for t in added] == [("voice.dog", 1, 0.5, 1.0)]
+    assert any(c.endswith("NumChannels=1") for c in fake.commands)
+
+
+def test_nothing_selected_stops_before_exporting(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(2.0, RATE, 2), selected=False)
+    mini.selection = (0.5, 1.0)
+    with connect(fake)() as pipe, pytest.raises(ClapsepError, match="no audio track is selected"):
+        bridge.extract_selection(pipe, DOG, CopySeparate())
+    assert not any(c.startswith(("Export2", "SetPreference")) for c in fake.commands)
+
+
+def test_an_empty_time_selection_is_refused(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(2.0, RATE, 2))
+    mini.selection = (1.0, 1.0)
+    with connect(fake)() as pipe, pytest.raises(ClapsepError, match="no time range with audio is selected"):
+        bridge.extract_selection(pipe, DOG, CopySeparate())
+    assert not any(c.startswith("Import2") for c in fake.commands)
+
+
+def test_muted_selection_is_refused(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(2.0, RATE, 2)).mute = True
+    mini.selection = (0.5, 1.0)
+    with connect(fake)() as pipe, pytest.raises(ClapsepError, match="muted"):
+        bridge.extract_selection(pipe, DOG, CopySeparate())
+
+
+def test_a_failed_export_still_puts_the_settings_back(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(2.0, RATE, 2))
+    mini.selection = (0.5, 1.0)
+    mini.failing.add("Export2")
+    with connect(fake)() as pipe, pytest.raises(ClapsepError, match="could not do 'Export2"):
+        bridge.extract_selection(pipe, DOG, CopySeparate())
+    assert mini.prefs["/FileFormats/ExportFormat_SF1_Type/WAV_10000"] == "0"  # unset before: Audacity's default
+    assert not any(c.startswith("Import2") for c in fake.commands)
+
+
+def test_requests_count_once_and_other_labels_are_not_requests(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(4.0, RATE, 2))
+    mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog"), (0.5, 1.5, "clapsep:dog"), (2.0, 2.5, "clapsep:rain")])
+    mini.label_track("notes", [(0.1, 0.2, "clapsep:Dog"), (0.3, 0.4, "clapsep:dog failed: x"), (1, 2, "mine")])
+    with connect(fake)() as pipe:
+        found = bridge.pending_requests(pipe)
+    assert [(r.index, r.track, r.text, r.start, r.end) for r in found] == [
+        (0, 1, "clapsep:dog", 0.5, 1.5), (2, 1, "clapsep:rain", 2.0, 2.5)]
+
+
+def test_a_request_is_served_over_its_span_and_its_track_removed(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    walk = tone(4.0, RATE, 2)
+    mini.wave("walk", walk)
+    mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog"), (0.5, 1.5, "clapsep:dog")])  # a macro over 2 tracks
+    mini.wave("voice", tone(4.0, RATE, 2, seed=3), selected=False)
+    mini.selection = (3.0, 3.5)  # moved since the request was made
+    separate = CopySeparate()
+
+    lines = list(bridge.watch(connect(fake), separate, once=True))
+
+    assert lines == ["clapsep:dog: 0.500-1.500 s", "  added track 'walk.dog' (0.500-1.500 s)"]
+    assert [(lane.name, lane.selected, lane.start) for lane in mini.lanes] == [
+        ("walk", True, 0.0), ("voice", False, 0.0), ("walk.dog", False, 0.5)]
+    assert mini.selection == (0.5, 1.5)
+    np.testing.assert_array_equal(separate.sources[0], walk[RATE // 2:int(1.5 * RATE)])
+    assert list(bridge.watch(connect(fake), separate, once=True)) == []
+
+
+def test_a_request_in_the_users_label_track_leaves_the_users_labels(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(4.0, RATE, 2))
+    mini.label_track("notes", [(0.2, 0.3, "mine"), (1.0, 1.25, "clapsep:dog"), (1.1, 1.2, "inside")], selected=True)
+    mini.stored = (9.0, 9.5)
+    with connect(fake)() as pipe:
+        (request,) = bridge.pending_requests(pipe)
+        added = bridge.serve(pipe, request, CopySeparate())
+    assert [t.name for t in added] == ["walk.dog"]
+    assert mini.lanes[1].labels == [(0.2, 0.3, "mine"), (1.1, 1.2, "inside")]
+    assert [(lane.name, lane.selected) for lane in mini.lanes] == [("walk", True), ("notes", True), ("walk.dog", False)]
+    assert mini.selection == (1.0, 1.25)
+
+
+@pytest.mark.parametrize("text, separate, why", [
+    ("clapsep:nosuch", CopySeparate(), "unknown preset 'nosuch'"),
+    ("clapsep:dog", CopySeparate(fail="the selected audio: is digital silence"), "is digital silence"),
+])
+def test_a_failed_request_says_why_in_its_label_and_is_not_served_again(
+        project: tuple[MiniProject, FakeAudacity], text: str, separate: CopySeparate, why: str) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(4.0, RATE, 2))
+    mini.label_track("Labels 1", [(0.5, 1.5, text)])
+    lines = list(bridge.watch(connect(fake), separate, once=True))
+    assert lines[0] == f"{text}: 0.500-1.500 s" and lines[1].startswith(f"{text} failed: ") and why in lines[1]
+    (label,) = mini.labels()
+    assert label[2].startswith(f"{text} failed: ") and why in label[2]
+    assert [lane.name for lane in mini.lanes] == ["walk", "Labels 1"]
+    assert list(bridge.watch(connect(fake), separate, once=True)) == []
+
+
+def test_watch_waits_for_audacity_and_carries_on_when_it_comes(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(4.0, RATE, 2))
+    mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog")])
+    attempts = iter([False, False, True])
+
+    def flaky() -> AudacityPipe:
+        if not next(attempts, True):
+            raise PipeError("nothing answers")
+        return connect(fake)()
+
+    watching = bridge.watch(flaky, CopySeparate(), poll=0.01)
+    lines = list(itertools.islice(watching, 4))
+    watching.close()
+    assert lines == ["waiting for Audacity (nothing answers)", "Audacity is here", "clapsep:dog: 0.500-1.500 s",
+                     "  added track 'walk.dog' (0.500-1.500 s)"]
+
+
+def test_watch_once_without_audacity_is_an_error(tmp_path: Path) -> None:
+    from clapsep_cli.bridges.audacity_pipe import PipePaths
+
+    paths = PipePaths(tmp_path / "to", tmp_path / "from", tmp_path / "lock")
+    with pytest.raises(PipeError, match="does not exist"):
+        list(bridge.watch(lambda: AudacityPipe(paths, settle=0.1), CopySeparate(), once=True))
+
+
+def test_make_job_from_a_text_or_a_preset() -> None:
+    job = bridge.make_job("dog barking", None, ("rain",), None)
+    assert (job.query.positive, job.query.negative, job.residual, job.tag) == (("dog barking",), ("rain",), False,
+                                                                              "dog_barking")
+    job = bridge.make_job(None, "dog", ("wind",), True)
+    assert job.tag == "dog" and job.residual and job.query.negative[-1] == "wind"
+    with pytest.raises(ClapsepError, match="not both"):
+        bridge.make_job("dog", "dog", (), None)
+    with pytest.raises(ClapsepError, match="empty query"):
+        bridge.make_job(None, None, (), None)
