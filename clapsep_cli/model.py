@@ -61,7 +61,7 @@ class ClapSep:
         self.device = device
         self.dtype = check_precision(precision, device)
         self.precision = precision
-        self.separator: Separator = installed.load("separator", Separator(self.cfg), device)
+        self.separator: Separator = installed.load("separator", Separator, device)
         if self.dtype != torch.float32:
             # Autocast would cast each weight on every call; cast the matrix weights once instead
             # (same arithmetic). Norms and statistics stay in float32 under autocast.
@@ -96,7 +96,7 @@ class ClapSep:
         """Unit-norm CLAP text embeddings (N, 512) on the CPU."""
         if self._text is None:
             self._tokenizer = Tokenizer(self.installed.tokenizer_dir, self.cfg.text.context_length)
-            self._text = self.installed.load("text", TextEncoder(self.cfg), self.device)
+            self._text = self.installed.load("text", TextEncoder, self.device)
         assert self._tokenizer is not None
         tokens = {k: v.to(self.device) for k, v in self._tokenizer(texts).items()}
         return self._text(**tokens).float().cpu()
@@ -105,7 +105,7 @@ class ClapSep:
     def embed_audio(self, wave48: torch.Tensor) -> torch.Tensor:
         """Unit-norm CLAP audio embedding (512,) of a mono 48 kHz clip; long clips average 10 s windows."""
         if self._audio is None:
-            self._audio = self.installed.load("audio", AudioEncoder(self.cfg), self.device)
+            self._audio = self.installed.load("audio", AudioEncoder, self.device)
         assert self._audio is not None
         clips = fit_query_clip(wave48.float()).to(self.device)
         emb = self._audio(clips).float().cpu().mean(0)

@@ -158,3 +158,23 @@ def test_tokenizer_guard_rejects_a_hollow_tokenizer(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(transformers.RobertaTokenizer, "from_pretrained", classmethod(lambda cls, *a, **k: hollow))
     with pytest.raises(ModelMissingError, match="loaded 5 tokens"):
         Tokenizer(tok, 77)
+
+
+@pytest.mark.parametrize("part", ["separator", "text", "audio"])
+def test_fast_loading_equals_building_then_loading(home: Path, part: str) -> None:
+    """Parts are built without random initialisation; every tensor must still come out right."""
+    from safetensors.torch import load_file
+
+    from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
+    from clapsep_cli.separator import Separator
+
+    builder = {"separator": Separator, "text": TextEncoder, "audio": AudioEncoder}[part]
+    model = store.get_model()
+    fast = model.load(part, builder, torch.device("cpu"))
+    slow = builder(model.config)
+    slow.load_state_dict(load_file(model.path / f"{part}.safetensors"))
+    fast_tensors = dict(fast.named_parameters()) | dict(fast.named_buffers())
+    slow_tensors = dict(slow.named_parameters()) | dict(slow.named_buffers())  # non-persistent buffers too
+    assert fast_tensors.keys() == slow_tensors.keys()
+    for name, tensor in slow_tensors.items():
+        assert torch.equal(fast_tensors[name], tensor), name
