@@ -117,7 +117,7 @@ def main() -> None:
     print(f"before training: validation SI-SDRi {trainer.validate():.2f} dB", flush=True)
     started = time.monotonic()
     trainer.fit(time_limit=args.minutes * 60)
-    print(f"after {trainer.epoch} epochs of {args.steps_per_epoch} steps ({(time.monotonic() - started) / 60:.1f} min): "
+    print(f"after {trainer.step} steps of {args.batch_size} mixtures ({(time.monotonic() - started) / 60:.1f} min): "
           f"best validation SI-SDRi {trainer.best:.2f} dB")
 
 

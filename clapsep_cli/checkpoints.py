@@ -56,13 +56,13 @@ def read(path: Path, trust_pickle: bool = False) -> dict:
                 "re-run with --trust-pickle") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a checkpoint)") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(err)})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
     return data
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else type(err).__name__
 

@@ -300,7 +300,7 @@ def download(name: str = DEFAULT_MODEL, overwrite: bool = False, keep_downloads:
         log(f"downloading the {TOKENIZER_REPO} tokenizer")
         tok = [Path(hf_hub_download(TOKENIZER_REPO, f, cache_dir=cache)) for f in TOKENIZER_FILES]
     except Exception as err:  # noqa: BLE001 - network and hub errors vary by version
-        raise ClapsepError(f"download failed: {checkpoints._first_line(err)} (re-run to resume)") from None
+        raise ClapsepError(f"download failed: {checkpoints.first_line(err)} (re-run to resume)") from None
     with tempfile.TemporaryDirectory() as tmp:
         for f in tok:
             shutil.copyfile(f, Path(tmp) / f.name)
