@@ -55,8 +55,8 @@ def read(path: Path, trust_pickle: bool = False) -> dict:
                 f"{path}: holds pickled Python objects besides tensors; if you trust the file, "
                 "re-run with --trust-pickle") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a checkpoint)") from None
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(err)})") from None
+    except Exception:  # noqa: BLE001 - torch raises many types (some with cryptic texts) for a corrupt file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a checkpoint)") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
     return data

@@ -107,9 +107,11 @@ def test_bad_checkpoints_fail_with_a_named_reason_and_write_nothing(
         assert not models.exists() or list(models.iterdir()) == [], case
 
 
-def test_bad_checkpoint_through_the_cli_is_one_line(empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", [b"\x00" * 100, b"hello, not a checkpoint\n"])
+def test_bad_checkpoint_through_the_cli_is_one_line(empty_home: Path, tiny_files: Artefacts, tmp_path: Path,
+                                                    content: bytes) -> None:
     junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"\x00" * 100)
+    junk.write_bytes(content)
     result = run("models", "import", "--clap", junk, "--clapsep", tiny_files.layouts[1])
     assert result.exit_code == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("clapsep:")]
@@ -178,3 +180,16 @@ def test_fast_loading_equals_building_then_loading(home: Path, part: str) -> Non
     assert fast_tensors.keys() == slow_tensors.keys()
     for name, tensor in slow_tensors.items():
         assert torch.equal(fast_tensors[name], tensor), name
+
+
+def test_pickled_objects_need_trust_pickle(empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
+    import argparse
+
+    data = torch.load(tiny_files.layouts[3], weights_only=True)
+    data["hyper_parameters"] = argparse.Namespace(lr=1e-4)  # as Lightning checkpoints often carry
+    path = tmp_path / "lightning.ckpt"
+    torch.save(data, path)
+    args = ["models", "import", "--clap", tiny_files.clap, "--clapsep", path, "--architecture", "tiny"]
+    refused = run(*args)
+    assert refused.exit_code == 1 and "re-run with --trust-pickle" in refused.output
+    assert run(*args, "--trust-pickle").exit_code == 0
