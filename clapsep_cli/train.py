@@ -158,8 +158,9 @@ class Trainer:
         self.separator = Separator(cfg)
         self.separator.load_state_dict(separator_state)
         self.separator.requires_grad_(False)
-        if settings.full_encoder:
-            self.separator.audio_branch.requires_grad_(True)
+        if settings.full_encoder:  # the parts the separator's encoder pass uses (not the tagging head)
+            for part in ("bn0", "patch_embed", "layers"):
+                getattr(self.separator.audio_branch, part).requires_grad_(True)
         else:
             for p in lora.attach(self.separator.audio_branch, cfg.lora_rank, cfg.lora_alpha):
                 p.requires_grad_(True)

@@ -102,7 +102,7 @@ def test_torchrun_two_processes(dataset: tuple[Path, Path], tiny_files: Artefact
     result = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "clapsep_cli", "train", str(data), "--captions",
          str(captions), "--name", "ddp", "--architecture", "tiny", "--tokenizer", str(tiny_files.tokenizer),
-         "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--device", "cpu", "--json"],
+         "--epochs", "2", "--steps-per-epoch", "1", "--batch-size", "2", "--device", "cpu", "--json"],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["model"] == "ddp"  # only rank 0 reports and writes the model
