@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from clapsep_cli.errors import AudioError, ClapsepError
 
@@ -161,6 +162,14 @@ def read(path: Path, start: float = 0.0, end: float | None = None) -> tuple[np.n
     if len(data) == 0:
         raise AudioError(f"{path}: contains no audio")
     return data, info.rate
+
+
+def read_mono(path: Path, rate: int, start: float = 0.0, end: float | None = None) -> torch.Tensor:
+    """A (short) file or region as a mono downmix at ``rate`` (for query clips and evaluation)."""
+    from clapsep_cli.dsp import SincResampler
+
+    data, source_rate = read(path, start, end)
+    return SincResampler(source_rate, rate)(torch.from_numpy(data.mean(axis=1)))
 
 
 @dataclass(frozen=True)

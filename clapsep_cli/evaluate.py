@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapsep_cli import audio_io, dsp, engine, metrics
+from clapsep_cli import audio_io, engine, metrics
 from clapsep_cli.config import SAMPLE_RATE, SEGMENT_SAMPLES
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.queries import EmbeddingCache, Query, condition
@@ -37,8 +37,7 @@ MODES = ("with_negative", "positive_only")
 
 def load_mono32(path: Path, length: int | None = None) -> torch.Tensor:
     """A file as 32 kHz mono; cut or zero-padded to ``length`` samples if given."""
-    data, rate = audio_io.read(path)
-    mono = dsp.SincResampler(rate, SAMPLE_RATE)(torch.from_numpy(data.mean(axis=1)))
+    mono = audio_io.read_mono(path, SAMPLE_RATE)
     if length is not None:
         mono = torch.nn.functional.pad(mono[:length], (0, max(length - mono.shape[-1], 0)))
     return mono

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clapsep_cli import audio_io, dsp
+from clapsep_cli import audio_io
 from clapsep_cli.config import ENCODER_RATE
 from clapsep_cli.errors import ClapsepError
 
@@ -77,11 +77,10 @@ class AudioRef:
 
     def load48(self) -> torch.Tensor:
         """The clip as mono 48 kHz samples."""
-        data, rate = audio_io.read(self.path, self.start or 0.0, self.end)
-        mono = torch.from_numpy(data.mean(axis=1))
+        mono = audio_io.read_mono(self.path, ENCODER_RATE, self.start or 0.0, self.end)
         if not torch.any(mono != 0):
             raise ClapsepError(f"{self}: the reference clip is silent")
-        return dsp.SincResampler(rate, ENCODER_RATE)(mono)
+        return mono
 
     def cache_key(self) -> str:
         stat = self.path.stat()

@@ -90,6 +90,7 @@ class MixtureDataset(torch.utils.data.Dataset):
 
     def __init__(self, clips: list[Clip], fixed_noise: list[int] | None = None, speed_perturb: bool = True):
         self.clips, self.fixed_noise, self.speed_perturb = clips, fixed_noise, speed_perturb
+        self._to_encoder_rate = dsp.SincResampler(SAMPLE_RATE, ENCODER_RATE)
         self._resamplers: dict[int, dsp.SincResampler] = {}
 
     def __len__(self) -> int:
@@ -116,7 +117,7 @@ class MixtureDataset(torch.utils.data.Dataset):
         rate = int(round(ENCODER_RATE * factor))
         if rate not in self._resamplers:
             self._resamplers[rate] = dsp.SincResampler(rate, ENCODER_RATE)
-        x48 = dsp.SincResampler(SAMPLE_RATE, ENCODER_RATE)(x32)
+        x48 = self._to_encoder_rate(x32)
         clip = pad_or_trim(self._resamplers[rate](x48), ENCODER_RATE * QUERY_SECONDS)
         peak = clip.abs().max()
         return clip * (0.9 / peak) if peak > 1 else clip
