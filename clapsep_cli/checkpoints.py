@@ -49,13 +49,11 @@ def read(path: Path, trust_pickle: bool = False) -> dict:
         raise CheckpointError(f"{path}: no such file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err) and not trust_pickle:
+    except Exception as err:  # noqa: BLE001 - torch raises many types (some with cryptic texts) for a corrupt file
+        if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err) and not trust_pickle:
             raise CheckpointError(
                 f"{path}: holds pickled Python objects besides tensors; if you trust the file, "
                 "re-run with --trust-pickle") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a checkpoint)") from None
-    except Exception:  # noqa: BLE001 - torch raises many types (some with cryptic texts) for a corrupt file
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a checkpoint)") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")

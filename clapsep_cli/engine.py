@@ -30,6 +30,7 @@ from clapsep_cli.config import SAMPLE_RATE, SEGMENT_SAMPLES
 from clapsep_cli.errors import ClapsepError
 
 DEFAULT_OVERLAP = 0.1
+DEFAULT_BATCH_SIZE = 2
 MAX_OVERLAP = 0.5
 
 
@@ -38,7 +39,7 @@ class EngineOptions:
     """How segments are laid out and batched."""
 
     overlap: float = DEFAULT_OVERLAP
-    batch_size: int = 2
+    batch_size: int = DEFAULT_BATCH_SIZE
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap <= MAX_OVERLAP:

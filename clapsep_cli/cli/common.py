@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from clapsep_cli import store
-from clapsep_cli.engine import DEFAULT_OVERLAP, EngineOptions
+from clapsep_cli.engine import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, EngineOptions
 from clapsep_cli.queries import parse_time
 
 F = Callable[..., Any]
@@ -28,7 +28,7 @@ def model_options(f: F) -> F:
 
 def engine_options(f: F) -> F:
     """--overlap and --batch-size."""
-    f = click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True,
+    f = click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
                      help="10 s segments per network call.")(f)
     f = click.option("--overlap", type=click.FloatRange(0.0, 0.5), default=DEFAULT_OVERLAP, show_default=True,
                      help="Fraction of each 10 s segment shared with the next, crossfaded (0 = hard cuts).")(f)
