@@ -35,6 +35,7 @@ class SkipTrans(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, cond_dim: int):
         super().__init__()
+        # Named `skip_conv` although it is a FiLM layer: the released checkpoint's keys fix the name.
         self.skip_conv = FiLM(cond_dim, out_dim)
         self.feature_proj = nn.Linear(in_dim, out_dim)
         self.norm = nn.LayerNorm(out_dim)
@@ -73,6 +74,7 @@ class DecoderStage(nn.Module):
                  drop_path: list[float], expand: bool):
         super().__init__()
         block = laion.htsat().SwinTransformerBlock
+        # Named `downsample` although it upsamples: the released checkpoint's keys fix the name.
         self.downsample = PatchExpand((resolution[0] // 2, resolution[1] // 2), dim * 2) if expand else None
         self.blocks = nn.ModuleList(
             block(dim=dim, input_resolution=resolution, num_heads=heads, window_size=cfg.window_size,
