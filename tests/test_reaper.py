@@ -742,7 +742,7 @@ def test_run_reports_a_bad_job_in_its_result_file(tmp_path: Path, job: str, erro
     state, message = done.stdout.split("|", 1)
     assert state == "done" and error in message
     log = (tmp_path / "job-1.log").read_text(encoding="utf-8")
-    assert log.startswith("clapsep ") and f"error: {message}" in log and log.endswith("result written\n")
+    assert log.startswith("clapsep ") and f"error: {message}" in log and log.endswith("writing the result\n")
 
 
 def test_run_without_its_job_file_leaves_nothing(tmp_path: Path) -> None:

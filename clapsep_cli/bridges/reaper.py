@@ -360,17 +360,21 @@ class Cancelled(Exception):
 
 def extract_items(job: Job, log: Callable[[str], None], cancelled: Callable[[], bool]) -> list[FileResult]:
     """Extract every item's window with one model load; a failing item is recorded, not raised.
-    Before each item, ``cancelled()`` is asked; if true, the stems written so far are removed
-    and :class:`Cancelled` is raised."""
+    Before each item and at the end, ``cancelled()`` is asked; if true, the stems written so
+    far are removed and :class:`Cancelled` is raised."""
     query = job_query(job)
     model = load_model(store.DEFAULT_MODEL, "auto", "fp32", quiet=True)
     cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
     results: list[FileResult] = []
-    for n, item in enumerate(job.items, 1):
+
+    def stop_if_cancelled() -> None:
         if cancelled():
             remove_stems(results)
             raise Cancelled
-        end = "end" if item.end is None else f"{item.end:.6f} s"
+
+    for n, item in enumerate(job.items, 1):
+        stop_if_cancelled()
+        end = "its end" if item.end is None else f"{item.end:.6f} s"
         log(f"item {n}/{len(job.items)}: {item.source} from {item.start:.6f} s to {end}")
         plan = OutputPlan(output=free_stem_path(item.source, query, job.out_dir), fmt=STEM_FORMAT,
                           bit_depth=STEM_DEPTH)
@@ -378,6 +382,7 @@ def extract_items(job: Job, log: Callable[[str], None], cancelled: Callable[[], 
         result = extractor.run_one(item.source)
         log(f"  {result.status}: {result.target if result.status == 'ok' else result.error}")
         results.append(result)
+    stop_if_cancelled()
     return results
 
 
@@ -470,12 +475,9 @@ def run_job_file(job_path: Path) -> None:
             log(f"model store {job.store}; ffmpeg {job.ffmpeg or 'not recorded'}")
             with job_environment(job):
                 results = extract_items(job, log, lambda: not job_path.exists())
-                if not job_path.exists():
-                    remove_stems(results)
-                    raise Cancelled
             outcome = {"state": "done", "items": [stem_entry(r) for r in results]}
         except Cancelled:
-            log("cancelled: the job file was removed")
+            pass
         except ClapsepError as err:
             log(f"error: {err}")
             outcome, error = {"state": "done", "error": str(err)}, err
@@ -483,7 +485,9 @@ def run_job_file(job_path: Path) -> None:
             log(traceback.format_exc())
             outcome = {"state": "done", "error": f"internal error ({type(err).__name__}: {err})"}
             error = ClapsepError(f"internal error ({type(err).__name__}: {err}); see {files.log}")
-        log("result written" if outcome is not None else "no result")
+        if not job_path.exists():  # stopped: nobody waits for a result
+            outcome = error = None
+        log("writing the result" if outcome is not None else "cancelled: the job file was removed")
     if outcome is None:
         files.beat.unlink(missing_ok=True)
         files.log.unlink(missing_ok=True)
