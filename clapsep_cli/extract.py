@@ -82,6 +82,12 @@ class OutputPlan:
         return target, residual
 
 
+# How far past a source's length a region may end (seconds); such ends are clamped to the length.
+# Editors measure compressed sources with their own decoders, whose lengths can differ from the
+# one clapsep decodes by an encoder delay or padding (an MP3 or AAC frame or two).
+END_TOLERANCE = 0.1
+
+
 @dataclass(frozen=True)
 class Region:
     """A part of a source, in seconds; ``end`` None means to the end."""
@@ -97,6 +103,8 @@ class Region:
         if first >= info.frames:
             raise AudioError(f"{info.path}: region starts at {self.start:g} s, after the end of the file "
                              f"({info.duration:.3f} s)")
+        if self.end is not None and last > info.frames and self.end - info.duration <= END_TOLERANCE:
+            last = info.frames
         if self.end is not None and last > info.frames:
             raise AudioError(f"{info.path}: region ends at {self.end:g} s, after the end of the file "
                              f"({info.duration:.3f} s)")

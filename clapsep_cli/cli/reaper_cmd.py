@@ -20,7 +20,8 @@ def reaper() -> None:
 def install(resource_path: Path | None) -> None:
     """Write the actions into REAPER's Scripts/ folder and say how to put them on a toolbar.
 
-    Run it again after adding, changing or removing presets.
+    The actions record this clapsep, its model store ($CLAPSEP_HOME) and ffmpeg as absolute
+    paths. Run it again after adding, changing or removing presets, or after moving any of those.
     """
     done = bridge.install(resource_path or bridge.default_resource_path())
     for problem in done.problems:
@@ -30,11 +31,12 @@ def install(resource_path: Path | None) -> None:
         click.echo(f"  {path.name}")
     for path in done.removed:
         click.echo(f"Removed {path.name} (its preset is gone).")
+    click.echo(bridge.recorded_help(done))
     click.echo(bridge.toolbar_help(done))
 
 
 @reaper.command(hidden=True)
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
 def run(job: Path) -> None:
-    """Run a job file written by a REAPER action (the actions call this; results go beside it)."""
+    """Run a job file written by a REAPER action (the actions call this; log and result go beside it)."""
     bridge.run_job_file(job)

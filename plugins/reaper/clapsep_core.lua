@@ -2,20 +2,27 @@
 --
 -- `clapsep reaper install` copies this file into REAPER's Scripts/clapsep/ folder next to one
 -- small action script per preset; each action calls run(config) with
---   config.command  the argv that starts clapsep, e.g. {"/path/to/python", "-m", "clapsep_cli"}
---   config.preset   a preset name, or nil to ask the user to describe the sound
---   config.label    what the preset is called (the new track's name)
+--   config.command      the argv that starts clapsep, e.g. {"/abs/python", "-m", "clapsep_cli"}
+--   config.preset_file  the preset's file (absolute), or nil to ask the user to describe the sound
+--   config.label        what the preset is called (the new track's name)
+--   config.store        the model store (absolute), and config.ffmpeg, ffmpeg (absolute) or nil:
+--                       a process REAPER starts may not see the user's shell environment
 --
 -- run() reads the selected items (clipped to the time selection), writes a job file (JSON,
 -- UTF-8) and starts `clapsep reaper run JOB` without waiting. Only the clapsep command and the
--- job's path appear on the command line; sources and queries travel in the file. A deferred
--- poll waits for the result file clapsep writes next to the job (a Lua table: state "running",
--- then "done") and inserts the stems on new tracks in one undo block.
+-- job's path appear on the command line; sources and queries travel in the file. Next to the
+-- job, clapsep appends a byte to JOB.beat every second while it works, writes JOB.log, and
+-- finally renames its result (a Lua table) into place as JOB.result.lua; no file is ever
+-- replaced while the action may be reading it. A deferred poll waits for the result (or for
+-- the heartbeat to stop), waits for the user to return to the job's project tab, and inserts
+-- the stems on new tracks in one undo block.
 
 local M = {}
 
--- Seconds clapsep may take to report that it is running before the action gives up.
+-- Seconds clapsep may take to show its first heartbeat before the action gives up.
 M.START_LIMIT = 180
+-- Seconds without a heartbeat after which clapsep is taken for dead (killed, crashed, out of memory).
+M.SILENCE_LIMIT = 60
 -- Tolerance, in seconds of source, for windows that end exactly at the source's edges.
 local EPS = 1e-7
 
@@ -30,17 +37,21 @@ local function show(message)
   reaper.ShowMessageBox(message, "clapsep", 0)
 end
 
--- Call fn(...): a refusal becomes a message box; any other error (a bug) goes on to REAPER.
-local function guarded(fn, ...)
+-- Call fn(...): a refusal becomes a message box; any other error (a bug) is handed to
+-- on_bug(traceback) if given, then goes on to REAPER.
+local function guarded(fn, on_bug, ...)
   local ok, err = xpcall(fn, function(e)
     if getmetatable(e) == Refusal then return e end
     return debug.traceback(tostring(e), 2)
   end, ...)
   if ok then return end
-  if getmetatable(err) == Refusal then show(err.message) else error(err, 0) end
+  if getmetatable(err) == Refusal then return show(err.message) end
+  if on_bug then on_bug(err) end
+  error(err, 0)
 end
 
--- JSON text of a string, number, boolean or table (a table with [1] is an array).
+-- JSON text of a string, number, boolean or table (a table with [1] is an array; nil fields
+-- are left out).
 local function json(value)
   local kind = type(value)
   if kind == "string" then
@@ -67,19 +78,21 @@ local function json(value)
   error("cannot write a " .. kind .. " as JSON")
 end
 
--- One argument quoted so that ExecProcess hands it over unchanged, or nil and why not.
--- Windows: CreateProcess's parsing (backslashes are literal except before a double quote, and
--- a path cannot contain one). macOS/Linux: REAPER splits at spaces and honours "...", '...' and
--- `...` without escapes, so the argument is wrapped in a quote character it does not contain.
+-- One argument quoted for ExecProcess, or nil and why not. REAPER does not document how it
+-- splits a command line, so an argument is wrapped in double quotes and refused if it holds a
+-- character that any likely reading would treat specially: a double quote or a control
+-- character anywhere; on Windows a % (cmd.exe expands %VAR%); elsewhere $ ` or \ (a shell
+-- expands them inside double quotes). Windows: a trailing run of backslashes is doubled so
+-- that it does not escape the closing quote.
 function M.quote_arg(arg, os_name)
-  if os_name:match("^Win") then
-    if arg:find('"', 1, true) then return nil, "contains a double quote" end
-    return '"' .. arg .. arg:match("\\*$") .. '"'
+  local windows = os_name:match("^Win") ~= nil
+  local at = arg:find(windows and '[%c"%%]' or '[%c"$`\\]')
+  if at then
+    local ch = arg:sub(at, at)
+    return nil, ch:match("%c") and "contains a control character" or "contains " .. ch
   end
-  for _, q in ipairs({ '"', "'", "`" }) do
-    if not arg:find(q, 1, true) then return q .. arg .. q end
-  end
-  return nil, "contains all three quote characters"
+  if windows then return '"' .. arg .. arg:match("\\*$") .. '"' end
+  return '"' .. arg .. '"'
 end
 
 -- The command line that runs argv on this OS.
@@ -87,7 +100,7 @@ function M.command_line(argv, os_name)
   local parts = {}
   for i, arg in ipairs(argv) do
     local quoted, why = M.quote_arg(arg, os_name)
-    if not quoted then refuse("cannot pass this path to clapsep (it " .. why .. "):\n" .. arg) end
+    if not quoted then refuse("cannot pass this path to clapsep safely (it " .. why .. "):\n" .. arg) end
     parts[i] = quoted
   end
   return table.concat(parts, " ")
@@ -97,10 +110,11 @@ local function basename(path)
   return path:match("[^/\\]*$")
 end
 
--- The part of an item to extract: timeline start t0, source window [s0, s1) in seconds, or nil
--- if the item lies outside the time selection; refuses a looped item that repeats its source.
--- A take at playrate r shows `length` seconds of timeline covering length * r seconds of
--- source from its start offset; the parts before and after the source are silence, dropped.
+-- The part of an item to extract: timeline start t0, source window [s0, s1) in seconds and
+-- whether it runs to the source's end, or nil if the item lies outside the time selection;
+-- refuses a looped item that repeats its source. A take at playrate r shows `length` seconds
+-- of timeline covering length * r seconds of source from its start offset; the parts before
+-- and after the source are silence, dropped.
 local function window(it, sel_start, sel_end)
   local t0, t1 = it.position, it.position + it.length
   if sel_start then t0, t1 = math.max(t0, sel_start), math.min(t1, sel_end) end
@@ -114,37 +128,50 @@ local function window(it, sel_start, sel_end)
   if s0 < 0 then t0, s0 = t0 - s0 / r, 0 end
   if s1 > it.source_length then s1 = it.source_length end
   if s1 - s0 <= EPS then return nil end
-  return { t0 = t0, s0 = s0, s1 = s1 }
+  return { t0 = t0, s0 = s0, s1 = s1, to_end = s1 >= it.source_length - EPS }
 end
 
--- What an item plays and where, or a refusal naming the item.
+-- "The item at X s (file)".
+local function item_name(position, file)
+  local name = string.format("The item at %.3f s", position)
+  if file and file ~= "" then name = string.format("%s (%s)", name, basename(file)) end
+  return name
+end
+
+-- What an item plays and where, or a refusal naming the item. The source's kind is checked
+-- before its file name: a reversed or section take has a SECTION source, whose own file name
+-- is empty (its parent holds the file).
 local function read_item(item)
   local position = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
-  local name = string.format("The item at %.3f s", position)
   local take = reaper.GetActiveTake(item)
-  if not take then refuse(name .. " is empty") end
+  if not take then refuse(item_name(position) .. " is empty") end
+  if reaper.TakeIsMIDI(take) then refuse(item_name(position) .. " is MIDI, not audio") end
   local source = reaper.GetMediaItemTake_Source(take)
-  local kind = reaper.GetMediaSourceType(source)
-  local file = reaper.GetMediaSourceFileName(source)
-  if kind == "MIDI" or file == "" then refuse(name .. " has no audio file (MIDI?)") end
-  name = string.format("%s (%s)", name, basename(file))
-  if kind == "SECTION" then
-    refuse(name .. " is reversed or a section of its source; glue it first (Item > Glue items)")
+  if not source then refuse(item_name(position) .. " has no source") end
+  if reaper.PCM_Source_GetSectionInfo(source) or reaper.GetMediaSourceType(source, "") == "SECTION" then
+    local parent = reaper.GetMediaSourceParent(source)
+    refuse(item_name(position, parent and reaper.GetMediaSourceFileName(parent, ""))
+      .. " is reversed or a section of its source; glue it first (Item > Glue items)")
   end
+  local file = reaper.GetMediaSourceFileName(source, "")
+  if file == "" then refuse(item_name(position) .. " has no audio file") end
+  local name = item_name(position, file)
   if reaper.GetTakeNumStretchMarkers(take) > 0 then
     refuse(name .. " has stretch markers; glue it first (Item > Glue items)")
   end
   local source_length, in_beats = reaper.GetMediaSourceLength(source)
   if in_beats then refuse(name .. " has a beat-based source") end
+  local playback = {}
+  for _, key in ipairs({ "D_PLAYRATE", "D_PITCH", "B_PPITCH", "I_PITCHMODE", "I_CHANMODE", "D_VOL", "D_PAN" }) do
+    playback[key] = reaper.GetMediaItemTakeInfo_Value(take, key)
+  end
   return {
     name = name, file = file, position = position, source_length = source_length,
     length = reaper.GetMediaItemInfo_Value(item, "D_LENGTH"),
     loop = reaper.GetMediaItemInfo_Value(item, "B_LOOPSRC") ~= 0,
     track = reaper.GetMediaItem_Track(item),
     startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
-    playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
-    pitch = reaper.GetMediaItemTakeInfo_Value(take, "D_PITCH"),
-    ppitch = reaper.GetMediaItemTakeInfo_Value(take, "B_PPITCH"),
+    playrate = playback.D_PLAYRATE, playback = playback,
   }
 end
 
@@ -159,7 +186,7 @@ local function selected_parts()
     local it = read_item(reaper.GetSelectedMediaItem(0, i))
     local w = window(it, sel_start, sel_end)
     if w then
-      it.t0, it.s0, it.s1 = w.t0, w.s0, w.s1
+      it.t0, it.s0, it.s1, it.to_end = w.t0, w.s0, w.s1, w.to_end
       parts[#parts + 1] = it
     end
   end
@@ -181,6 +208,15 @@ local function write_file(path, text)
   f:close()
 end
 
+-- Size of a file in bytes, or nil if it cannot be opened.
+local function file_size(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local size = f:seek("end")
+  f:close()
+  return size
+end
+
 -- The result table clapsep wrote (a Lua table literal, loaded without access to anything),
 -- or nil while there is none yet.
 local function read_result(path)
@@ -193,6 +229,51 @@ local function read_result(path)
   local ok, result = pcall(chunk)
   if ok and type(result) == "table" then return result end
   return nil
+end
+
+-- Add a line from the REAPER side to the job's log, which a user sends with a report.
+local function note_in_log(job, text)
+  local f = io.open(job.log, "ab")
+  if not f then return end
+  f:write(string.format("[REAPER action, REAPER %s on %s] %s\n", reaper.GetAppVersion(), job.os_name, text))
+  f:close()
+end
+
+local function remove(paths)
+  for _, path in ipairs(paths) do os.remove(path) end
+end
+
+-- The job is over: remove its files, keeping the job file and the log when something failed.
+local function close_job(job, failed)
+  job.closed = true
+  remove({ job.result, job.beat })
+  if not failed then remove({ job.path, job.log }) end
+end
+
+-- Stop the job with a message for the user; the job file and the log stay for a report.
+local function fail(job, message)
+  note_in_log(job, message)
+  close_job(job, true)
+  refuse(string.format("%s\n\nDetails are in the log %s (send it with the job file %s when you report "
+    .. "a problem).", message, job.log, job.path))
+end
+
+-- Whether the job's project is still open ("gone" if not) and whether it is the active tab
+-- ("here") or another one ("elsewhere"). A project is identified by its pointer and its file
+-- name, since a pointer can be reused by a project opened after it was closed.
+local function project_state(job)
+  if not reaper.ValidatePtr(job.project, "ReaProject*") then return "gone" end
+  local i = 0
+  while true do
+    local project, file = reaper.EnumProjects(i)
+    if not project then return "gone" end
+    if project == job.project then
+      if job.project_file ~= "" and file ~= job.project_file then return "gone" end
+      break
+    end
+    i = i + 1
+  end
+  return reaper.EnumProjects(-1) == job.project and "here" or "elsewhere"
 end
 
 -- A new track directly below `track` (at the end if that track is gone), named `label`.
@@ -209,77 +290,105 @@ end
 
 -- The stem as an item lined up sample for sample with the part of the source it came from:
 -- its first frame is source frame `offset`, so it starts (offset / rate - s0) / playrate after
--- t0, plays at the source take's rate and pitch, and is as long as the stem plays.
-local function insert_stem(track, part, stem)
+-- t0, is as long as the stem plays, and plays as its source take does (rate, pitch and pitch
+-- mode, channel mode, volume with polarity, pan).
+local function insert_stem(track, entry)
+  local part, stem = entry.part, entry.stem
   local item = reaper.AddMediaItemToTrack(track)
   local take = reaper.AddTakeToMediaItem(item)
-  reaper.SetMediaItemTake_Source(take, reaper.PCM_Source_CreateFromFile(stem.target))
+  reaper.SetMediaItemTake_Source(take, entry.source)
+  entry.attached = true
   reaper.SetMediaItemInfo_Value(item, "D_POSITION", part.t0 + (stem.offset / stem.rate - part.s0) / part.playrate)
   reaper.SetMediaItemInfo_Value(item, "D_LENGTH", stem.frames / stem.rate / part.playrate)
   reaper.SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)
   reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0)
-  reaper.SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", part.playrate)
-  reaper.SetMediaItemTakeInfo_Value(take, "D_PITCH", part.pitch)
-  reaper.SetMediaItemTakeInfo_Value(take, "B_PPITCH", part.ppitch)
+  for key, value in pairs(part.playback) do reaper.SetMediaItemTakeInfo_Value(take, key, value) end
   reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", basename(stem.target), true)
 end
 
--- Insert every stem clapsep wrote, one new track per source track, in one undo block;
--- returns the lines describing the parts that failed.
+-- Insert every stem clapsep wrote, one new track per source track, in one undo block; returns
+-- the lines describing the parts that failed. The UI refresh count and the undo block are
+-- restored even if an insertion raises.
 local function insert_stems(job, stems)
-  local failures, tracks, order = {}, {}, {}
+  local failures, ready = {}, {}
   for i, part in ipairs(job.parts) do
     local stem = stems[i] or { error = "no result" }
-    if stem.status == "ok" then
-      if not tracks[part.track] then order[#order + 1] = part.track end
-      tracks[part.track] = tracks[part.track] or {}
-      table.insert(tracks[part.track], { part = part, stem = stem })
-    else
+    if stem.status ~= "ok" then
       failures[#failures + 1] = part.name .. ": " .. tostring(stem.error)
+    else
+      local source = reaper.PCM_Source_CreateFromFile(stem.target)
+      if source then
+        ready[#ready + 1] = { part = part, stem = stem, source = source }
+      else
+        failures[#failures + 1] = part.name .. ": REAPER cannot open the stem " .. stem.target
+      end
     end
   end
-  if #order == 0 then return failures end
+  if #ready == 0 then return failures end
   reaper.Undo_BeginBlock()
   reaper.PreventUIRefresh(1)
-  for _, source_track in ipairs(order) do
-    local track = new_track(job.project, source_track, job.label)
-    for _, entry in ipairs(tracks[source_track]) do insert_stem(track, entry.part, entry.stem) end
-  end
+  local ok, err = xpcall(function()
+    local tracks = {}
+    for _, entry in ipairs(ready) do
+      local part = entry.part
+      tracks[part.track] = tracks[part.track] or new_track(job.project, part.track, job.label)
+      insert_stem(tracks[part.track], entry)
+    end
+  end, debug.traceback)
   reaper.PreventUIRefresh(-1)
   reaper.UpdateArrange()
   reaper.Undo_EndBlock("clapsep: extract " .. job.label, -1)
+  if not ok then
+    for _, entry in ipairs(ready) do
+      if not entry.attached then reaper.PCM_Source_Destroy(entry.source) end
+    end
+    error(err, 0)
+  end
   return failures
 end
 
-local function cleanup(job)
-  os.remove(job.path)
-  os.remove(job.result)
-end
-
 local function finish(job, result)
-  cleanup(job)
-  if result.error then refuse("clapsep failed: " .. tostring(result.error)) end
-  if reaper.EnumProjects(-1) ~= job.project then
-    refuse("The project changed while clapsep ran; the stems are in " .. job.out_dir)
-  end
+  if result.error then fail(job, "clapsep failed: " .. tostring(result.error)) end
   local failures = insert_stems(job, result.items or {})
   if #failures > 0 then
-    refuse(string.format("clapsep could not extract %d of %d items:\n\n%s", #failures, #job.parts,
+    fail(job, string.format("clapsep could not extract %d of %d items:\n\n%s", #failures, #job.parts,
       table.concat(failures, "\n")))
   end
+  close_job(job, false)
 end
 
--- One deferred step: finish when clapsep is done, else look again on REAPER's next cycle.
-local function poll(job)
-  local result = read_result(job.result)
-  if result and result.state == "done" then return finish(job, result) end
-  if result then job.started = true end
-  if not job.started and reaper.time_precise() - job.launched > M.START_LIMIT then
-    cleanup(job)
-    refuse(string.format("clapsep did not start within %d s. Command:\n%s\n\nRun it in a terminal to see why, "
-      .. "or run `clapsep reaper install` again.", M.START_LIMIT, job.command))
+local poll
+
+local function again(job)
+  reaper.defer(function() guarded(poll, job.on_bug, job) end)
+end
+
+-- One deferred step: wait for clapsep's result while its heartbeat goes on, then for the
+-- job's project to be the active tab, then insert.
+poll = function(job)
+  local now = reaper.time_precise()
+  if not job.result_data then
+    job.result_data = read_result(job.result)
+    if not job.result_data then
+      local size = file_size(job.beat)
+      if size and size ~= job.beat_size then job.beat_size, job.beat_at = size, now end
+      if job.beat_at and now - job.beat_at > M.SILENCE_LIMIT then
+        fail(job, string.format("clapsep stopped working (no sign of life for %d s): it may have run out of "
+          .. "memory, crashed or been stopped.", M.SILENCE_LIMIT))
+      elseif not job.beat_at and now - job.launched > M.START_LIMIT then
+        fail(job, string.format("clapsep did not start within %d s. Command:\n%s\n\nRun it in a terminal to "
+          .. "see why, or run `clapsep reaper install` again.", M.START_LIMIT, job.command))
+      end
+      return again(job)
+    end
   end
-  reaper.defer(function() guarded(poll, job) end)
+  local where = project_state(job)
+  if where == "gone" then
+    fail(job, "The project was closed while clapsep ran; the stems are in " .. job.out_dir)
+  elseif where == "elsewhere" then
+    return again(job)  -- the user is in another project tab: insert when they come back
+  end
+  finish(job, job.result_data)
 end
 
 -- A fresh job file name in clapsep's folder under REAPER's resource path.
@@ -293,7 +402,7 @@ local function job_path()
 end
 
 local function start(config)
-  local query = config.preset and { preset = config.preset } or nil
+  local query = config.preset_file and { preset_file = config.preset_file } or nil
   local label = config.label
   local parts = selected_parts()
   if not query then
@@ -304,32 +413,50 @@ local function start(config)
   if not reaper.file_exists(config.command[1]) then
     refuse("clapsep is not at " .. config.command[1] .. ".\nRun `clapsep reaper install` again.")
   end
-  local out_dir = reaper.GetProjectPath()
+  local out_dir = reaper.GetProjectPath("")
   if out_dir == "" then out_dir = reaper.GetResourcePath() .. "/Data/clapsep/stems" end
   local path = job_path()
-  local items = {}
-  for i, part in ipairs(parts) do items[i] = { source = part.file, start = part.s0, ["end"] = part.s1 } end
-  write_file(path, json({ clapsep_reaper_job = 1, query = query, out_dir = out_dir, items = items }))
+  local base = path:gsub("%.json$", "")
   local argv = {}
   for i, arg in ipairs(config.command) do argv[i] = arg end
   for _, arg in ipairs({ "reaper", "run", path }) do argv[#argv + 1] = arg end
   local os_name = reaper.GetOS()
+  local project, project_file = reaper.EnumProjects(-1)
   local job = {
-    path = path, result = path:gsub("%.json$", ".result.lua"), parts = parts, label = label,
-    out_dir = out_dir, project = reaper.EnumProjects(-1), command = M.command_line(argv, os_name),
+    path = path, result = base .. ".result.lua", beat = base .. ".beat", log = base .. ".log",
+    parts = parts, label = label, out_dir = out_dir, project = project, project_file = project_file or "",
+    os_name = os_name, command = M.command_line(argv, os_name),
   }
+  job.on_bug = function(traceback)
+    note_in_log(job, "internal error: " .. traceback)
+    close_job(job, true)
+  end
+  local items = {}
+  for i, part in ipairs(parts) do
+    items[i] = { source = part.file, start = part.s0, ["end"] = not part.to_end and part.s1 or nil }
+  end
+  write_file(path, json({ clapsep_reaper_job = 2, query = query, out_dir = out_dir, items = items,
+    store = config.store, ffmpeg = config.ffmpeg }))
+  -- Stopped by the user (REAPER's "script already running" dialog, or the running-scripts list)
+  -- or ended by an error: removing the job file tells clapsep to stop and clean up its stems.
+  reaper.atexit(function()
+    if not job.closed then
+      job.closed = true
+      remove({ job.path, job.result, job.beat, job.log })
+    end
+  end)
   -- Do not wait (-1); on Windows also minimize the console window clapsep opens (-2).
   if reaper.ExecProcess(job.command, os_name:match("^Win") and -2 or -1) == nil then
-    cleanup(job)
+    close_job(job, false)
     refuse("could not start clapsep:\n" .. job.command)
   end
   job.launched = reaper.time_precise()
-  reaper.defer(function() guarded(poll, job) end)
+  again(job)
 end
 
--- The action: extract config.preset (or an asked-for description) from the selected items.
+-- The action: extract config.preset_file (or an asked-for description) from the selected items.
 function M.run(config)
-  guarded(start, config)
+  guarded(start, nil, config)
 end
 
 return M

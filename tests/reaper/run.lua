@@ -6,16 +6,18 @@ local here = arg[0]:match("^(.*[/\\])") or "./"
 local Fake = dofile(here .. "fake_reaper.lua")
 local scenario = dofile(arg[1])
 
-local reaper_table, state, run_deferred, snapshot = Fake.new(scenario)
-reaper = reaper_table
+local fake = Fake.new(scenario)
+reaper = fake.reaper
 
-local ok, err = xpcall(dofile, debug.traceback, arg[2])
-if ok then ok, err = xpcall(run_deferred, debug.traceback, 0.05, scenario.time_limit or 120) end
+fake.launch(arg[2])
+fake.run(0.05, scenario.time_limit or 120)
 
+local state, projects = fake.state, fake.snapshot()
 local out = assert(io.open(arg[3], "wb"))
 out:write(Fake.to_json({
-  tracks = snapshot(), messages = state.messages, execs = state.execs, undo = state.undo,
-  changed_outside_undo = state.changed_outside_undo, calls = state.calls, asked = state.asked or false,
-  refresh_prevented = state.refresh_prevented, timed_out = state.timed_out, script_error = (not ok) and err or false,
+  tracks = projects.tracks, tabs = projects.tabs, messages = state.messages, execs = state.execs,
+  undo = state.undo, changed_outside_undo = state.changed_outside_undo, calls = state.calls, asked = state.asked,
+  refresh_prevented = state.refresh_prevented, timed_out = state.timed_out, dialogs = state.dialogs,
+  script_errors = state.script_errors, destroyed_sources = state.destroyed_sources, atexit_ran = state.atexit_ran,
 }))
 out:close()
