@@ -209,13 +209,18 @@ def install(name: str, clap_file: Path, clapsep_file: Path, tokenizer_dir: Path 
         "audio": checkpoints.fit_to_module(audio_state, AudioEncoder(config), f"CLAP checkpoint {clap_file}"),
     }
     clap_audio_branch = {k[len("audio_branch."):]: v for k, v in audio_state.items() if k.startswith("audio_branch.")}
-    parts["separator"], layout = checkpoints.separator_state(
-        sep_raw, clap_audio_branch, config, Separator(config), str(clapsep_file))
-    del clap, sep_raw
+    separator = checkpoints.separator_state(sep_raw, clap_audio_branch, config, Separator(config), str(clapsep_file))
+    found = checkpoints.apply_query_tensors(parts, separator.query, str(clapsep_file))
+    if found["differ_from_clap"]:
+        log(f"{found['differ_from_clap']} of the {found['tensors']} query-encoder tensors in {clapsep_file.name} "
+            "differ from the CLAP checkpoint's; using the CLAPSep checkpoint's, as the released Space does")
+    parts["separator"], separator_layout = separator.state, separator.layout
+    del clap, sep_raw, separator
     sources = {role: {"file": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(f)}
                for role, f in (("clap", clap_file), ("clapsep", clapsep_file))}
     model = write_model(name, parts, config, tokenizer_dir, overwrite,
-                        {"origin": origin, "clapsep_layout": layout, "sources": sources})
+                        {"origin": origin, "clapsep_layout": separator_layout, "query_tensors_from_clapsep": found,
+                         "sources": sources})
     log(f"installed model {name!r} at {model.path}")
     return model
 

@@ -81,24 +81,36 @@ def random_clapsep_training_state(cfg: ModelConfig, clap_state: dict[str, torch.
     return state
 
 
+def lightning_state(training_state: dict[str, torch.Tensor], clap_state: dict[str, torch.Tensor]
+                    ) -> dict[str, torch.Tensor]:
+    """The whole official training module's state dict: clap_model.model.*, audio_branch.*, decoder_model.*,
+    stft.*, istft.* (the query encoder ``clap_model`` holds ``clap_state``)."""
+    from torchlibrosa import ISTFT, STFT
+
+    state = {"clap_model.model." + k: v for k, v in clap_state.items() if k != "text_branch.embeddings.position_ids"}
+    state.update(training_state)
+    for name, mod in (("stft", STFT(n_fft=1024, hop_length=320)), ("istft", ISTFT(n_fft=1024, hop_length=320))):
+        state.update({f"{name}.{k}": v for k, v in mod.state_dict().items()})
+    return state
+
+
+def official_save_filter(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The rule of the official ``on_save_checkpoint`` (commented out at the end of model/CLAPSep.py):
+    keep every key that contains 'lora', 'attn.qkv.bias', 'attn.proj.bias' or 'decoder_model'."""
+    return {k: v for k, v in weights.items()
+            if any(e in k for e in ["lora", "attn.qkv.bias", "attn.proj.bias", "decoder_model"])}
+
+
 def write_clapsep(path: Path, training_state: dict[str, torch.Tensor], clap_state: dict[str, torch.Tensor],
                   layout: int) -> Path:
-    """Save the separator weights in official layout 1, 2 or 3."""
+    """Save the separator weights in official layout 1 (changes only, plain), 2 (plain) or 3 (Lightning)."""
     if layout == 1:
-        keep = {k: v for k, v in training_state.items()
-                if "lora" in k or k.endswith((".attn.qkv.bias", ".attn.proj.bias")) or k.startswith("decoder_model.")}
-        torch.save(keep, path)
+        torch.save(official_save_filter(lightning_state(training_state, clap_state)), path)
     elif layout == 2:
         torch.save(dict(training_state), path)
     else:
-        from torchlibrosa import ISTFT, STFT
-
-        state = {"clap_model.model." + k: v for k, v in clap_state.items()
-                 if k != "text_branch.embeddings.position_ids"}
-        state.update(training_state)
-        for name, mod in (("stft", STFT(n_fft=1024, hop_length=320)), ("istft", ISTFT(n_fft=1024, hop_length=320))):
-            state.update({f"{name}.{k}": v for k, v in mod.state_dict().items()})
-        torch.save({"epoch": 149, "global_step": 231000, "state_dict": state}, path)
+        torch.save({"epoch": 149, "global_step": 231000, "state_dict": lightning_state(training_state, clap_state)},
+                   path)
     return path
 
 
