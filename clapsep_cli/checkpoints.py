@@ -33,7 +33,7 @@ from torch import nn
 
 from clapsep_cli.config import ModelConfig
 from clapsep_cli.errors import CheckpointError
-from clapsep_cli.lora import LORA_A, LORA_B, lora_layers, merge_lora
+from clapsep_cli.lora import LORA_A, lora_layers, merge_lora
 
 # Buffers that every build computes identically; a checkpoint may omit them.
 DERIVED_BUFFERS = (".relative_position_index", ".attn_mask", ".num_batches_tracked")

@@ -62,10 +62,10 @@ def _handler(state: HubState, cdn: bool) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        def do_HEAD(self) -> None:
             self._answer(body=False)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._answer(body=True)
 
         def _answer(self, body: bool) -> None:
@@ -164,7 +164,7 @@ def _download_cmd(endpoint: str, home: Path) -> tuple[list[str], dict[str, str]]
 
 def download(endpoint: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     cmd, env = _download_cmd(endpoint, home)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -236,9 +236,10 @@ def test_checksum_mismatch_fails_in_one_line_and_installs_nothing(hub: tuple[str
     state.etags[clapsep_path] = hashlib.sha256(b"the file the Hub recorded").hexdigest()
     result = download(endpoint, home)
     assert result.returncode == 1
-    assert _error_lines(result.stderr) == [
-        f"clapsep: error: {store.CLAPSEP_REPO}/{store.CLAPSEP_FILE}: downloaded bytes do not match the checksum the "
-        f"server gives ({state.etags[clapsep_path]}); nothing installed, re-run to download it again"]
+    expected = (f"clapsep: error: {store.CLAPSEP_REPO}/{store.CLAPSEP_FILE}: downloaded bytes do not match the "
+                f"checksum the server gives ({state.etags[clapsep_path]}); nothing installed, re-run to download it "
+                "again")
+    assert _error_lines(result.stderr) == [expected]
     assert _installed(home) == []
     assert not list((home / "downloads").rglob("*.part"))  # a bad file is not resumed either
 

@@ -20,7 +20,7 @@ GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden.safetensors"
 @pytest.fixture(scope="module")
 def golden() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(GOLDEN), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 - safe_open is not iterable
 
 
 def _decoder() -> Decoder:
