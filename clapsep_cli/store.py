@@ -289,25 +289,22 @@ RELEASE_FILES = {
     **{name: HubFile(TOKENIZER_REPO, name) for name in TOKENIZER_FILES},
 }
 HUB_TIMEOUT = 10.0  # seconds to wait for the Hub (or HF_ENDPOINT) to answer before giving up
+# The Hub tags a file stored with git LFS (the checkpoints) with its sha256, a plain git file (the
+# tokenizer's) with its git blob id: sha1 over "blob <size>\0" and the bytes.
+CHECKSUM_LENGTHS = (64, 40)
 OFFLINE_FIX = ("to install without network, copy the files onto this machine and run "
                "`clapsep models import --clap FILE --clapsep FILE --tokenizer DIR`")
 
 
-def _hub_checksum(path: Path, etag: str) -> str | None:
-    """``path``'s checksum in the form the Hub's ETag for it takes, or None for an ETag of no known form.
-
-    Files stored with git LFS (the checkpoints) are tagged with their sha256, plain git files
-    (the tokenizer) with their git blob id (sha1 over ``blob <size>\\0`` and the bytes).
-    """
+def _hub_checksum(path: Path, etag: str) -> str:
+    """``path``'s checksum in the form of the Hub's ETag ``etag`` (see :data:`CHECKSUM_LENGTHS`)."""
     if len(etag) == 64:
         return sha256_file(path)
-    if len(etag) == 40:
-        digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        return digest.hexdigest()
-    return None
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _reason(err: Exception) -> str:
@@ -330,13 +327,14 @@ def fetch(file: HubFile, folder: Path, log: Callable[[str], None] = lambda _: No
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
 
-    where = constants.ENDPOINT
     try:
         meta = get_hf_file_metadata(hf_hub_url(file.repo, file.path, repo_type=file.repo_type), timeout=HUB_TIMEOUT)
     except Exception as err:  # noqa: BLE001 - connection, HTTP and offline errors of several libraries
-        raise ModelMissingError(f"cannot download {file} from {where}: {_reason(err)}; {OFFLINE_FIX}") from None
-    if not meta.etag:
-        raise ModelMissingError(f"cannot download {file} from {where}: the server gives no checksum; {OFFLINE_FIX}")
+        raise ModelMissingError(
+            f"cannot download {file} from {constants.ENDPOINT}: {_reason(err)}; {OFFLINE_FIX}") from None
+    if len(meta.etag or "") not in CHECKSUM_LENGTHS:
+        raise ModelMissingError(f"cannot download {file} from {constants.ENDPOINT}: no checksum to check it against "
+                                f"(ETag {meta.etag!r}); {OFFLINE_FIX}")
     folder.mkdir(parents=True, exist_ok=True)
     done = folder / meta.etag
     if done.is_file():
