@@ -42,6 +42,7 @@ class HubState:
     lfs: set[str]  # URL paths stored with LFS (served from the CDN)
     etags: dict[str, str] = field(default_factory=dict)  # URL path -> advertised checksum, where not the true one
     cut: dict[str, int] = field(default_factory=dict)  # CDN sha256 -> bytes to send before stalling (first GET only)
+    drop: dict[str, int] = field(default_factory=dict)  # CDN sha256 -> bytes to send before hanging up (first GET)
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, Range
@@ -122,6 +123,10 @@ def _handler(state: HubState, cdn: bool) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if not body:
                 return
+            hang_up = state.drop.pop(sha, None)
+            if hang_up is not None:
+                self.wfile.write(data[start:hang_up])
+                return  # HTTP/1.0: the connection closes, short of its Content-Length
             stop = state.cut.pop(sha, None)
             if stop is None:
                 self.wfile.write(data[start:])
@@ -227,6 +232,21 @@ def test_interrupted_download_resumes_on_the_next_run(hub: tuple[str, HubState],
     cdn_gets = [r for r in state.requests if r[0] == "GET" and r[1] == f"/{clap_sha}"]
     assert [r[2] for r in cdn_gets] == [f"bytes={kept}-"]  # only the missing half was asked for
     assert _installed(home) == [store.DEFAULT_MODEL]
+
+
+def test_connection_lost_part_way_resumes_in_the_same_run(hub: tuple[str, HubState], tmp_path: Path) -> None:
+    endpoint, state = hub
+    home = tmp_path / "store"
+    clap_path = f"/{store.CLAP_REPO}/resolve/main/{store.CLAP_FILE}"
+    clap_sha, size = state.true_etag(clap_path), len(state.files[clap_path])
+    state.drop[clap_sha] = size - 4096
+    result = download(endpoint, home)
+    assert result.returncode == 0, result.stderr
+    ranges = [r[2] for r in state.requests if r[0] == "GET" and r[1] == f"/{clap_sha}"]
+    assert len(ranges) == 2 and ranges[0] is None
+    assert ranges[1] is not None and 0 < int(ranges[1].removeprefix("bytes=").rstrip("-")) < size
+    manifest = store.read_manifest(home / "models" / store.DEFAULT_MODEL)
+    assert manifest["sources"]["clap"]["sha256"] == clap_sha
 
 
 def test_checksum_mismatch_fails_in_one_line_and_installs_nothing(hub: tuple[str, HubState], tmp_path: Path) -> None:
