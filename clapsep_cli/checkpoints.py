@@ -3,12 +3,20 @@
 Accepted inputs (see the reference doc):
 
 * CLAP: ``{"state_dict": {"module.text_branch.*", "module.audio_branch.*", ...}}``.
-* CLAPSep, any of three layouts:
-  1. plain dict of what training changed (LoRA pairs, attention biases, the decoder); the other
+* CLAPSep, any of three layouts, each as a plain dict or wrapped in ``{"state_dict": ...}``,
+  with or without ``module.`` prefixes:
+  1. what training changed, as the official ``on_save_checkpoint`` filter keeps it: every key of
+     the whole training module containing ``lora``, ``attn.qkv.bias``, ``attn.proj.bias`` or
+     ``decoder_model``. The substring rule also keeps the frozen query encoder's attention
+     biases (``clap_model.model.audio_branch.*.attn.{qkv,proj}.bias``). The other separation
      encoder weights come from the CLAP checkpoint's audio branch;
-  2. plain dict with every ``audio_branch.*`` and ``decoder_model.*`` key;
-  3. Lightning checkpoint ``{"state_dict": {clap_model.model.*, audio_branch.*, decoder_model.*,
-     stft.*, istft.*}}``.
+  2. every ``audio_branch.*`` and ``decoder_model.*`` key;
+  3. the whole training module: ``clap_model.model.*``, ``audio_branch.*``, ``decoder_model.*``,
+     ``stft.*``, ``istft.*``.
+
+Query-encoder tensors a CLAPSep checkpoint carries (``clap_model.model.*``) replace the CLAP
+checkpoint's, as the released Space's ``load_state_dict(..., strict=False)`` onto a module
+holding the loaded CLAP model does.
 
 Every result is checked against the module it will load into: a missing, unexpected or
 misshapen tensor is an error that names it, never a silent non-strict load.
@@ -17,6 +25,7 @@ misshapen tensor is an error that names it, never a silent non-strict load.
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +33,7 @@ from torch import nn
 
 from clapsep_cli.config import ModelConfig
 from clapsep_cli.errors import CheckpointError
-from clapsep_cli.lora import LORA_A, LORA_B, lora_layers, merge_lora
+from clapsep_cli.lora import LORA_A, lora_layers, merge_lora
 
 # Buffers that every build computes identically; a checkpoint may omit them.
 DERIVED_BUFFERS = (".relative_position_index", ".attn_mask", ".num_batches_tracked")
@@ -34,8 +43,11 @@ FIXED_DFT = (".spectrogram_extractor.stft.conv_real.weight", ".spectrogram_extra
 # CLAP parts inference does not use.
 CLAP_UNUSED = ("text_transform.", "audio_transform.", "logit_scale_a", "logit_scale_t",
                "text_branch.embeddings.position_ids", "text_branch.embeddings.token_type_ids")
-# Lightning-module parts of layout 3 that are not separator weights.
+# The training module's copy of the CLAP model (the query encoder), and its STFT pair.
+QUERY_PREFIX = "clap_model.model."
 LIGHTNING_OTHER = ("clap_model.", "stft.", "istft.")
+# The official on_save_checkpoint filter keeps every key containing one of these.
+SAVED_SUBSTRINGS = ("lora", "attn.qkv.bias", "attn.proj.bias", "decoder_model")
 LORA_TARGETS = (".attn.qkv", ".attn.proj")
 
 
@@ -125,23 +137,34 @@ def split_clap(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
     return text, audio
 
 
+def _unwrapped(data: dict) -> dict[str, torch.Tensor]:
+    """The tensors of a plain or ``{"state_dict": ...}``-wrapped checkpoint, ``module.`` prefixes removed."""
+    state = data["state_dict"] if isinstance(data.get("state_dict"), dict) else data
+    return {k.removeprefix("module."): v for k, v in _tensors(state).items()}
+
+
 def detect_layout(data: dict) -> int:
     """Which of the three released CLAPSep layouts ``data`` is (1, 2 or 3)."""
-    lightning = isinstance(data.get("state_dict"), dict)
-    keys = list(_strip(_tensors(data["state_dict"] if lightning else data), "module."))
+    keys = list(_unwrapped(data))
     if not any(k.startswith("decoder_model.") for k in keys):
         raise CheckpointError("not a CLAPSep checkpoint (no decoder_model.* weights)")
-    if lightning:
-        return 3
-    changed_only = all(
-        k.startswith("decoder_model.") or LORA_A in k or LORA_B in k or k.endswith((".attn.qkv.bias", ".attn.proj.bias"))
-        for k in keys)
-    return 1 if changed_only else 2
+    if all(any(part in k for part in SAVED_SUBSTRINGS) for k in keys):
+        return 1
+    return 3 if any(k.startswith(LIGHTNING_OTHER) for k in keys) else 2
+
+
+@dataclass
+class SeparatorWeights:
+    """What a CLAPSep checkpoint holds: the complete separator and the query-encoder tensors it carries."""
+
+    state: dict[str, torch.Tensor]
+    layout: int
+    query: dict[str, torch.Tensor]  # CLAP model keys (``audio_branch.*``, ...), without ``clap_model.model.``
 
 
 def separator_state(data: dict, clap_audio_branch: dict[str, torch.Tensor], cfg: ModelConfig,
-                    reference: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], int]:
-    """Complete separator weights (LoRA merged) from a CLAPSep checkpoint; returns (state, layout).
+                    reference: nn.Module, source: str) -> SeparatorWeights:
+    """Complete separator weights (LoRA merged) from a CLAPSep checkpoint, and its query-encoder tensors.
 
     ``clap_audio_branch`` is the CLAP checkpoint's ``audio_branch.*`` (without prefix), which
     layout 1 builds on. ``reference`` is a freshly built ``Separator`` of ``cfg``.
@@ -150,17 +173,38 @@ def separator_state(data: dict, clap_audio_branch: dict[str, torch.Tensor], cfg:
         layout = detect_layout(data)
     except CheckpointError as err:
         raise CheckpointError(f"{source}: {err}") from None
-    if layout == 3:
-        state = _tensors(data["state_dict"])
-        state = {k: v for k, v in state.items() if not k.startswith(LIGHTNING_OTHER)}
-    else:
-        state = _strip(_tensors(data), "module.")
+    state = _unwrapped(data)
+    query = {k[len(QUERY_PREFIX):]: v for k, v in state.items() if k.startswith(QUERY_PREFIX)}
+    query = {k: v for k, v in query.items() if not k.startswith(CLAP_UNUSED)}
+    state = {k: v for k, v in state.items() if not k.startswith(LIGHTNING_OTHER)}
     if layout == 1:
         base = {"audio_branch." + k: v for k, v in clap_audio_branch.items()}
         state = {**base, **state}
     state = _merged(state, cfg, reference, source)
     _check_fixed_dft(state, reference, source)
-    return fit_to_module(state, reference, f"CLAPSep checkpoint {source}"), layout
+    return SeparatorWeights(fit_to_module(state, reference, f"CLAPSep checkpoint {source}"), layout, query)
+
+
+def apply_query_tensors(parts: dict[str, dict[str, torch.Tensor]], query: dict[str, torch.Tensor],
+                        source: str) -> dict[str, object]:
+    """Overwrite the CLAP query-encoder ``parts`` ("text", "audio") with a CLAPSep checkpoint's tensors.
+
+    Returns what was found, for the manifest: how many tensors, how many differ from the CLAP
+    checkpoint's and by how much at most. A tensor the query encoders lack is an error naming it.
+    """
+    differing, largest = 0, 0.0
+    for key, value in sorted(query.items()):
+        part = next((p for p in parts.values() if key in p), None)
+        if part is None:
+            raise CheckpointError(f"CLAPSep checkpoint {source}: unexpected tensor {QUERY_PREFIX}{key}")
+        if value.shape != part[key].shape:
+            raise CheckpointError(f"CLAPSep checkpoint {source}: {QUERY_PREFIX}{key} has shape "
+                                  f"{list(value.shape)}, the model needs {list(part[key].shape)}")
+        difference = float((value.double() - part[key].double()).abs().max()) if value.numel() else 0.0
+        differing += difference > 0
+        largest = max(largest, difference)
+        part[key] = value.to(part[key].dtype).contiguous()
+    return {"tensors": len(query), "differ_from_clap": differing, "max_abs_difference": largest}
 
 
 def _merged(state: dict[str, torch.Tensor], cfg: ModelConfig, reference: nn.Module, source: str) -> dict[str, torch.Tensor]:

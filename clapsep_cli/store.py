@@ -20,13 +20,11 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlparse
 
 import platformdirs
 import torch
@@ -209,13 +207,18 @@ def install(name: str, clap_file: Path, clapsep_file: Path, tokenizer_dir: Path 
         "audio": checkpoints.fit_to_module(audio_state, AudioEncoder(config), f"CLAP checkpoint {clap_file}"),
     }
     clap_audio_branch = {k[len("audio_branch."):]: v for k, v in audio_state.items() if k.startswith("audio_branch.")}
-    parts["separator"], layout = checkpoints.separator_state(
-        sep_raw, clap_audio_branch, config, Separator(config), str(clapsep_file))
-    del clap, sep_raw
+    separator = checkpoints.separator_state(sep_raw, clap_audio_branch, config, Separator(config), str(clapsep_file))
+    found = checkpoints.apply_query_tensors(parts, separator.query, str(clapsep_file))
+    if found["differ_from_clap"]:
+        log(f"{found['differ_from_clap']} of the {found['tensors']} query-encoder tensors in {clapsep_file.name} "
+            "differ from the CLAP checkpoint's; using the CLAPSep checkpoint's, as the released Space does")
+    parts["separator"], separator_layout = separator.state, separator.layout
+    del clap, sep_raw, separator
     sources = {role: {"file": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(f)}
                for role, f in (("clap", clap_file), ("clapsep", clapsep_file))}
     model = write_model(name, parts, config, tokenizer_dir, overwrite,
-                        {"origin": origin, "clapsep_layout": layout, "sources": sources})
+                        {"origin": origin, "clapsep_layout": separator_layout, "query_tensors_from_clapsep": found,
+                         "sources": sources})
     log(f"installed model {name!r} at {model.path}")
     return model
 
@@ -268,43 +271,107 @@ def remove(name: str) -> Path:
     return model.path
 
 
-def hub_reachable(timeout: float = 5.0) -> bool:
-    """Whether the Hugging Face hub can be reached; never waits longer than ``timeout``."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
+@dataclass(frozen=True)
+class HubFile:
+    """A file of a Hugging Face Hub repository."""
+
+    repo: str
+    path: str
+    repo_type: str = "model"
+
+    def __str__(self) -> str:
+        return f"{self.repo}/{self.path}"
+
+
+RELEASE_FILES = {
+    "clap": HubFile(CLAP_REPO, CLAP_FILE),
+    "clapsep": HubFile(CLAPSEP_REPO, CLAPSEP_FILE, "space"),
+    **{name: HubFile(TOKENIZER_REPO, name) for name in TOKENIZER_FILES},
+}
+HUB_TIMEOUT = 10.0  # seconds to wait for the Hub (or HF_ENDPOINT) to answer before giving up
+# The Hub tags a file stored with git LFS (the checkpoints) with its sha256, a plain git file (the
+# tokenizer's) with its git blob id: sha1 over "blob <size>\0" and the bytes.
+CHECKSUM_LENGTHS = (64, 40)
+OFFLINE_FIX = ("to install without network, copy the files onto this machine and run "
+               "`clapsep models import --clap FILE --clapsep FILE --tokenizer DIR`")
+
+
+def _hub_checksum(path: Path, etag: str) -> str:
+    """``path``'s checksum in the form of the Hub's ETag ``etag`` (see :data:`CHECKSUM_LENGTHS`)."""
+    if len(etag) == 64:
+        return sha256_file(path)
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _reason(err: Exception) -> str:
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(err, OfflineModeIsEnabled):
+        return "downloads are switched off (HF_HUB_OFFLINE is set)"
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        status = err.response.status_code
+        return f"HTTP {status}{' (not found)' if status == 404 else ''}"
+    return checkpoints.first_line(err)
+
+
+def fetch(file: HubFile, folder: Path, log: Callable[[str], None] = lambda _: None) -> Path:
+    """Download ``file`` into ``folder`` and check it against the checksum the Hub gives for it.
+
+    The bytes go to ``<checksum>.part`` first, so an interrupted transfer resumes where it stopped
+    on the next call; a file whose bytes do not match is deleted and an error raised.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+
     try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def download(name: str = DEFAULT_MODEL, overwrite: bool = False, keep_downloads: bool = False,
-             log: Callable[[str], None] = lambda _: None) -> InstalledModel:
-    """Fetch the released CLAP and CLAPSep checkpoints and the tokenizer, then install them."""
-    if not hub_reachable():
+        meta = get_hf_file_metadata(hf_hub_url(file.repo, file.path, repo_type=file.repo_type), timeout=HUB_TIMEOUT)
+    except Exception as err:  # noqa: BLE001 - connection, HTTP and offline errors of several libraries
         raise ModelMissingError(
-            "cannot reach huggingface.co (offline?); copy the checkpoints here and run "
-            "`clapsep models import --clap FILE --clapsep FILE --tokenizer DIR`")
-    from huggingface_hub import hf_hub_download
-
-    cache = store_root() / "downloads"
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "20")
+            f"cannot download {file} from {constants.ENDPOINT}: {_reason(err)}; {OFFLINE_FIX}") from None
+    if len(meta.etag or "") not in CHECKSUM_LENGTHS:
+        raise ModelMissingError(f"cannot download {file} from {constants.ENDPOINT}: no checksum to check it against "
+                                f"(ETag {meta.etag!r}); {OFFLINE_FIX}")
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / meta.etag
+    if done.is_file():
+        return done
+    part = done.with_suffix(".part")
+    have = part.stat().st_size if part.is_file() else 0
+    if meta.size is not None and have > meta.size:
+        part.unlink()
+        have = 0
+    log(f"downloading {file}" + (f" (resuming at {have / 2**20:.1f} MiB)" if have else ""))
     try:
-        log(f"downloading {CLAP_REPO}/{CLAP_FILE}")
-        clap = Path(hf_hub_download(CLAP_REPO, CLAP_FILE, cache_dir=cache))
-        log(f"downloading {CLAPSEP_REPO}/{CLAPSEP_FILE} (Space)")
-        sep = Path(hf_hub_download(CLAPSEP_REPO, CLAPSEP_FILE, repo_type="space", cache_dir=cache))
-        log(f"downloading the {TOKENIZER_REPO} tokenizer")
-        tok = [Path(hf_hub_download(TOKENIZER_REPO, f, cache_dir=cache)) for f in TOKENIZER_FILES]
-    except Exception as err:  # noqa: BLE001 - network and hub errors vary by version
-        raise ClapsepError(f"download failed: {checkpoints.first_line(err)} (re-run to resume)") from None
+        with open(part, "ab") as out:
+            http_get(meta.location, out, resume_size=have, expected_size=meta.size, displayed_filename=file.path,
+                     headers={"Accept-Encoding": "identity"})
+    except Exception as err:  # noqa: BLE001 - as above
+        raise ClapsepError(f"download of {file} stopped: {_reason(err)}; re-run to resume") from None
+    if _hub_checksum(part, meta.etag) != meta.etag:
+        part.unlink()
+        raise ClapsepError(f"{file}: downloaded bytes do not match the checksum the server gives ({meta.etag}); "
+                           "nothing installed, re-run to download it again")
+    part.rename(done)
+    return done
+
+
+def download(name: str = DEFAULT_MODEL, config: ModelConfig = RELEASED, overwrite: bool = False,
+             keep_downloads: bool = False, log: Callable[[str], None] = lambda _: None) -> InstalledModel:
+    """Fetch the released CLAP and CLAPSep checkpoints and the tokenizer, check them, then install them."""
+    target = models_dir() / valid_name(name)
+    if target.exists() and not overwrite:
+        raise ClapsepError(f"model {name!r} is already installed at {target}; pass --overwrite to replace it")
+    cache = store_root() / "downloads"
+    files = {role: fetch(file, cache / file.repo.replace("/", "--"), log) for role, file in RELEASE_FILES.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        for f in tok:
-            shutil.copyfile(f, Path(tmp) / f.name)
-        model = install(name, clap, sep, Path(tmp), overwrite=overwrite, origin="download", log=log)
+        for name_ in TOKENIZER_FILES:
+            shutil.copyfile(files[name_], Path(tmp) / name_)
+        model = install(name, files["clap"], files["clapsep"], Path(tmp), config=config, overwrite=overwrite,
+                        origin="download", log=log)
     if not keep_downloads:
         shutil.rmtree(cache, ignore_errors=True)
     return model
@@ -315,7 +382,9 @@ def ensure_model(name: str = DEFAULT_MODEL, log: Callable[[str], None] = lambda 
     try:
         return get_model(name)
     except ModelMissingError:
-        if name != DEFAULT_MODEL or not hub_reachable():
+        from huggingface_hub import constants
+
+        if name != DEFAULT_MODEL or constants.is_offline_mode():
             raise
     log("no model installed yet: downloading the released CLAPSep model (one time, about 2 GB)")
     return download(name, log=log)

@@ -4,7 +4,9 @@
 * a small byte-level BPE tokenizer in roberta-base's file format;
 * ``reference_separate``: the official signal path, unmerged, built independently of the fast
   inference code (laion-clap's HTS-AT forward with forward hooks, loralib-style LoRA layers,
-  torchlibrosa's conv STFT/ISTFT and magphase).
+  torchlibrosa's conv STFT/ISTFT and magphase). It reuses our ``Decoder`` and ``SincResampler``;
+  those two are checked against outputs of the official code itself (``golden_*`` below,
+  tests/test_golden.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clapsep_cli.config import ModelConfig
+from clapsep_cli.config import N_FFT, ModelConfig
 from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
 from clapsep_cli.separator import Separator
 
@@ -81,24 +83,36 @@ def random_clapsep_training_state(cfg: ModelConfig, clap_state: dict[str, torch.
     return state
 
 
+def lightning_state(training_state: dict[str, torch.Tensor], clap_state: dict[str, torch.Tensor]
+                    ) -> dict[str, torch.Tensor]:
+    """The whole official training module's state dict: clap_model.model.*, audio_branch.*, decoder_model.*,
+    stft.*, istft.* (the query encoder ``clap_model`` holds ``clap_state``)."""
+    from torchlibrosa import ISTFT, STFT
+
+    state = {"clap_model.model." + k: v for k, v in clap_state.items() if k != "text_branch.embeddings.position_ids"}
+    state.update(training_state)
+    for name, mod in (("stft", STFT(n_fft=1024, hop_length=320)), ("istft", ISTFT(n_fft=1024, hop_length=320))):
+        state.update({f"{name}.{k}": v for k, v in mod.state_dict().items()})
+    return state
+
+
+def official_save_filter(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The rule of the official ``on_save_checkpoint`` (commented out at the end of model/CLAPSep.py):
+    keep every key that contains 'lora', 'attn.qkv.bias', 'attn.proj.bias' or 'decoder_model'."""
+    return {k: v for k, v in weights.items()
+            if any(e in k for e in ["lora", "attn.qkv.bias", "attn.proj.bias", "decoder_model"])}
+
+
 def write_clapsep(path: Path, training_state: dict[str, torch.Tensor], clap_state: dict[str, torch.Tensor],
                   layout: int) -> Path:
-    """Save the separator weights in official layout 1, 2 or 3."""
+    """Save the separator weights in official layout 1 (changes only, plain), 2 (plain) or 3 (Lightning)."""
     if layout == 1:
-        keep = {k: v for k, v in training_state.items()
-                if "lora" in k or k.endswith((".attn.qkv.bias", ".attn.proj.bias")) or k.startswith("decoder_model.")}
-        torch.save(keep, path)
+        torch.save(official_save_filter(lightning_state(training_state, clap_state)), path)
     elif layout == 2:
         torch.save(dict(training_state), path)
     else:
-        from torchlibrosa import ISTFT, STFT
-
-        state = {"clap_model.model." + k: v for k, v in clap_state.items()
-                 if k != "text_branch.embeddings.position_ids"}
-        state.update(training_state)
-        for name, mod in (("stft", STFT(n_fft=1024, hop_length=320)), ("istft", ISTFT(n_fft=1024, hop_length=320))):
-            state.update({f"{name}.{k}": v for k, v in mod.state_dict().items()})
-        torch.save({"epoch": 149, "global_step": 231000, "state_dict": state}, path)
+        torch.save({"epoch": 149, "global_step": 231000, "state_dict": lightning_state(training_state, clap_state)},
+                   path)
     return path
 
 
@@ -204,3 +218,56 @@ def reference_separate(cfg: ModelConfig, training_state: dict[str, torch.Tensor]
                        condition: torch.Tensor) -> torch.Tensor:
     """One-off :class:`OfficialPath` call."""
     return OfficialPath(cfg, training_state)(mixture, condition)
+
+
+# Golden reference of the decoder and the 32 -> 48 kHz resampler, computed by the official code
+# (tests/fixtures/make_golden.py). Weights and inputs are closed-form functions of a tensor's name
+# and shape, so both sides build the same values without storing them or sharing an RNG.
+GOLDEN_DECODER = {"embed_dim": 16, "encoder_embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 4],
+                  "window_size": 8, "d_attn": 32, "n_masker_layer": 1, "spec_factor": 8, "mlp_ratio": 4.0}
+GOLDEN_COND_DIM = 64
+GOLDEN_FRAMES = 4
+GOLDEN_DERIVED = (".relative_position_index", ".attn_mask", ".num_batches_tracked")
+
+
+def pattern(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """Deterministic pseudo-random values in [-1, 1] of ``shape``, different for each ``name``."""
+    import zlib
+
+    h = zlib.crc32(name.encode())
+    i = torch.arange(int(torch.tensor(shape).prod()) if shape else 1, dtype=torch.float64)
+    freq = 0.5 + (h % 1009) / 1009 * 3.0
+    values = torch.sin(i * freq + (h >> 10) % 628 / 100) * torch.cos(i * 0.0137 * (1 + h % 7) + 0.3)
+    return values.reshape(shape).float()
+
+
+def golden_state(reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Values for every tensor of a decoder state dict, from names and shapes alone (derived buffers kept)."""
+    out = {}
+    for name, value in reference.items():
+        p = pattern(name, tuple(value.shape))
+        if name.endswith(GOLDEN_DERIVED) or not value.is_floating_point():
+            out[name] = value.clone()
+        elif name.endswith("running_var"):
+            out[name] = 1 + 0.5 * p.abs()
+        elif name.endswith("running_mean"):
+            out[name] = 0.1 * p
+        elif value.dim() >= 2:
+            out[name] = p / float(value[0].numel()) ** 0.5  # fan-in scaled
+        elif name.endswith(".weight"):
+            out[name] = 1 + 0.1 * p
+        else:
+            out[name] = 0.05 * p
+    return out
+
+
+def golden_inputs() -> dict[str, torch.Tensor]:
+    """Encoder features (patch embedding, 4 stage outputs), mixture magnitude (1, frames, 513), query, signal."""
+    e = GOLDEN_DECODER["encoder_embed_dim"]
+    shapes = {"patch": (1, 4096, e), "layer0": (1, 1024, 2 * e), "layer1": (1, 256, 4 * e),
+              "layer2": (1, 64, 8 * e), "layer3": (1, 64, 8 * e)}
+    inputs = {name: pattern(name, shape) for name, shape in shapes.items()}
+    inputs["magnitude"] = 2 * pattern("magnitude", (1, GOLDEN_FRAMES, N_FFT // 2 + 1)).abs()
+    inputs["cond"] = pattern("cond", (1, GOLDEN_COND_DIM))
+    inputs["signal32k"] = 0.5 * pattern("signal32k", (1, 320))
+    return inputs

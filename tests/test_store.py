@@ -6,9 +6,12 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from click.testing import CliRunner, Result
+from torch import nn
 
 from clapsep_cli import store
 from clapsep_cli.cli import main
@@ -67,6 +70,98 @@ def test_models_cli_import_list_rm(empty_home: Path, tiny_files: Artefacts) -> N
     assert json.loads(run("models", "list", "--json").output)["models"] == []
 
 
+def _query_biases(state: dict[str, torch.Tensor]) -> list[str]:
+    return sorted(k for k in state if k.startswith("clap_model.model.audio_branch.")
+                  and k.endswith((".attn.qkv.bias", ".attn.proj.bias")))
+
+
+def _retrained_query_state(files: Artefacts) -> dict[str, torch.Tensor]:
+    """The whole training module, its query encoder's attention biases unlike the CLAP checkpoint's."""
+    state = official.lightning_state(files.training_state, files.clap_state)
+    gen = torch.Generator().manual_seed(7)
+    for key in _query_biases(state):
+        state[key] = state[key] + torch.randn(state[key].shape, generator=gen) * 0.5
+    return state
+
+
+CHANGES_ONLY_FORMS = {
+    "plain": lambda d: d,
+    "wrapped": lambda d: {"epoch": 149, "global_step": 231000, "state_dict": d},
+    "module-prefixed": lambda d: {"module." + k: v for k, v in d.items()},
+    "wrapped module-prefixed": lambda d: {"state_dict": {"module." + k: v for k, v in d.items()}},
+}
+
+
+@pytest.fixture(scope="module")
+def full_layout_stem(tiny_files: Artefacts, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """An audio-query stem made with the whole training module's state dict (layout 3)."""
+    root = tmp_path_factory.mktemp("full")
+    full = root / "full.ckpt"
+    torch.save({"state_dict": _retrained_query_state(tiny_files)}, full)
+    src = write_audio(root / "in.wav", tone(2.0, 32000), 32000)
+    write_audio(root / "ref.wav", tone(1.0, 44100, freq=880), 44100)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CLAPSEP_HOME", str(root / "store"))
+    model = store.install(store.DEFAULT_MODEL, tiny_files.clap, full, None, config=TINY)
+    assert model.manifest["clapsep_layout"] == 3
+    result = run("extract", "", src, "--query-audio", root / "ref.wav")
+    mp.undo()
+    assert result.exit_code == 0, result.output
+    return root, sf.read(root / "in.like_ref.wav")[0]
+
+
+@pytest.mark.parametrize("form", CHANGES_ONLY_FORMS)
+def test_changes_only_layout_as_the_official_filter_writes_it(
+        empty_home: Path, tiny_files: Artefacts, full_layout_stem: tuple[Path, np.ndarray], tmp_path: Path,
+        form: str) -> None:
+    """The official save filter keeps the query encoder's attention biases too; they import and are used."""
+    whole = _retrained_query_state(tiny_files)
+    saved = official.official_save_filter(whole)
+    biases = _query_biases(saved)
+    assert biases and len(biases) == 2 * sum(TINY.htsat.depths)  # attn.qkv.bias and attn.proj.bias per block
+    path = tmp_path / "best_model.ckpt"
+    torch.save(CHANGES_ONLY_FORMS[form](saved), path)
+    model = store.install(store.DEFAULT_MODEL, tiny_files.clap, path, None, config=TINY)
+    assert model.manifest["clapsep_layout"] == 1
+    assert model.manifest["query_tensors_from_clapsep"]["tensors"] == len(biases)
+    assert model.manifest["query_tensors_from_clapsep"]["differ_from_clap"] == len(biases)
+    root, expected = full_layout_stem
+    src = write_audio(tmp_path / "in.wav", sf.read(root / "in.wav")[0], 32000)
+    result = run("extract", "", src, "--query-audio", root / "ref.wav")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(sf.read(tmp_path / "in.like_ref.wav")[0], expected)
+
+
+def test_audio_query_embedding_equals_the_spaces(empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
+    """The Space builds its module with the CLAP checkpoint loaded, then load_state_dict(file, strict=False)."""
+    from clapsep_cli.model import ClapSep
+    from clapsep_cli.query_encoder import AudioEncoder, fit_query_clip
+
+    saved = official.official_save_filter(_retrained_query_state(tiny_files))
+    path = tmp_path / "best_model.ckpt"
+    torch.save(saved, path)
+    model = store.install(store.DEFAULT_MODEL, tiny_files.clap, path, None, config=TINY)
+
+    def clap_audio_encoder() -> AudioEncoder:
+        encoder = AudioEncoder(TINY).eval()
+        encoder.load_state_dict({k: v for k, v in tiny_files.clap_state.items()
+                                 if k.startswith(("audio_branch.", "audio_projection."))})
+        return encoder
+
+    space = nn.Module()
+    space.clap_model = nn.Module()
+    space.clap_model.model = clap_audio_encoder()
+    loaded = space.load_state_dict(saved, strict=False)
+    assert not set(_query_biases(saved)) & set(loaded.unexpected_keys)  # the Space loads those tensors
+    clip = torch.from_numpy(tone(3.0, 48000, seed=4)[:, 0])
+    with torch.no_grad():
+        expected = nn.functional.normalize(space.clap_model.model(fit_query_clip(clip)).mean(0), dim=-1)
+        clap_only = nn.functional.normalize(clap_audio_encoder()(fit_query_clip(clip)).mean(0), dim=-1)
+    got = ClapSep(model, torch.device("cpu")).embed_audio(clip)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, clap_only, atol=1e-3)  # the biases matter
+
+
 def _bad_checkpoints(tmp: Path, files: Artefacts) -> dict[str, tuple[Path, str]]:
     truncated = tmp / "truncated.ckpt"
     truncated.write_bytes(files.layouts[2].read_bytes()[:5000])
@@ -85,6 +180,15 @@ def _bad_checkpoints(tmp: Path, files: Artefacts) -> dict[str, tuple[Path, str]]
     extra["decoder_model.phase_net.0.weight"] = torch.zeros(2, 2)
     extra_path = tmp / "extra.ckpt"
     torch.save(extra, extra_path)
+    changes_only = official.official_save_filter(official.lightning_state(files.training_state, files.clap_state))
+    query_lora = dict(changes_only)
+    query_lora["clap_model.model.audio_branch.layers.0.blocks.0.attn.qkv.lora_A"] = torch.zeros(4, 8)
+    query_lora_path = tmp / "query_lora.ckpt"
+    torch.save(query_lora, query_lora_path)
+    query_shape = dict(changes_only)
+    query_shape["clap_model.model.audio_branch.layers.0.blocks.0.attn.proj.bias"] = torch.zeros(5)
+    query_shape_path = tmp / "query_shape.ckpt"
+    torch.save(query_shape, query_shape_path)
     text = tmp / "notes.txt"
     text.write_text("hello")
     return {
@@ -95,6 +199,10 @@ def _bad_checkpoints(tmp: Path, files: Artefacts) -> dict[str, tuple[Path, str]]
         "partial lora": (partial_path, "layers.0.blocks.1.attn.proj.lora_A"),
         "shape": (shape_path, "decoder_model.film.norm.weight has shape [3]"),
         "unexpected": (extra_path, "unexpected tensors: decoder_model.phase_net.0.weight"),
+        "unexpected query tensor": (
+            query_lora_path, "unexpected tensor clap_model.model.audio_branch.layers.0.blocks.0.attn.qkv.lora_A"),
+        "query tensor shape": (
+            query_shape_path, "clap_model.model.audio_branch.layers.0.blocks.0.attn.proj.bias has shape [5]"),
     }
 
 
@@ -123,13 +231,6 @@ def test_wrong_clap_checkpoint_is_named(empty_home: Path, tiny_files: Artefacts,
     path = official.write_clap(tmp_path / "half.pt", half)
     with pytest.raises(store.ClapsepError, match=r"weights missing: text_projection\.0\.weight"):
         store.install("x", path, tiny_files.layouts[1], None, config=TINY)
-
-
-def test_download_offline_fails_fast(empty_home: Path) -> None:
-    started = time.monotonic()
-    result = run("models", "download")
-    assert time.monotonic() - started < 10
-    assert result.exit_code == 1 and "models import" in result.output
 
 
 def test_text_query_without_tokenizer_fails_clearly_audio_query_works(

@@ -24,12 +24,17 @@ def models() -> None:
 @click.option("--name", default=store.DEFAULT_MODEL, show_default=True, help="Name to install the model under.")
 @click.option("--overwrite", is_flag=True, help="Replace an installed model of that name.")
 @click.option("--keep-downloads", is_flag=True, help="Keep the original checkpoints after converting them.")
-def download(name: str, overwrite: bool, keep_downloads: bool) -> None:
+@click.option("--architecture", type=click.Choice(sorted(ARCHITECTURES)), default="clapsep-base", show_default=True,
+              help="Network size the downloaded checkpoints hold (clapsep-base is the released model).")
+def download(name: str, overwrite: bool, keep_downloads: bool, architecture: str) -> None:
     """Download the released CLAP + CLAPSep weights and the tokenizer, then install them.
 
-    Downloads resume if interrupted; the files' sha256 sums are recorded in the manifest.
+    Each file is checked against the checksum the Hub gives for it (sha256 for the checkpoints)
+    and refused if it differs; an interrupted download resumes on the next run. The files'
+    sha256 sums are recorded in the manifest. HF_ENDPOINT and HTTPS_PROXY are honoured.
     """
-    model = store.download(name, overwrite=overwrite, keep_downloads=keep_downloads, log=_log)
+    model = store.download(name, ARCHITECTURES[architecture], overwrite=overwrite, keep_downloads=keep_downloads,
+                           log=_log)
     click.echo(str(model.path))
 
 
