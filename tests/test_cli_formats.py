@@ -145,7 +145,8 @@ def test_folder_recursion_glob_and_name_template(home: Path, tmp_path: Path) -> 
     assert [Path(r["input"]).name for r in report["results"]] == ["two.flac"]
     again = extract_json("dog", tmp_path / "a")  # stems of the run above sit beside the sources now
     statuses = {Path(r["input"]).name: r["status"] for r in again["results"]}
-    assert statuses == {"one.wav": "ok", "two.flac": "skipped", "two.dog.flac": "skipped"}
+    assert statuses == {"one.wav": "ok", "two.flac": "skipped"}
+    assert [Path(p).name for p in again["stems_left_out"]] == ["two.dog.flac"]
 
 
 def test_progress_bar_only_on_a_terminal(home: Path, tmp_path: Path) -> None:
