@@ -18,11 +18,16 @@ from pathlib import Path
 TEMP_RE = re.compile(r"^\..+\.clapsep-(\d+)-[A-Za-z0-9_]+\.part$")
 
 
-def default_mode() -> int:
-    """Permissions a new regular file gets from the current umask (0o666 & ~umask)."""
+def umask_bits() -> int:
+    """The process's umask (read by setting and restoring it)."""
     umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def default_mode() -> int:
+    """Permissions a new regular file gets from the current umask (0o666 & ~umask)."""
+    return 0o666 & ~umask_bits()
 
 
 class TempFile:

@@ -168,9 +168,9 @@ def create(name: str, text: str, overwrite: bool = False) -> Path:
     tmp.write_text(text, encoding="utf-8")
     try:
         parse(tmp, "user", name=name)
-    except ClapsepError:
+    except ClapsepError as err:
         tmp.unlink(missing_ok=True)
-        raise
+        raise ClapsepError(str(err).replace(str(tmp), f"preset {name!r}")) from None  # not our temp file's name
     tmp.replace(target)
     return target
 
