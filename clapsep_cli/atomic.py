@@ -30,6 +30,17 @@ def default_mode() -> int:
     return 0o666 & ~umask_bits()
 
 
+def normal_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes new folders and files get under the umask."""
+    umask = umask_bits()
+    os.chmod(folder, 0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 class TempFile:
     """A locked, uniquely named temporary file beside ``dest``; :meth:`publish` or :meth:`discard` it."""
 

@@ -272,14 +272,16 @@ def resolve_clip(policy: str | None, fmt: OutputFormat) -> str:
     return policy
 
 
-def _write_error(path: Path, err: Exception) -> AudioError:
-    """One line for a failed write; libsndfile says only "System error", so name a full disk."""
-    reason = getattr(err, "strerror", None) or str(err).strip()
-    try:
-        if shutil.disk_usage(path.parent).free < 1 << 20:
-            reason = "no space left on device"
-    except OSError:
-        pass
+def _write_error(path: Path, err: Exception, file: sf.SoundFile | None = None) -> AudioError:
+    """One line for a failed write. soundfile's exception says only "System error"; the open
+    file's own libsndfile message holds the reason ("No space left on device")."""
+    reason = getattr(err, "strerror", None) or str(err).strip() or "System error"
+    if file is not None and not file.closed:
+        try:
+            detail = sf._ffi.string(sf._snd.sf_strerror(file._file)).decode(errors="replace")
+            reason = detail.split(" : ", 1)[-1].rstrip(".") or reason
+        except (AttributeError, TypeError):  # soundfile internals moved: keep its own text
+            pass
     return AudioError(f"{path}: cannot write ({reason})")
 
 
@@ -334,7 +336,7 @@ class StemWriter:
         try:
             self._file.write(block)
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
-            raise _write_error(self.path, err) from None
+            raise _write_error(self.path, err, self._file) from None
         self.frames += len(block)
 
     def commit(self) -> Path:

@@ -34,7 +34,7 @@ from torch import nn
 
 from clapsep_cli import checkpoints
 from clapsep_cli.config import RELEASED, ModelConfig
-from clapsep_cli.atomic import umask_bits
+from clapsep_cli.atomic import normal_modes
 from clapsep_cli.errors import ClapsepError, ModelMissingError
 
 DEFAULT_MODEL = "default"
@@ -234,7 +234,6 @@ def write_model(name: str, parts: dict[str, dict[str, torch.Tensor]], config: Mo
         raise ClapsepError(f"model {name!r} is already installed at {target}; pass --overwrite to replace it")
     models_dir().mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models_dir()))
-    os.chmod(staging, 0o777 & ~umask_bits())  # mkdtemp makes it owner-only; the entry is a normal folder
     try:
         vocab_size = _write_tokenizer(tokenizer_dir, staging / "tokenizer")
         digest = hashlib.sha256()
@@ -252,6 +251,7 @@ def write_model(name: str, parts: dict[str, dict[str, torch.Tensor]], config: Mo
             **details,
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        normal_modes(staging)  # mkdtemp and safetensors make owner-only entries
         if target.exists():
             trash = target.with_name(f".{name}.old")
             shutil.rmtree(trash, ignore_errors=True)
