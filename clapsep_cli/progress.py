@@ -29,6 +29,7 @@ class RichProgress:
         self._file: TaskID | None = None
         self._seconds_per_segment = 0.0
         self._started = 0.0
+        self._done = 0  # segments of the current file (task ids are not indices into rich's task list)
 
     def __enter__(self) -> RichProgress:
         self._progress.__enter__()
@@ -40,13 +41,15 @@ class RichProgress:
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
         self._seconds_per_segment = seconds / max(segments, 1)
         self._started = time.perf_counter()
+        self._done = 0
         self._file = self._progress.add_task(f"{path.name}, 10 s segments", total=segments, speed="")
 
     def advance(self, segments: int) -> None:
         if self._file is None:
             return
         self._progress.advance(self._file, segments)
-        done = self._progress.tasks[self._file].completed
+        self._done += segments
+        done = self._done
         elapsed = time.perf_counter() - self._started
         speed = done * self._seconds_per_segment / elapsed if elapsed > 0 else 0.0
         self._progress.update(self._file, speed=f"{speed:.1f} audio s/s")
