@@ -202,22 +202,21 @@ def check_query_audio(query: Query) -> None:
 
 
 def plan_file(source: Path, query: Query, plan: OutputPlan, region: Region) -> Planned:
-    """Probe ``source`` and decide its outputs; removes our stale temporary files beside them."""
+    """Probe ``source`` and decide its outputs."""
     info = audio_io.probe(source)
     first, last = region.frames(info)
     fmt = audio_io.choose_format(info, plan.fmt, plan.bit_depth)
     clip = audio_io.resolve_clip(plan.clip, fmt)
     target, residual = plan.paths(source, query, fmt)
     _refuse_source_overwrite(source, [target, residual])
-    for folder in {p.parent for p in (target, residual) if p is not None}:
-        atomic.remove_stale(folder)
     return Planned(info, first, last, fmt, clip, target, residual)
 
 
 def plan_job(inputs: list[Path], query: Query, plan: OutputPlan, region: Region) -> list[FileResult]:
     """A result per input: ``failed`` (bad input), ``skipped`` (its stems exist) or ``pending``
     with its plan. Refuses the whole job (:class:`ClapsepError`) if two inputs would write one
-    path, or a stem to be written is one of the inputs."""
+    path, or a stem to be written is one of the inputs. Our temporary files that killed runs
+    left in the output folders are removed (see :func:`atomic.remove_stale`)."""
     results = []
     for source in inputs:
         result = FileResult(source)
@@ -236,6 +235,8 @@ def plan_job(inputs: list[Path], query: Query, plan: OutputPlan, region: Region)
             result.planned = planned
         results.append(result)
     _refuse_collisions(results)
+    for folder in {out.parent for r in results if r.planned for out in (r.target, r.residual) if out is not None}:
+        atomic.remove_stale(folder)
     return results
 
 

@@ -225,8 +225,9 @@ def _run(query: Query, files: list[Path], opts: JobOptions, invert: bool, method
     todo = [r for r in results if r.status == "pending"]
     model, load_seconds = None, 0.0
     if todo:
+        loading = time.perf_counter()
         model = load_model(opts.model_name, opts.device, opts.precision, quiet=opts.json_output)
-        load_seconds = time.perf_counter() - started
+        load_seconds = time.perf_counter() - loading
         cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
         bar = progress_mod.RichProgress(len(todo)) if progress_mod.wanted(opts.json_output) else None
         with bar if bar else contextlib.nullcontext():
