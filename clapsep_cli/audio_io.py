@@ -9,7 +9,6 @@ either whole or absent and a source is never touched.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -21,9 +20,11 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from clapsep_cli.atomic import TempFile
 from clapsep_cli.errors import AudioError, ClapsepError
 
 BLOCK = 1 << 16
+STEM_MARK = "clapsep stem"  # the start of the comment tag of every stem clapsep writes
 
 # Output containers we write: name -> (libsndfile format, extension, allowed bit depths)
 FORMATS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -40,7 +41,9 @@ CLIP_POLICIES = ("rescale", "clamp", "none")
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What a source file holds; ``frames`` is exact for libsndfile, estimated for ffmpeg."""
+    """What a source file holds. ``frames`` is exact for libsndfile, and for ffmpeg when the
+    stream states its length in samples (mp4/m4a do; decoding then yields encoder padding past
+    it, which is dropped); otherwise an estimate (``exact`` False)."""
 
     path: Path
     rate: int
@@ -48,6 +51,7 @@ class AudioInfo:
     frames: int
     container: str | None  # libsndfile major format ("WAV", "FLAC", ...) or None (ffmpeg)
     subtype: str | None
+    exact: bool = True
 
     @property
     def duration(self) -> float:
@@ -97,16 +101,48 @@ def _probe_ffmpeg(path: Path) -> AudioInfo:
         raise AudioError(f"{path}: not an audio file")
     stream = streams[0]
     rate, channels = int(stream.get("sample_rate", 0) or 0), int(stream.get("channels", 0) or 0)
+    if stream.get("time_base") == f"1/{rate}" and str(stream.get("duration_ts", "")).isdigit():
+        return AudioInfo(path, rate, channels, int(stream["duration_ts"]), None, None, exact=True)
     duration = float(stream.get("duration") or info.get("format", {}).get("duration") or 0.0)
-    return AudioInfo(path, rate, channels, int(round(duration * rate)), None, None)
+    return AudioInfo(path, rate, channels, int(round(duration * rate)), None, None, exact=False)
+
+
+def is_stem(path: Path) -> bool:
+    """Whether ``path`` carries the tag clapsep puts in every stem it writes."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            return f.comment.startswith(STEM_MARK)
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return False
+
+
+def _finite(path: Path, rate: int, start: int, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """Pass blocks through, refusing the first NaN or infinite sample with one line saying where."""
+    position = start
+    for data in blocks:
+        bad = ~np.isfinite(data)
+        if bad.any():
+            frame, channel = np.argwhere(bad)[0]
+            at = position + int(frame)
+            raise AudioError(f"{path}: sample {at} ({at / rate:.3f} s), channel {int(channel) + 1}, is "
+                             f"{data[frame, channel]} (not a finite number); repair the file first")
+        position += len(data)
+        yield data
 
 
 def read_blocks(info: AudioInfo, start: int = 0, stop: int | None = None, block: int = BLOCK) -> Iterator[np.ndarray]:
-    """Float32 blocks (n, channels) of frames [start, stop) of the source (``None``: to its end)."""
+    """Float32 blocks (n, channels) of frames [start, stop) of the source (``None``: to its end,
+    the exact length where known); a NaN or infinite sample raises :class:`AudioError`."""
+    if stop is None and info.exact:
+        stop = info.frames
     if info.container is None:
-        yield from _ffmpeg_blocks(info, start, stop, block)
-        return
-    stop = info.frames if stop is None else stop
+        blocks = _ffmpeg_blocks(info, start, stop, block)
+    else:
+        blocks = _sf_blocks(info, start, info.frames if stop is None else stop, block)
+    yield from _finite(info.path, info.rate, start, blocks)
+
+
+def _sf_blocks(info: AudioInfo, start: int, stop: int, block: int) -> Iterator[np.ndarray]:
     with sf.SoundFile(str(info.path)) as f:
         f.seek(start)
         remaining = stop - start
@@ -236,16 +272,34 @@ def resolve_clip(policy: str | None, fmt: OutputFormat) -> str:
     return policy
 
 
+def _write_error(path: Path, err: Exception, file: sf.SoundFile | None = None) -> AudioError:
+    """One line for a failed write. soundfile's exception says only "System error"; the open
+    file's own libsndfile message holds the reason ("No space left on device")."""
+    reason = getattr(err, "strerror", None) or str(err).strip() or "System error"
+    if file is not None and not file.closed:
+        try:
+            detail = sf._ffi.string(sf._snd.sf_strerror(file._file)).decode(errors="replace")
+            reason = detail.split(" : ", 1)[-1].rstrip(".") or reason
+        except (AttributeError, TypeError):  # soundfile internals moved: keep its own text
+            pass
+    return AudioError(f"{path}: cannot write ({reason})")
+
+
 class StemWriter:
     """Writes one stem block by block to a temporary file and renames it into place on commit.
 
     ``clamp`` limits samples to [-1, 1] (and counts them); ``rescale`` writes float first and,
-    if the peak exceeds 1, rescales the whole stem to peak 1 in a second streaming pass.
+    if the peak exceeds 1, rescales the whole stem to peak 1 in a second streaming pass. Every
+    stem carries a comment tag starting with :data:`STEM_MARK` (``label`` follows it), so folder
+    scans can tell stems from sources. Any write failure raises :class:`AudioError` (one line)
+    and leaves no temporary file.
     """
 
-    def __init__(self, path: Path, rate: int, channels: int, fmt: OutputFormat, clip: str, overwrite: bool):
+    def __init__(self, path: Path, rate: int, channels: int, fmt: OutputFormat, clip: str, overwrite: bool,
+                 label: str = ""):
         self.path, self.rate, self.channels, self.fmt, self.clip = path, rate, channels, fmt, clip
         self.overwrite = overwrite
+        self.comment = f"{STEM_MARK}: {label}" if label else STEM_MARK
         self.peak = 0.0
         self.clipped = 0
         self.frames = 0
@@ -254,21 +308,21 @@ class StemWriter:
             raise ClapsepError(f"{path}: exists (pass --overwrite to replace it)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            self._tmp = TempFile(path)
         except OSError as err:
-            raise AudioError(f"{path}: cannot write ({err.strerror or err})") from None
-        os.close(fd)
-        self._tmp = Path(tmp)
+            raise _write_error(path, err) from None
         first_pass = OutputFormat("wav", "WAV", "FLOAT", "wav") if clip == "rescale" and not fmt.is_float else fmt
         self._first_pass = first_pass
         self._file = self._open(self._tmp, first_pass)
 
-    def _open(self, path: Path, fmt: OutputFormat) -> sf.SoundFile:
+    def _open(self, tmp: TempFile, fmt: OutputFormat) -> sf.SoundFile:
         try:
-            return sf.SoundFile(str(path), "w", self.rate, self.channels, subtype=fmt.subtype, format=fmt.container)
+            f = sf.SoundFile(str(tmp.path), "w", self.rate, self.channels, subtype=fmt.subtype, format=fmt.container)
         except (sf.LibsndfileError, RuntimeError) as err:
-            self._tmp.unlink(missing_ok=True)
+            tmp.discard()
             raise AudioError(f"{self.path}: cannot write {fmt.name} at {self.rate} Hz ({err})") from None
+        f.software, f.comment = "clapsep", self.comment
+        return f
 
     def write(self, block: np.ndarray) -> None:
         if len(block) == 0:
@@ -279,46 +333,43 @@ class StemWriter:
             if over.any():
                 self.clipped += int(over.sum())
                 block = np.clip(block, -1.0, 1.0)
-        self._file.write(block)
+        try:
+            self._file.write(block)
+        except (sf.LibsndfileError, RuntimeError, OSError) as err:
+            raise _write_error(self.path, err, self._file) from None
         self.frames += len(block)
 
     def commit(self) -> Path:
-        self._file.close()
-        if self.clip == "rescale" and (self.peak > 1.0 or self._first_pass != self.fmt):
-            self._rescale()
-        if self.overwrite:
-            os.replace(self._tmp, self.path)
-        else:
-            try:
-                os.link(self._tmp, self.path)
-            except FileExistsError:
-                self._tmp.unlink(missing_ok=True)
-                raise ClapsepError(f"{self.path}: appeared while writing (pass --overwrite to replace it)") from None
-            except OSError:
-                if self.path.exists():
-                    self._tmp.unlink(missing_ok=True)
-                    raise ClapsepError(f"{self.path}: exists (pass --overwrite to replace it)") from None
-                os.replace(self._tmp, self.path)
-            self._tmp.unlink(missing_ok=True)
+        try:
+            self._file.close()
+            if self.clip == "rescale" and (self.peak > 1.0 or self._first_pass != self.fmt):
+                self._rescale()
+            self._tmp.publish(self.overwrite)
+        except FileExistsError:
+            raise ClapsepError(f"{self.path}: appeared while writing (pass --overwrite to replace it)") from None
+        except (sf.LibsndfileError, RuntimeError, OSError) as err:
+            self.abort()
+            raise _write_error(self.path, err) from None
         return self.path
 
     def _rescale(self) -> None:
         self.gain = 1.0 / self.peak if self.peak > 1.0 else 1.0
-        fd, final = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-        os.close(fd)
-        final_path = Path(final)
+        final = TempFile(self.path)
         try:
-            out = self._open(final_path, self.fmt)
-            with sf.SoundFile(str(self._tmp)) as src, out:
+            with sf.SoundFile(str(self._tmp.path)) as src, self._open(final, self.fmt) as out:
                 for block in src.blocks(blocksize=BLOCK, dtype="float32", always_2d=True):
                     out.write(np.clip(block * self.gain, -1.0, 1.0))
         except BaseException:
-            final_path.unlink(missing_ok=True)
+            final.discard()
             raise
-        self._tmp.unlink(missing_ok=True)
-        self._tmp = final_path
+        self._tmp.discard()
+        self._tmp = final
 
     def abort(self) -> None:
+        """Drop the stem: close and remove the temporary file, whatever state it is in."""
         if not self._file.closed:
-            self._file.close()
-        self._tmp.unlink(missing_ok=True)
+            try:
+                self._file.close()
+            except (sf.LibsndfileError, RuntimeError, OSError):
+                pass  # closing flushes; on a full disk that fails too, and the file goes anyway
+        self._tmp.discard()

@@ -8,7 +8,12 @@ evaluation, once with the negative caption and once without it. Reported: SDRi a
 (metric of the estimate minus metric of the mixture, both against the target), mean and std.
 
 Pairs (``mixture_file,target_file,positive_caption[,negative_caption]``): real mixtures of any
-length go through the same streaming engine as ``clapsep extract``.
+length go through the same streaming engine as ``clapsep extract``. A target whose length, rate
+or channel count differs from its mixture's is still scored (mono at 32 kHz, on the common
+length) but the row carries a warning.
+
+The model is loaded only when the first row is ready to be scored, so a manifest whose files
+are all missing fails without needing one.
 
 Rows are appended to a CSV as they finish, so an interrupted run resumes where it stopped.
 """
@@ -77,13 +82,27 @@ class Summary:
     rows: int
     failed: int
     scores: dict[str, dict[str, float]]  # mode -> {"sdri_mean", "sdri_std", "si_sdri_mean", "si_sdri_std"}
+    warnings: list[str]  # "row N: ..." for scored rows whose files did not match
+    first_error: str | None = None
 
 
 class Evaluator:
-    """Scores a model on a manifest, appending one CSV row per manifest row."""
+    """Scores a model on a manifest, appending one CSV row per manifest row.
 
-    def __init__(self, model: Any, cache: EmbeddingCache, batch_size: int = 4):
-        self.model, self.cache, self.batch_size = model, cache, batch_size
+    ``load`` gives (model, embedding cache); it is called once, when the first row is scored."""
+
+    def __init__(self, load: Callable[[], tuple[Any, EmbeddingCache]], batch_size: int = 4):
+        self._load, self.batch_size = load, batch_size
+        self._loaded: tuple[Any, EmbeddingCache] | None = None
+
+    @property
+    def model(self) -> Any:
+        return self._ready()[0]
+
+    def _ready(self) -> tuple[Any, EmbeddingCache]:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
 
     def run(self, manifest: Path, audio_dir: Path, out_csv: Path, limit: int | None = None,
             on_row: Callable[[], None] | None = None) -> Summary:
@@ -92,7 +111,7 @@ class Evaluator:
         done = _done_rows(out_csv)
         todo = [(i, r) for i, r in enumerate(rows) if i not in done]
         columns = ["index", *(BENCHMARK_COLUMNS if kind == "benchmark" else (*PAIR_COLUMNS, "negative_caption")),
-                   "error", *[f"{m}_{k}" for m in MODES for k in ("sdr", "si_sdr", "sdri", "si_sdri")]]
+                   "error", "warning", *[f"{m}_{k}" for m in MODES for k in ("sdr", "si_sdr", "sdri", "si_sdri")]]
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         new_file = not out_csv.exists() or out_csv.stat().st_size == 0
         with open(out_csv, "a", newline="", encoding="utf-8") as f:
@@ -128,22 +147,24 @@ class Evaluator:
     def _pairs(self, todo: list[tuple[int, dict[str, str]]], audio_dir: Path) -> Iterator[list[dict[str, Any]]]:
         for index, row in todo:
             try:
-                mixture = load_mono32(audio_dir / row["mixture_file"])
-                target = load_mono32(audio_dir / row["target_file"])
+                infos = [audio_io.probe(audio_dir / row[k]) for k in ("mixture_file", "target_file")]
+                mixture = load_mono32(infos[0].path)
+                target = load_mono32(infos[1].path)
                 n = min(len(mixture), len(target))
                 scores = self._score(mixture[None, :n], target[None, :n], [row])[0]
-                yield [{"index": index, **row, "error": "", **scores}]
+                yield [{"index": index, **row, "error": "", "warning": mismatch(*infos), **scores}]
             except ClapsepError as err:
                 yield [{"index": index, **row, "error": str(err)}]
 
     def _score(self, mixtures: torch.Tensor, targets: torch.Tensor, rows: list[dict[str, str]]) -> list[dict[str, float]]:
-        dim = self.model.cfg.joint_embed_dim
+        model, cache = self._ready()
+        dim = model.cfg.joint_embed_dim
         scores: list[dict[str, float]] = [{} for _ in rows]
         for mode in MODES:
-            conds = torch.cat([condition(self.model, Query(
+            conds = torch.cat([condition(model, Query(
                 positive=(r["positive_caption"],),
                 negative=(r["negative_caption"],) if mode == "with_negative" and r.get("negative_caption") else ()),
-                self.cache, dim) for r in rows])
+                cache, dim) for r in rows])
             estimates = self._separate(mixtures, conds)
             values = {"sdr": metrics.sdr(estimates, targets), "si_sdr": metrics.si_sdr(estimates, targets),
                       "sdri": metrics.improvement("sdr", estimates, mixtures, targets),
@@ -159,6 +180,21 @@ class Evaluator:
         blocks = [mixtures[0, i : i + 65536].numpy()[:, None] for i in range(0, mixtures.shape[-1], 65536)]
         out = engine.separate_stream(self.model, conds, blocks, SAMPLE_RATE, engine.EngineOptions())
         return torch.from_numpy(np.concatenate([t for t, _ in out])[:, 0])[None]
+
+
+def mismatch(mixture: audio_io.AudioInfo, target: audio_io.AudioInfo) -> str:
+    """What differs between a pair's files ("" if nothing): length, rate, channel count."""
+    diffs = []
+    if abs(mixture.duration - target.duration) > 0.5 / min(mixture.rate, target.rate):
+        diffs.append(f"length {target.duration:.3f} s vs {mixture.duration:.3f} s")
+    if mixture.rate != target.rate:
+        diffs.append(f"rate {target.rate} vs {mixture.rate} Hz")
+    if mixture.channels != target.channels:
+        diffs.append(f"{target.channels} vs {mixture.channels} channels")
+    if not diffs:
+        return ""
+    return ("target differs from mixture: " + ", ".join(diffs)
+            + " (scored in mono at 32 kHz on the common length)")
 
 
 def _done_rows(out_csv: Path) -> set[int]:
@@ -181,4 +217,6 @@ def summarise(out_csv: Path) -> Summary:
             summary[f"{key}_mean"] = float(values.mean()) if len(values) else math.nan
             summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         scores[mode] = summary
-    return Summary(len(good), len(rows) - len(good), scores)
+    warnings = [f"row {r['index']}: {r['warning']}" for r in good if r.get("warning")]
+    first_error = next((r["error"] for r in rows if r.get("error")), None)
+    return Summary(len(good), len(rows) - len(good), scores, warnings, first_error)

@@ -1,8 +1,10 @@
 """Extraction jobs: many files, one query, one model load; the library behind ``clapsep extract``.
 
-Each file is probed, its stem (and residual) names planned, existing stems skipped unless
-overwriting, then separated by the streaming engine into temporary files that are renamed
-into place only when complete. A failing file is recorded and the job goes on.
+Planning comes first and needs no model: every file is probed, its stem (and residual) paths
+planned, existing stems marked skipped unless overwriting, and the whole job refused if two
+inputs would write one path or a stem would land on an input. Then each planned file is
+separated by the streaming engine into temporary files renamed into place only when complete.
+A failing file (unreadable, a write error such as a full disk) is recorded and the job goes on.
 """
 
 from __future__ import annotations
@@ -17,19 +19,26 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from clapsep_cli import audio_io, engine
+from clapsep_cli import atomic, audio_io, engine
 from clapsep_cli.config import SAMPLE_RATE
 from clapsep_cli.errors import AudioError, ClapsepError
 from clapsep_cli.queries import EmbeddingCache, Query, condition
 
 DEFAULT_NAME = "{stem}.{query}.{ext}"
-NAME_FIELDS = ("stem", "query", "ext", "name", "suffix")
+NAME_FIELDS = {
+    "stem": "the source's name without its extension",
+    "query": "the query's tag (a preset's suffix, else the texts)",
+    "ext": "the stem format's extension",
+    "name": "the source's full file name",
+    "suffix": "the source's extension, without the dot",
+}
 
 
 class Progress(Protocol):
     """Receives progress of a job (the CLI draws bars; the library default ignores it)."""
 
-    def start_file(self, path: Path, segments: int, seconds: float) -> None: ...
+    def start_file(self, path: Path, segments: int, seconds: float) -> None:
+        """``segments``: the 10 s network segments ``path`` takes; ``seconds``: its audio length."""
 
     def advance(self, segments: int) -> None: ...
 
@@ -69,7 +78,7 @@ class OutputPlan:
                       "suffix": source.suffix.lstrip(".")}
             try:
                 name = self.name_template.format(**fields)
-            except (KeyError, IndexError, ValueError) as err:
+            except (KeyError, IndexError, ValueError, AttributeError) as err:
                 raise ClapsepError(f"bad --name template {self.name_template!r}: fields are "
                                    f"{', '.join('{' + f + '}' for f in NAME_FIELDS)} ({err})") from None
             if not name or "/" in name or name in (".", ".."):
@@ -111,6 +120,19 @@ class Region:
         return first, last
 
 
+@dataclass(frozen=True)
+class Planned:
+    """One input, probed, with its outputs decided: what separating it needs besides the model."""
+
+    info: audio_io.AudioInfo
+    first: int
+    last: int
+    fmt: audio_io.OutputFormat
+    clip: str
+    target: Path
+    residual: Path | None
+
+
 @dataclass
 class FileResult:
     """Outcome for one input."""
@@ -127,6 +149,7 @@ class FileResult:
     seconds: float = 0.0
     clipped_samples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    planned: Planned | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"input": str(self.input), "status": self.status}
@@ -150,14 +173,17 @@ class FileResult:
         return out
 
 
-def collect_inputs(paths: Iterable[Path], pattern: str | None = None) -> tuple[list[Path], frozenset[Path]]:
+def collect_inputs(paths: Iterable[Path], pattern: str | None = None,
+                   include_stems: bool = False) -> tuple[list[Path], list[Path]]:
     """Files named directly, plus files found under named folders (recursively, hidden entries
     skipped, sorted) that match ``pattern`` or, without one, have an audio file extension.
+    Stems clapsep wrote (tagged, see :func:`audio_io.is_stem`) found in folders are left out
+    unless ``include_stems``; a file named directly is always taken.
 
-    Returns (inputs in order, the subset found by scanning folders).
+    Returns (inputs in order, stems left out).
     """
     out: list[Path] = []
-    scanned: set[Path] = set()
+    stems: list[Path] = []
     for path in paths:
         if not path.is_dir():
             out.append(path)
@@ -169,9 +195,75 @@ def collect_inputs(paths: Iterable[Path], pattern: str | None = None) -> tuple[l
                     continue
                 if pattern is None and Path(name).suffix.lower() not in AUDIO_SUFFIXES:
                     continue
-                out.append(Path(root) / name)
-                scanned.add(Path(root) / name)
-    return list(dict.fromkeys(out)), frozenset(scanned)
+                found = Path(root) / name
+                if not include_stems and audio_io.is_stem(found):
+                    stems.append(found)
+                else:
+                    out.append(found)
+    return list(dict.fromkeys(out)), stems
+
+
+def check_query_audio(query: Query) -> None:
+    """Probe the query's reference clips (one clear line if one is missing or not audio)."""
+    for ref in (*query.positive_audio, *query.negative_audio):
+        audio_io.probe(ref.path)
+
+
+def plan_file(source: Path, query: Query, plan: OutputPlan, region: Region) -> Planned:
+    """Probe ``source`` and decide its outputs."""
+    info = audio_io.probe(source)
+    first, last = region.frames(info)
+    fmt = audio_io.choose_format(info, plan.fmt, plan.bit_depth)
+    clip = audio_io.resolve_clip(plan.clip, fmt)
+    target, residual = plan.paths(source, query, fmt)
+    _refuse_source_overwrite(source, [target, residual])
+    return Planned(info, first, last, fmt, clip, target, residual)
+
+
+def plan_job(inputs: list[Path], query: Query, plan: OutputPlan, region: Region) -> list[FileResult]:
+    """A result per input: ``failed`` (bad input), ``skipped`` (its stems exist) or ``pending``
+    with its plan. Refuses the whole job (:class:`ClapsepError`) if two inputs would write one
+    path, or a stem to be written is one of the inputs. Our temporary files that killed runs
+    left in the output folders are removed (see :func:`atomic.remove_stale`)."""
+    results = []
+    for source in inputs:
+        result = FileResult(source)
+        try:
+            planned = plan_file(source, query, plan, region)
+        except ClapsepError as err:
+            result.status, result.error = "failed", str(err)
+            results.append(result)
+            continue
+        result.target, result.residual = planned.target, planned.residual
+        result.rate, result.channels, result.offset_frames = planned.info.rate, planned.info.channels, planned.first
+        existing = [p for p in (planned.target, planned.residual) if p is not None and p.exists()]
+        if existing and not plan.overwrite:
+            result.status, result.error = "skipped", f"{existing[0]} exists (pass --overwrite to replace it)"
+        else:
+            result.planned = planned
+        results.append(result)
+    _refuse_collisions(results)
+    for folder in {out.parent for r in results if r.planned for out in (r.target, r.residual) if out is not None}:
+        atomic.remove_stale(folder)
+    return results
+
+
+def _refuse_collisions(results: list[FileResult]) -> None:
+    writers: dict[Path, Path] = {}
+    for r in results:
+        for out in (r.target, r.residual):
+            if out is None:
+                continue
+            key = out.resolve()
+            if key in writers:
+                raise ClapsepError(f"{writers[key]} and {r.input} would both write {out}; nothing was written "
+                                   "(use a --name template that tells them apart, e.g. \"{name}.{query}.{ext}\")")
+            writers[key] = r.input
+    sources = {r.input.resolve(): r.input for r in results}
+    for r in results:
+        for out in (r.target, r.residual) if r.planned else ():
+            if out is not None and out.resolve() in sources:
+                raise ClapsepError(f"{out}: is also an input of this job; refusing to write over it")
 
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".rf64",
@@ -193,61 +285,49 @@ class Extractor:
         self.condition = condition(model, query, cache, model.cfg.joint_embed_dim)
         self.query_seconds = time.perf_counter() - t0
 
-    def run(self, inputs: list[Path], scanned: frozenset[Path] = frozenset()) -> list[FileResult]:
-        """Separate each input. Files found by scanning folders (``scanned``) that are this
-        job's own outputs, an earlier run's stems, are skipped rather than separated again."""
-        own_outputs = set()
-        for path in scanned:
-            fmt = audio_io.choose_format_for_name(path, self.plan.fmt, self.plan.bit_depth)
-            if fmt is not None:
-                own_outputs.update(p for p in self.plan.paths(path, self.query, fmt) if p is not None)
-        results = []
-        for path in inputs:
-            if path in own_outputs:
-                results.append(FileResult(path, "skipped", error="is a stem written by this command"))
-            else:
-                results.append(self.run_one(path))
-        return results
+    def run(self, planned: list[FileResult]) -> list[FileResult]:
+        """Separate every pending result of :func:`plan_job` (in place); returns them all."""
+        for result in planned:
+            if result.status == "pending" and result.planned is not None:
+                self._run_planned(result, result.planned)
+        return planned
 
     def run_one(self, source: Path) -> FileResult:
-        result = FileResult(source)
+        """Plan and separate one file."""
         try:
-            self._separate(source, result)
+            result = plan_job([source], self.query, self.plan, self.region)[0]
+        except ClapsepError as err:
+            return FileResult(source, "failed", error=str(err))
+        return self.run([result])[0]
+
+    def _run_planned(self, result: FileResult, planned: Planned) -> None:
+        try:
+            self._separate(result, planned)
         except ClapsepError as err:
             result.status, result.error = "failed", str(err)
-        return result
 
-    def _separate(self, source: Path, result: FileResult) -> None:
-        info = audio_io.probe(source)
-        first, last = self.region.frames(info)
-        fmt = audio_io.choose_format(info, self.plan.fmt, self.plan.bit_depth)
-        clip = audio_io.resolve_clip(self.plan.clip, fmt)
-        target_path, residual_path = self.plan.paths(source, self.query, fmt)
-        _refuse_source_overwrite(source, [target_path, residual_path])
-        result.rate, result.channels, result.offset_frames = info.rate, info.channels, first
-        existing = [p for p in (target_path, residual_path) if p is not None and p.exists()]
-        if existing and not self.plan.overwrite:
-            result.status, result.target, result.residual = "skipped", target_path, residual_path
-            result.error = f"{existing[0]} exists (pass --overwrite to replace it)"
-            return
-        writers = [audio_io.StemWriter(target_path, info.rate, info.channels, fmt, clip, self.plan.overwrite)]
-        if residual_path is not None:
-            writers.append(audio_io.StemWriter(residual_path, info.rate, info.channels, fmt, clip, self.plan.overwrite))
+    def _separate(self, result: FileResult, p: Planned) -> None:
+        source, info = result.input, p.info
+        label = self.query.slug()
+        writers = [audio_io.StemWriter(p.target, info.rate, info.channels, p.fmt, p.clip, self.plan.overwrite, label)]
+        if p.residual is not None:
+            writers.append(audio_io.StemWriter(p.residual, info.rate, info.channels, p.fmt, p.clip,
+                                               self.plan.overwrite, f"{label} residual"))
         start = time.perf_counter()
-        samples32 = -(-(last - first) * SAMPLE_RATE // info.rate)
-        self.progress.start_file(source, engine.segment_count(samples32, self.options), (last - first) / info.rate)
+        samples32 = -(-(p.last - p.first) * SAMPLE_RATE // info.rate)
+        self.progress.start_file(source, engine.segment_count(samples32, self.options), (p.last - p.first) / info.rate)
         try:
             peak = 0.0
             frames = 0
-            stop = None if self.region.end is None else last  # to the real end (ffmpeg lengths are estimates)
-            stream = engine.separate_stream(self.model, self.condition, audio_io.read_blocks(info, first, stop),
+            stop = None if self.region.end is None else p.last  # to the real end (ffmpeg lengths may be estimates)
+            stream = engine.separate_stream(self.model, self.condition, audio_io.read_blocks(info, p.first, stop),
                                             info.rate, self.options, self.progress.advance)
             for target, src in stream:
                 peak = max(peak, float(np.max(np.abs(src))))
                 frames += len(target)
                 stem = src - target if self.invert else target
                 writers[0].write(stem)
-                if residual_path is not None:
+                if p.residual is not None:
                     writers[1].write(src - stem)
             if frames == 0:
                 raise AudioError(f"{source}: contains no audio")
@@ -261,7 +341,7 @@ class Extractor:
             raise
         finally:
             self.progress.end_file()
-        result.status, result.target, result.residual = "ok", target_path, residual_path
+        result.status = "ok"
         result.frames, result.seconds = frames, time.perf_counter() - start
         result.clipped_samples = sum(w.clipped for w in writers)
         if any(w.gain != 1.0 for w in writers):

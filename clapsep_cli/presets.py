@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 import platformdirs
 
@@ -168,9 +172,9 @@ def create(name: str, text: str, overwrite: bool = False) -> Path:
     tmp.write_text(text, encoding="utf-8")
     try:
         parse(tmp, "user", name=name)
-    except ClapsepError:
+    except ClapsepError as err:
         tmp.unlink(missing_ok=True)
-        raise
+        raise ClapsepError(str(err).replace(str(tmp), f"preset {name!r}")) from None  # not our temp file's name
     tmp.replace(target)
     return target
 

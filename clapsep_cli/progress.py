@@ -17,17 +17,19 @@ def wanted(json_output: bool) -> bool:
 
 
 class RichProgress:
-    """A per-file bar and an overall bar, with audio seconds processed per second."""
+    """A per-file bar counting the file's 10 s segments, with audio seconds processed per
+    second, and (for several files) an overall bar counting files."""
 
     def __init__(self, files: int):
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[speed]}"), TimeRemainingColumn(),
             console=Console(stderr=False), transient=True)
-        self._overall = self._progress.add_task("all files", total=files, speed="")
+        self._overall = self._progress.add_task("files", total=files, speed="") if files > 1 else None
         self._file: TaskID | None = None
         self._seconds_per_segment = 0.0
         self._started = 0.0
+        self._done = 0  # segments of the current file (task ids are not indices into rich's task list)
 
     def __enter__(self) -> RichProgress:
         self._progress.__enter__()
@@ -39,13 +41,15 @@ class RichProgress:
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
         self._seconds_per_segment = seconds / max(segments, 1)
         self._started = time.perf_counter()
-        self._file = self._progress.add_task(path.name, total=segments, speed="")
+        self._done = 0
+        self._file = self._progress.add_task(f"{path.name}, 10 s segments", total=segments, speed="")
 
     def advance(self, segments: int) -> None:
         if self._file is None:
             return
         self._progress.advance(self._file, segments)
-        done = self._progress.tasks[self._file].completed
+        self._done += segments
+        done = self._done
         elapsed = time.perf_counter() - self._started
         speed = done * self._seconds_per_segment / elapsed if elapsed > 0 else 0.0
         self._progress.update(self._file, speed=f"{speed:.1f} audio s/s")
@@ -54,4 +58,5 @@ class RichProgress:
         if self._file is not None:
             self._progress.remove_task(self._file)
             self._file = None
-        self._progress.advance(self._overall, 1)
+        if self._overall is not None:
+            self._progress.advance(self._overall, 1)

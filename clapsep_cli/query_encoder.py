@@ -92,7 +92,8 @@ class Tokenizer:
         if missing:
             raise ModelMissingError(
                 f"the text tokenizer is not installed ({', '.join(missing)} missing in {directory}); "
-                "run `clapsep models download` or `clapsep models import --tokenizer DIR`")
+                "install the model again with it: `clapsep models download --overwrite`, or offline "
+                "`clapsep models import --clap FILE --clapsep FILE --tokenizer DIR --overwrite`")
         from transformers import RobertaTokenizer
 
         vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))

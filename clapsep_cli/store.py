@@ -32,6 +32,7 @@ from torch import nn
 
 from clapsep_cli import checkpoints
 from clapsep_cli.config import RELEASED, ModelConfig
+from clapsep_cli.atomic import normal_modes
 from clapsep_cli.errors import ClapsepError, ModelMissingError
 
 DEFAULT_MODEL = "default"
@@ -253,6 +254,7 @@ def write_model(name: str, parts: dict[str, dict[str, torch.Tensor]], config: Mo
             **details,
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        normal_modes(staging)  # mkdtemp and safetensors make owner-only entries
         if target.exists():
             trash = target.with_name(f".{name}.old")
             shutil.rmtree(trash, ignore_errors=True)

@@ -145,7 +145,8 @@ def test_folder_recursion_glob_and_name_template(home: Path, tmp_path: Path) -> 
     assert [Path(r["input"]).name for r in report["results"]] == ["two.flac"]
     again = extract_json("dog", tmp_path / "a")  # stems of the run above sit beside the sources now
     statuses = {Path(r["input"]).name: r["status"] for r in again["results"]}
-    assert statuses == {"one.wav": "ok", "two.flac": "skipped", "two.dog.flac": "skipped"}
+    assert statuses == {"one.wav": "ok", "two.flac": "skipped"}
+    assert [Path(p).name for p in again["stems_left_out"]] == ["two.dog.flac"]
 
 
 def test_progress_bar_only_on_a_terminal(home: Path, tmp_path: Path) -> None:
@@ -153,3 +154,19 @@ def test_progress_bar_only_on_a_terminal(home: Path, tmp_path: Path) -> None:
     result = run("extract", "dog", src)
     assert result.exit_code == 0
     assert "━" not in result.output and "audio s/s" not in result.output
+
+
+def test_m4a_stems_have_exactly_the_source_length(home: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    wav = write_audio(tmp_path / "src.wav", tone(3.0, 44100, channels=2), 44100, subtype="PCM_16")
+    m4a = tmp_path / "src.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(m4a), "-f", "f32le", "-ac", "2", "-"],
+                             capture_output=True, check=True).stdout
+    assert len(decoded) // 8 > 132300  # the decoder's output runs past the source: AAC padding
+    result = extract_json("dog", m4a)["results"][0]
+    assert sf.info(result["target"]).frames == 132300 == result["frames"]

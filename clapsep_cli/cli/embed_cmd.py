@@ -10,6 +10,7 @@ import numpy as np
 from clapsep_cli import presets, store
 from clapsep_cli.cli.common import emit_json, load_model, model_options
 from clapsep_cli.errors import ClapsepError
+from clapsep_cli.extract import check_query_audio
 from clapsep_cli.queries import EmbeddingCache, Query, condition
 
 
@@ -37,6 +38,8 @@ def embed(texts: tuple[str, ...], names: tuple[str, ...], all_presets: bool, exp
     jobs += [(Query(positive=(t,)).slug(), Query(positive=(t,))) for t in texts]
     if not jobs:
         raise ClapsepError("nothing to embed: give TEXTS, -p PRESET or --all-presets")
+    for _, query in jobs:
+        check_query_audio(query)  # a missing reference clip is reported before anything about models
     model = load_model(model_name, device, precision, quiet=json_output)
     cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
     rows = []

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import click
 
+import math
+from typing import Any
+
 from clapsep_cli import store
 from clapsep_cli.cli.common import emit_json, load_model, model_options
+from clapsep_cli.errors import ClapsepError
 from clapsep_cli.evaluate import MODES, Evaluator, read_manifest
 from clapsep_cli.queries import EmbeddingCache
 
@@ -20,7 +24,8 @@ from clapsep_cli.queries import EmbeddingCache
               help="Per-row results CSV (default: <manifest>.<model>.eval.csv); an existing one is resumed.")
 @click.option("--restart", is_flag=True, help="Start over instead of resuming an existing results CSV.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N rows.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Benchmark rows (10 s clips) separated per network call.")
 @click.option("--json", "json_output", is_flag=True, help="Print the summary as JSON.")
 @model_options
 def evaluate(manifest: Path, audio_dir: Path, out_csv: Path | None, restart: bool, limit: int | None, batch_size: int,
@@ -29,7 +34,8 @@ def evaluate(manifest: Path, audio_dir: Path, out_csv: Path | None, restart: boo
     noise_file, negative_caption: 10 s clips mixed at 0 dB) or your own pairs (mixture_file,
     target_file, positive_caption[, negative_caption]).
 
-    Prints SDRi and SI-SDRi (mean, std), with and without the negative caption.
+    Prints SDRi and SI-SDRi (mean, std), with and without the negative caption. Exits 1 if no
+    row could be scored; a std needs two rows (null in --json, nan in the table).
     """
     from clapsep_cli import progress
 
@@ -37,9 +43,12 @@ def evaluate(manifest: Path, audio_dir: Path, out_csv: Path | None, restart: boo
     out_csv = out_csv or manifest.with_name(f"{manifest.stem}.{model_name}.eval.csv")
     if restart:
         out_csv.unlink(missing_ok=True)
-    model = load_model(model_name, device, precision, quiet=json_output)
-    cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
-    evaluator = Evaluator(model, cache, batch_size)
+
+    def load() -> tuple[Any, EmbeddingCache]:
+        model = load_model(model_name, device, precision, quiet=json_output)
+        return model, EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
+
+    evaluator = Evaluator(load, batch_size)
     total = min(len(rows), limit) if limit else len(rows)
     if progress.wanted(json_output):
         from rich.progress import Progress
@@ -49,9 +58,15 @@ def evaluate(manifest: Path, audio_dir: Path, out_csv: Path | None, restart: boo
             summary = evaluator.run(manifest, audio_dir, out_csv, limit, lambda: bar.advance(task))
     else:
         summary = evaluator.run(manifest, audio_dir, out_csv, limit)
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if summary.rows == 0:
+        raise ClapsepError(f"none of the {summary.failed} rows could be scored (first error: {summary.first_error}); "
+                           f"see {out_csv}")
     if json_output:
+        scores = {mode: {k: None if math.isnan(v) else v for k, v in s.items()} for mode, s in summary.scores.items()}
         emit_json({"manifest": str(manifest), "results_csv": str(out_csv), "model": model_name, "rows": summary.rows,
-                   "failed_rows": summary.failed, "scores": summary.scores})
+                   "failed_rows": summary.failed, "warnings": summary.warnings, "scores": scores})
         return
     from rich.console import Console
     from rich.table import Table

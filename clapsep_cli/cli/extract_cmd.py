@@ -13,11 +13,12 @@ from typing import Any
 
 import click
 
-from clapsep_cli import presets, store
+from clapsep_cli import atomic, presets, store
 from clapsep_cli.cli.common import TimeType, emit_json, engine_options, engine_settings, load_model, model_options
 from clapsep_cli.engine import EngineOptions
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.extract import DEFAULT_NAME, Extractor, FileResult, OutputPlan, Region, collect_inputs
+from clapsep_cli.extract import (DEFAULT_NAME, NAME_FIELDS, Extractor, FileResult, OutputPlan, Region,
+                                 check_query_audio, collect_inputs, plan_job)
 from clapsep_cli.queries import AudioRef, EmbeddingCache, Query
 
 F = Callable[..., Any]
@@ -56,7 +57,9 @@ def output_options(f: F) -> F:
         click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Write stems into this folder instead of next to each source."),
         click.option("--name", "name_template", default=DEFAULT_NAME, show_default=True,
-                     help="Stem file name template: {stem} {query} {ext} {name} {suffix}."),
+                     help="Stem file name template; fields: "
+                          + "; ".join(f"{{{k}}} {v}" for k, v in NAME_FIELDS.items())
+                          + ". Two inputs that would get one name are refused."),
         click.option("--residual/--no-residual", default=None,
                      help="Also write the residual (source minus stem); a preset may turn it on."),
         click.option("--format", "fmt", type=click.Choice(["wav", "flac", "ogg", "mp3", "aiff"]),
@@ -71,6 +74,9 @@ def output_options(f: F) -> F:
         click.option("--end", type=TimeType(), help="Process only up to this time."),
         click.option("--glob", "pattern", metavar="PATTERN",
                      help="In folders, take files matching this pattern (default: known audio types)."),
+        click.option("--include-stems", is_flag=True,
+                     help="In folders, also take stems clapsep wrote (tagged in their metadata; "
+                          "left out by default)."),
         click.option("--json", "json_output", is_flag=True, help="Print one machine-readable JSON result."),
         click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
                      help="Also write the JSON result to this file (atomically; written on failure too)."),
@@ -83,13 +89,16 @@ def resolve_query(args: tuple[str, ...], texts: tuple[str, ...], preset: str | N
     """The query and the input paths from the command line.
 
     With -q or -p every argument is a file. Otherwise the first argument is QUERY, except that
-    with --query-audio an existing file in first place is an input rather than a text.
+    with --query-audio an existing file in first place is an input rather than a text. An empty
+    argument is never a file (it would name the current folder).
     """
     positive = list(texts)
-    if not texts and preset is None and args and not (query_audio and Path(args[0]).exists()):
+    if not texts and preset is None and args and not (query_audio and args[0] and Path(args[0]).exists()):
         positive, args = [args[0]], args[1:]
     if not args:
         raise ClapsepError("no input files given")
+    if any(not a.strip() for a in args):
+        raise ClapsepError("an empty file name was given (an empty QUERY goes first, before the files)")
     base = presets.load(preset) if preset else None
 
     def from_preset(field: str) -> tuple[Any, ...]:
@@ -168,6 +177,7 @@ class JobOptions:
     engine: EngineOptions
     region: Region
     pattern: str | None
+    include_stems: bool
     json_output: bool
     report_file: Path | None
     model_name: str
@@ -177,16 +187,17 @@ class JobOptions:
 
 def job_options(residual: bool, output: Path | None, out_dir: Path | None, name_template: str, fmt: str | None,
                 bit_depth: str | None, clip: str | None, overwrite: bool, start: float | None, end: float | None,
-                pattern: str | None, json_output: bool, report_file: Path | None, model_name: str, device: str,
-                precision: str, overlap: float, batch_size: int) -> JobOptions:
+                pattern: str | None, include_stems: bool, json_output: bool, report_file: Path | None,
+                model_name: str, device: str, precision: str, overlap: float, batch_size: int) -> JobOptions:
     plan = OutputPlan(name_template=name_template, out_dir=out_dir, output=output, residual=residual, fmt=fmt,
                       bit_depth=bit_depth, clip=clip, overwrite=overwrite)
-    return JobOptions(plan, engine_settings(overlap, batch_size), Region(start or 0.0, end), pattern, json_output,
-                      report_file, model_name, device, precision)
+    return JobOptions(plan, engine_settings(overlap, batch_size), Region(start or 0.0, end), pattern, include_stems,
+                      json_output, report_file, model_name, device, precision)
 
 
 def run_job(query: Query, files: list[Path], opts: JobOptions, invert: bool = False, method: str | None = None) -> None:
-    """Load the model once, separate every input, report (to ``--report`` too, even on failure)."""
+    """Check and plan everything, load the model only if a file is to be separated, separate,
+    report (to ``--report`` too, even on failure)."""
     try:
         _run(query, files, opts, invert, method)
     except ClapsepError as err:
@@ -198,40 +209,56 @@ def run_job(query: Query, files: list[Path], opts: JobOptions, invert: bool = Fa
 def _run(query: Query, files: list[Path], opts: JobOptions, invert: bool, method: str | None) -> None:
     from clapsep_cli import progress as progress_mod
 
-    inputs, scanned = collect_inputs(files, opts.pattern)
+    started = time.perf_counter()
+    inputs, stems = collect_inputs(files, opts.pattern, opts.include_stems)
     if not inputs:
-        raise ClapsepError("no audio files found in the given folders")
+        raise ClapsepError("no audio files found in the given folders"
+                           + (f" ({len(stems)} stems of earlier runs left out; --include-stems takes them)"
+                              if stems else ""))
     if opts.plan.output is not None and len(inputs) > 1:
         raise ClapsepError("--output names one stem; with several inputs use --out-dir or --name")
-    started = time.perf_counter()
-    model = load_model(opts.model_name, opts.device, opts.precision, quiet=opts.json_output)
-    load_seconds = time.perf_counter() - started
-    cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
-    bar = progress_mod.RichProgress(len(inputs)) if progress_mod.wanted(opts.json_output) else None
-    with bar if bar else contextlib.nullcontext():
-        extractor = Extractor(model, query, opts.engine, opts.plan, cache, opts.region, bar, invert=invert)
-        results = extractor.run(inputs, scanned)
+    check_query_audio(query)
+    results = plan_job(inputs, query, opts.plan, opts.region)
     details: dict[str, Any] = {"method": method} if method else {}
-    details["query_embeddings"] = {"from_cache": cache.hits, "computed": cache.misses,
-                                   "text_encoder_loaded": model.text_encoder_loaded,
-                                   "seconds": round(extractor.query_seconds, 3)}
+    if stems:
+        details["stems_left_out"] = [str(p) for p in stems]
+    todo = [r for r in results if r.status == "pending"]
+    model, load_seconds = None, 0.0
+    if todo:
+        loading = time.perf_counter()
+        model = load_model(opts.model_name, opts.device, opts.precision, quiet=opts.json_output)
+        load_seconds = time.perf_counter() - loading
+        cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
+        bar = progress_mod.RichProgress(len(todo)) if progress_mod.wanted(opts.json_output) else None
+        with bar if bar else contextlib.nullcontext():
+            extractor = Extractor(model, query, opts.engine, opts.plan, cache, opts.region, bar, invert=invert)
+            extractor.run(results)
+        details["query_embeddings"] = {"from_cache": cache.hits, "computed": cache.misses,
+                                       "text_encoder_loaded": model.text_encoder_loaded,
+                                       "seconds": round(extractor.query_seconds, 3)}
     report(results, query, model, load_seconds, time.perf_counter() - started, opts, details)
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:
-    """Write a JSON report atomically (a bridge polling for the file never sees half of it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
+    """Write a JSON report atomically (a bridge polling for the file never sees half of it).
+    A report that cannot be written (a full disk) costs one line on stderr, not the job."""
+    try:
+        atomic.write_text(path, json.dumps(data, indent=2, ensure_ascii=False))
+    except OSError as err:
+        click.echo(f"clapsep: warning: {path}: cannot write the report ({err.strerror or err})", err=True)
 
 
-def report(results: list[FileResult], query: Query, model: Any, load_seconds: float, total_seconds: float,
+def report(results: list[FileResult], query: Query, model: Any | None, load_seconds: float, total_seconds: float,
            opts: JobOptions, details: dict[str, Any]) -> None:
+    """Print (and write) the job's outcome; exit 1 if a file failed. ``model`` is None when
+    nothing needed separating (it was never loaded)."""
     failed = [r for r in results if r.status == "failed"]
+    attempted = [r for r in results if r.status != "skipped"]
     data = {
         "query": query.describe(), **details,
-        "model": model.installed.name, "device": str(model.device), "precision": model.precision,
+        "model": model.installed.name if model else opts.model_name,
+        "model_loaded": model is not None,
+        "device": str(model.device) if model else None, "precision": model.precision if model else opts.precision,
         "results": [r.to_json() for r in results],
         "failed": len(failed),
         "timings": {"model_load_seconds": round(load_seconds, 3), "total_seconds": round(total_seconds, 3)},
@@ -253,7 +280,9 @@ def report(results: list[FileResult], query: Query, model: Any, load_seconds: fl
         if len(results) == 1 and failed:
             click.echo(f"clapsep: error: {failed[0].error}", err=True)
         elif failed:
-            click.echo(f"clapsep: {len(failed)} of {len(results)} files failed:", err=True)
+            skipped = len(results) - len(attempted)
+            click.echo(f"clapsep: {len(failed)} of {len(attempted)} files failed"
+                       + (f" ({skipped} skipped)" if skipped else "") + ":", err=True)
             for r in failed:
                 click.echo(f"  {r.error}", err=True)
     if failed:

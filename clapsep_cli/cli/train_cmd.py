@@ -23,19 +23,25 @@ from clapsep_cli.errors import ClapsepError
               help="Train this architecture from scratch (random CLAP) instead of fine-tuning.")
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="vocab.json + merges.txt folder (from scratch only; fine-tuning reuses the model's).")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Passes over the training clips.")
 @click.option("--time-limit", type=click.FloatRange(min=0), metavar="MINUTES",
               help="Stop after the epoch that ends past this many minutes.")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), help="Cap the batches per epoch.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True)
-@click.option("--val-fraction", type=click.FloatRange(0.0, 0.5), default=0.1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Mixtures per training step (per GPU).")
+@click.option("--lr", type=float, default=1e-4, show_default=True,
+              help="AdamW learning rate (lowered on a validation plateau).")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 0.5), default=0.1, show_default=True,
+              help="Share of the clips held out to validate each epoch (at least 2).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where last.pt/best.pt go (default: <store>/training/<name>).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint directory's last.pt.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data loading processes.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed (validation split, mixing, data order, weights of a new model).")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
+              help="Where training runs.")
 @click.option("--overwrite", is_flag=True, help="Replace an installed model named --name.")
 @click.option("--json", "json_output", is_flag=True, help="Print the training history as JSON.")
 def train(data_dir: Path, captions: Path, out_name: str, base: str | None, architecture: str | None,
