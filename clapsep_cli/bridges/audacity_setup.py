@@ -174,10 +174,15 @@ def enable_pipe(path: Path, module: Path) -> list[str]:
     return write_pipe_settings(path, module)
 
 
-def macro_text(preset: str) -> str:
-    """The request macro for ``preset``, from the shipped template."""
+def request_command(text: str) -> str:
+    """The macro step that adds a label ``text`` over the selection (from the shipped template)."""
     template = resources.shipped("plugins") / "audacity" / "request-macro.txt"
-    return template.read_text(encoding="utf-8").replace("{request}", REQUEST_PREFIX + preset)
+    return template.read_text(encoding="utf-8").strip().replace("{request}", text)
+
+
+def macro_text(preset: str) -> str:
+    """The request macro for ``preset``."""
+    return request_command(REQUEST_PREFIX + preset) + "\n"
 
 
 def install_macros(names: list[str], folder: Path) -> tuple[list[Path], list[Path]]:
