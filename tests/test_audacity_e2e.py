@@ -223,7 +223,7 @@ def start_watcher(home: Path, log: Path) -> subprocess.Popen[bytes]:
 
 def clapsep(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "clapsep_cli", *args], env=_env(home), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -243,7 +243,7 @@ def click(audacity: live.LiveAudacity, x: float, y: float) -> None:
     """A mouse click at a fraction of Audacity's main window (with Xvfb's xdotool)."""
     env = {**os.environ, "DISPLAY": audacity.env["DISPLAY"]}
     found = subprocess.run(["xdotool", "search", "--onlyvisible", "--pid", str(audacity.process.pid), "--name",
-                            "Audacity"], env=env, capture_output=True, text=True, timeout=30)
+                            "Audacity"], env=env, capture_output=True, text=True, timeout=30, check=True)
     window = found.stdout.split()[0]
     subprocess.run(["xdotool", "mousemove", "--window", window, str(int(1280 * x)), str(int(1024 * y)), "click", "1"],
                    env=env, check=True, timeout=30)

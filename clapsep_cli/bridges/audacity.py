@@ -408,6 +408,7 @@ class WatcherStatus:
                                    .replace(".lock", ".json"))
         self.lock_path = self.path.with_suffix(".lock")
         self._fd: int | None = None
+        self._state = ""
 
     def claim(self) -> None:
         """Become the watcher, or fail naming the one running."""
@@ -424,6 +425,12 @@ class WatcherStatus:
             self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
+
+    def note(self, state: str) -> None:
+        """Record ``state`` if it is news (the file says since when it holds)."""
+        if state != self._state:
+            self._state = state
+            self.write(state)
 
     def write(self, state: str) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
@@ -448,17 +455,17 @@ class WatcherStatus:
         except (OSError, json.JSONDecodeError):
             return "a watcher is starting"
         stamp = time.strftime("%H:%M:%S", time.localtime(info["time"]))
-        return f"watcher pid {info['pid']}: {info['state']} (at {stamp})"
+        return f"watcher pid {info['pid']}: {info['state']} (since {stamp})"
 
 
 def watch(connect: Callable[[], AudacityPipe], separate: Separate, residual: bool | None = None,
-          poll: float = 1.0, once: bool = False, status: WatcherStatus | None = None) -> Iterator[str]:
+          poll: float = 2.0, once: bool = False, status: WatcherStatus | None = None) -> Iterator[str]:
     """Serve requests as they appear, saying what happens in lines of text. Waits for Audacity
     while it is not there, unless ``once``: then serves what waits now and returns."""
     absent: str | None = None
     taken: set[tuple[str, float, float]] = set()
     told: set[tuple[str, float, float]] = set()
-    note = status.write if status else (lambda state: None)
+    note = status.note if status else (lambda state: None)
     while True:
         try:
             with connect() as pipe:

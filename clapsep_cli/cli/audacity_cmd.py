@@ -7,7 +7,12 @@ from typing import Any
 
 import click
 
-from clapsep_cli.cli.common import engine_options, engine_settings, load_model, model_options
+from clapsep_cli.cli.common import (
+    engine_options,
+    engine_settings,
+    load_model,
+    model_options,
+)
 from clapsep_cli.errors import ClapsepError
 
 
@@ -63,7 +68,7 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
 
 
 @audacity.command()
-@click.option("--poll", type=click.FloatRange(0.05, 60.0), default=1.0, show_default=True, metavar="SECONDS",
+@click.option("--poll", type=click.FloatRange(0.05, 60.0), default=2.0, show_default=True, metavar="SECONDS",
               help="How often to look for requests.")
 @click.option("--once", is_flag=True, help="Serve the requests waiting now, then exit.")
 @click.option("--status", "show_status", is_flag=True,
@@ -97,7 +102,7 @@ def watch(poll: float, once: bool, show_status: bool, residual: bool | None, mod
         separate.model  # noqa: B018 - load now, so that the first request is served quickly
         if not once:
             click.echo("watching Audacity for clapsep requests (Tools > Apply Macro > clapsep-...); Ctrl-C stops")
-        for line in serve_requests(AudacityPipe, separate, residual, poll, once, status):
+        for line in serve_requests(lambda: AudacityPipe(greet=False), separate, residual, poll, once, status):
             click.echo(line)
     finally:
         status.release()
