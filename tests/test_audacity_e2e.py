@@ -156,6 +156,18 @@ def test_the_stem_lands_at_the_requested_range_while_the_user_works_on(
     heard = exported(3, 1.0, 3.0, tmp_path / "heard.wav")
     np.testing.assert_allclose(heard, sf.read(str(reference), dtype="float32")[0], atol=1e-6)
 
+    with AudacityPipe() as pipe:
+        pipe.command("Undo:")  # the label time_selection() added
+    steps = []  # undo, past the user's new track too: no step has a misplaced or unnamed stem
+    for _ in range(4):
+        with AudacityPipe() as pipe:
+            pipe.command("Undo:")
+        steps.append(([w[0] for w in waves()], [text for _, _, text in label_texts()]))
+    assert steps == [(["walk", "Audio 1"], ["clapsep:dog #id done: walk.dog"]),
+                     (["walk", "Audio 1"], ["clapsep:dog #id 0%"]),
+                     (["walk"], ["clapsep:dog #id 0%"]),
+                     (["walk"], [])]
+
 
 def test_a_deleted_source_track_fails_the_request_and_inserts_nothing(
         audacity: live.LiveAudacity, home: Path, walk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
