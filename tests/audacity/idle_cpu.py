@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from clapsep_cli.bridges import audacity as bridge
 from clapsep_cli.bridges.audacity_pipe import AudacityPipe
 from tests.audacity import live
 from tests.conftest import tone, write_audio
