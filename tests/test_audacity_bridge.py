@@ -4,6 +4,7 @@ behind the fake pipe; the real Audacity is exercised in test_audacity_e2e.py."""
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import soundfile as sf
 from clapsep_cli.bridges import audacity as bridge
 from clapsep_cli.bridges.audacity_pipe import AudacityPipe, PipeError
 from clapsep_cli.errors import ClapsepError
+from clapsep_cli.extract import Progress
 from clapsep_cli.queries import Query
 from tests.audacity.fake_pipe import FakeAudacity, greeting
 from tests.audacity.mini_project import MiniProject
@@ -30,7 +32,7 @@ class CopySeparate:
         self.sources: list[np.ndarray] = []
         self.fail = fail
 
-    def __call__(self, source: Path, job: bridge.Job, folder: Path) -> list[bridge.Stem]:
+    def __call__(self, source: Path, job: bridge.Job, folder: Path, progress: Progress) -> list[bridge.Stem]:
         if self.fail:
             raise ClapsepError(self.fail)
         audio, rate = sf.read(str(source), dtype="float32", always_2d=True)
@@ -77,6 +79,9 @@ def test_stems_are_inserted_aligned_and_named_and_the_selection_is_kept(project:
     assert [(lane.name, lane.selected) for lane in mini.lanes] == [
         ("walk", True), ("Labels", True), ("other", False), ("voice", True), ("mix.dog", False),
         ("mix.dog.residual", False)]
+    (request,) = [label for label in mini.lanes[1].labels if label[2] != "mine"]
+    assert request[:2] == (1.0, 2.5) and re.fullmatch(r"clapsep:dog #[0-9a-f]{6} done: mix\.dog \+ mix\.dog\.residual",
+                                                     request[2])
     assert mini.selection == (1.0, 2.5)
     assert mini.prefs["/FileFormats/ExportFormat_SF1_Type/WAV_10000"] == "4"  # the user's setting is back
     assert mini.prefs["/AudioFiles/SkipSilenceAtBeginning"] == "0"
@@ -143,7 +148,10 @@ def test_requests_count_once_and_other_labels_are_not_requests(project: tuple[Mi
         (0, 1, "clapsep:dog", 0.5, 1.5), (2, 1, "clapsep:rain", 2.0, 2.5)]
 
 
-def test_a_request_is_served_over_its_span_and_its_track_removed(project: tuple[MiniProject, FakeAudacity]) -> None:
+TAKEN = r"clapsep:dog #[0-9a-f]{6}"
+
+
+def test_a_request_is_served_over_its_span_once(project: tuple[MiniProject, FakeAudacity]) -> None:
     mini, fake = project
     walk = tone(4.0, RATE, 2)
     mini.wave("walk", walk)
@@ -156,24 +164,133 @@ def test_a_request_is_served_over_its_span_and_its_track_removed(project: tuple[
 
     assert lines == ["clapsep:dog: 0.500-1.500 s", "  added track 'walk.dog' (0.500-1.500 s)"]
     assert [(lane.name, lane.selected, lane.start) for lane in mini.lanes] == [
-        ("walk", True, 0.0), ("voice", False, 0.0), ("walk.dog", False, 0.5)]
-    assert mini.selection == (0.5, 1.5)
+        ("walk", True, 0.0), ("Labels 1", False, 0.0), ("voice", False, 0.0), ("walk.dog", False, 0.5)]
+    assert [label[:2] for label in mini.labels()] == [(0.5, 1.5)] * 2
+    assert [re.sub(TAKEN, "#", label[2]) for label in mini.labels()] == ["# done: walk.dog"] * 2
+    assert mini.selection == (3.0, 3.5)
     np.testing.assert_array_equal(separate.sources[0], walk[RATE // 2:int(1.5 * RATE)])
+    np.testing.assert_array_equal(mini.lanes[3].audio, walk[RATE // 2:int(1.5 * RATE)] / 2)
     assert list(bridge.watch(connect(fake), separate, once=True)) == []
 
 
-def test_a_request_in_the_users_label_track_leaves_the_users_labels(project: tuple[MiniProject, FakeAudacity]) -> None:
+class Meddling(CopySeparate):
+    """Separates, but first does to the project what a user might do while the job runs."""
+
+    def __init__(self, mini: MiniProject, meddle: Callable[[MiniProject], None]):
+        super().__init__()
+        self.mini, self.meddle = mini, meddle
+
+    def __call__(self, source: Path, job: bridge.Job, folder: Path, progress: Progress) -> list[bridge.Stem]:
+        self.meddle(self.mini)
+        return super().__call__(source, job, folder, progress)
+
+
+def _move_selection(mini: MiniProject) -> None:
+    mini.selection = (2.25, 3.75)
+    mini.lanes[0].selected = False
+    mini.wave("new take", tone(4.0, RATE, 1, seed=5), selected=True)
+
+
+def test_the_stem_lands_at_the_requests_range_whatever_is_selected_meanwhile(
+        project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    walk = tone(4.0, RATE, 2)
+    mini.wave("walk", walk)
+    mini.selection = (1.0, 2.0)
+    with connect(fake)() as pipe:
+        added = bridge.extract_selection(pipe, DOG, Meddling(mini, _move_selection))
+    assert [(t.name, t.start, t.end) for t in added] == [("walk.dog", 1.0, 2.0)]
+    assert mini.selection == (2.25, 3.75)
+    assert [(lane.name, lane.selected) for lane in mini.lanes] == [
+        ("walk", False), ("Labels 1", False), ("new take", True), ("walk.dog", False)]
+    np.testing.assert_array_equal(mini.lanes[3].audio, walk[RATE:2 * RATE] / 2)
+
+
+def _delete_source(mini: MiniProject) -> None:
+    mini.lanes = [lane for lane in mini.lanes if lane.name != "walk"]
+
+
+def _edit_source(mini: MiniProject) -> None:
+    mini.lanes[0].audio[int(1.2 * RATE)] *= 0.5
+
+
+def _delete_label(mini: MiniProject) -> None:
+    mini.lanes = [lane for lane in mini.lanes if lane.kind != "label"]
+
+
+def _move_label(mini: MiniProject) -> None:
+    lane = next(lane for lane in mini.lanes if lane.kind == "label")
+    lane.labels = [(start + 0.25, end + 0.25, text) for start, end, text in lane.labels]
+
+
+@pytest.mark.parametrize("meddle, why", [
+    (_delete_source, "the source track 'walk' was deleted or renamed while the job ran; nothing inserted"),
+    (_edit_source, "the audio of 'walk' over 1.000-2.000 s changed while the job ran; nothing inserted"),
+    (_move_label, "the request label was moved from 1.000-2.000 s while the job ran; nothing inserted"),
+    (_delete_label, "the request label is gone (deleted, or undone); nothing inserted"),
+])
+def test_a_request_whose_range_no_longer_means_the_same_audio_fails_and_inserts_nothing(
+        project: tuple[MiniProject, FakeAudacity], meddle: Callable[[MiniProject], None], why: str) -> None:
     mini, fake = project
     mini.wave("walk", tone(4.0, RATE, 2))
-    mini.label_track("notes", [(0.2, 0.3, "mine"), (1.0, 1.25, "clapsep:dog"), (1.1, 1.2, "inside")], selected=True)
-    mini.stored = (9.0, 9.5)
+    mini.wave("other", tone(4.0, RATE, 2, seed=1), selected=False)
+    mini.selection = (1.0, 2.0)
+    with connect(fake)() as pipe, pytest.raises(ClapsepError) as caught:
+        bridge.extract_selection(pipe, DOG, Meddling(mini, meddle))
+    assert str(caught.value) == why
+    assert not any(c.startswith("Import2") for c in fake.commands)
+    assert mini.selection == (1.0, 2.0)
+    for label in mini.labels():
+        assert re.fullmatch(r"clapsep:dog #[0-9a-f]{6} failed: " + re.escape(why), label[2])
+
+
+def test_a_request_undo_brings_back_is_not_served_again(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(4.0, RATE, 2))
+    mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog")])
+    separate = CopySeparate()
+    watching = bridge.watch(connect(fake), separate, poll=0.01)
+    assert list(itertools.islice(watching, 2))[1].startswith("  added track 'walk.dog'")
+    mini.lanes = mini.lanes[:2]  # what undo does: the stem goes, the label reads as the request again
+    mini.lanes[1].labels = [(0.5, 1.5, "clapsep:dog")]
+    assert next(watching) == ("clapsep:dog: 0.500-1.500 s was served already (undo brought it back?); "
+                              "not serving it again")
+    mini.label_track("Labels 2", [(2.0, 2.5, "clapsep:dog")])  # a new request is served
+    assert next(watching) == "clapsep:dog: 2.000-2.500 s"
+    assert next(watching) == "  added track 'walk.dog' (2.000-2.500 s)"
+    watching.close()
+    assert len(separate.sources) == 2
+
+
+def test_the_label_shows_progress_in_steps(project: tuple[MiniProject, FakeAudacity],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    mini, fake = project
+    mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog #abcdef 0%")])
+    monkeypatch.setattr(bridge, "PROGRESS_EVERY", 0.0)
+    reports: list[str] = []
     with connect(fake)() as pipe:
-        (request,) = bridge.pending_requests(pipe)
-        added = bridge.serve(pipe, request, CopySeparate())
-    assert [t.name for t in added] == ["walk.dog"]
-    assert mini.lanes[1].labels == [(0.2, 0.3, "mine"), (1.1, 1.2, "inside")]
-    assert [(lane.name, lane.selected) for lane in mini.lanes] == [("walk", True), ("notes", True), ("walk.dog", False)]
-    assert mini.selection == (1.0, 1.25)
+        progress = bridge.LabelProgress(pipe, "clapsep:dog #abcdef", reports.append)
+        progress.start_file(Path("x.wav"), 8, 1.0)
+        shown = []
+        for _ in range(8):
+            progress.advance(1)
+            shown.append(mini.labels()[0][2])
+    assert shown == ["clapsep:dog #abcdef 0%", "clapsep:dog #abcdef 25%", "clapsep:dog #abcdef 25%",
+                     "clapsep:dog #abcdef 50%", "clapsep:dog #abcdef 50%", "clapsep:dog #abcdef 75%",
+                     "clapsep:dog #abcdef 75%", "clapsep:dog #abcdef 75%"]
+    assert reports[-1] == "clapsep:dog #abcdef 100%"
+    assert sum(c.startswith("SetLabel") for c in fake.commands) == 3
+
+
+def test_progress_updates_are_spaced_in_time(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog #abcdef 0%")])
+    with connect(fake)() as pipe:
+        progress = bridge.LabelProgress(pipe, "clapsep:dog #abcdef", lambda text: None)
+        progress.start_file(Path("x.wav"), 4, 1.0)
+        for _ in range(4):
+            progress.advance(1)
+    assert mini.labels()[0][2] == "clapsep:dog #abcdef 0%"  # a quick job adds no undo steps for progress
 
 
 @pytest.mark.parametrize("text, separate, why", [
@@ -188,9 +305,24 @@ def test_a_failed_request_says_why_in_its_label_and_is_not_served_again(
     lines = list(bridge.watch(connect(fake), separate, once=True))
     assert lines[0] == f"{text}: 0.500-1.500 s" and lines[1].startswith(f"{text} failed: ") and why in lines[1]
     (label,) = mini.labels()
-    assert label[2].startswith(f"{text} failed: ") and why in label[2]
+    assert re.match(re.escape(text) + r"( #[0-9a-f]{6})? failed: ", label[2]) and why in label[2]
     assert [lane.name for lane in mini.lanes] == ["walk", "Labels 1"]
     assert list(bridge.watch(connect(fake), separate, once=True)) == []
+
+
+def test_watcher_status_says_whether_one_is_alive(tmp_path: Path) -> None:
+    from clapsep_cli.bridges.audacity_pipe import PipePaths
+
+    paths = PipePaths(tmp_path / "to", tmp_path / "from", tmp_path / "clapsep-audacity.0.lock")
+    first, second = bridge.WatcherStatus(paths), bridge.WatcherStatus(paths)
+    assert second.read() is None
+    first.claim()
+    first.write("serving clapsep:dog #abcdef 50%")
+    assert second.read() is not None and "serving clapsep:dog #abcdef 50%" in str(second.read())
+    with pytest.raises(ClapsepError, match="another watcher is running"):
+        second.claim()
+    first.release()
+    assert second.read() is None
 
 
 def test_watch_waits_for_audacity_and_carries_on_when_it_comes(project: tuple[MiniProject, FakeAudacity]) -> None:

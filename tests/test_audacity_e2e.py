@@ -6,7 +6,11 @@ Skipped where Audacity or Xvfb is missing, except under CI=true, where that is a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +85,17 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def waves() -> list[tuple[str, bool, float, float]]:
+    """The audio tracks: name, selected, start, end."""
+    with AudacityPipe() as pipe:
+        return [(t.name, t.selected, t.start, t.end) for t in bridge.tracks(pipe) if t.kind == "wave"]
+
+
+def label_texts() -> list[tuple[float, float, str]]:
+    with AudacityPipe() as pipe:
+        return [(lb.start, lb.end, re.sub(r" #[0-9a-f]{6}", " #id", lb.text)) for lb in bridge.labels(pipe)]
+
+
 def test_extract_inserts_a_sample_aligned_stem_and_keeps_the_selection(audacity: live.LiveAudacity, home: Path,
                                                                        walk: Path, tmp_path: Path) -> None:
     fresh_project(walk)
@@ -91,15 +106,17 @@ def test_extract_inserts_a_sample_aligned_stem_and_keeps_the_selection(audacity:
 
     with AudacityPipe() as pipe:
         tracks = bridge.tracks(pipe)
-    assert [(t.name, t.kind, t.selected) for t in tracks] == [("walk", "wave", True), ("walk.dog", "wave", False)]
-    stem = tracks[1]
+    assert [(t.name, t.kind, t.selected) for t in tracks] == [("walk", "wave", True), ("Labels 1", "label", False),
+                                                             ("walk.dog", "wave", False)]
+    stem = tracks[2]
     assert (stem.channels, stem.start, stem.end) == (2, 1.5, 4.0)
+    assert label_texts() == [(1.5, 4.0, "clapsep:dog #id done: walk.dog")]
 
     reference = tmp_path / "reference.wav"
     assert run("extract", "dog", walk, "--start", "1.5", "--end", "4.0", "-o", reference, "--device", "cpu",
                ).exit_code == 0
     expected = sf.read(str(reference), dtype="float32")[0]
-    heard = exported(1, 1.0, 4.5, tmp_path / "heard.wav")  # Audacity ends the export where the stem ends
+    heard = exported(2, 1.0, 4.5, tmp_path / "heard.wav")  # Audacity ends the export where the stem ends
     half = RATE // 2
     assert heard.shape == (half + len(expected), 2) and len(expected) == int(2.5 * RATE)
     assert not heard[:half].any()
@@ -108,10 +125,140 @@ def test_extract_inserts_a_sample_aligned_stem_and_keeps_the_selection(audacity:
 
     select(1.5, 4.0)  # exported() moved it; check that extract leaves time and tracks as it found them
     assert run("audacity", "extract", "wind", "--residual", "--device", "cpu").exit_code == 0
-    with AudacityPipe() as pipe:
-        names = [(t.name, t.selected) for t in bridge.tracks(pipe)]
-    assert names[2:] == [("walk.wind", False), ("walk.wind.residual", False)] and names[0] == ("walk", True)
+    assert [w[:2] for w in waves()] == [("walk", True), ("walk.dog", False), ("walk.wind", False),
+                                        ("walk.wind.residual", False)]
     assert time_selection() == (1.5, 4.0)
+
+
+def test_the_stem_lands_at_the_requested_range_while_the_user_works_on(
+        audacity: live.LiveAudacity, home: Path, walk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user clicks into the waveform, selects elsewhere and adds a track while the job runs."""
+    fresh_project(walk)
+    select(1.0, 3.0)
+    finish = bridge.finish
+
+    def meanwhile(pipe: AudacityPipe, *args: object) -> list[bridge.Track]:
+        click(audacity, 0.6, 0.3)
+        pipe.command("SelectTime: Start=3.5 End=5.25")
+        pipe.command("NewMonoTrack:")
+        pipe.command("SelectTracks: Track=2 TrackCount=1 Mode=Set")
+        return finish(pipe, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bridge, "finish", meanwhile)
+    result = run("audacity", "extract", "dog", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "added track 'walk.dog' (1.000-3.000 s, stereo)" in result.output
+    assert waves() == [("walk", False, 0.0, 6.0), ("Audio 1", True, 0.0, 0.0), ("walk.dog", False, 1.0, 3.0)]
+    assert time_selection() == (3.5, 5.25)
+
+    reference = tmp_path / "reference.wav"
+    assert run("extract", "dog", walk, "--start", "1", "--end", "3", "-o", reference, "--device", "cpu").exit_code == 0
+    heard = exported(3, 1.0, 3.0, tmp_path / "heard.wav")
+    np.testing.assert_allclose(heard, sf.read(str(reference), dtype="float32")[0], atol=1e-6)
+
+    with AudacityPipe() as pipe:
+        pipe.command("Undo:")  # the label time_selection() added
+    steps = []  # undo, past the user's new track too: no step has a misplaced or unnamed stem
+    for _ in range(4):
+        with AudacityPipe() as pipe:
+            pipe.command("Undo:")
+        steps.append(([w[0] for w in waves()], [text for _, _, text in label_texts()]))
+    assert steps == [(["walk", "Audio 1"], ["clapsep:dog #id done: walk.dog"]),
+                     (["walk", "Audio 1"], ["clapsep:dog #id 0%"]),
+                     (["walk"], ["clapsep:dog #id 0%"]),
+                     (["walk"], [])]
+
+
+def test_a_deleted_source_track_fails_the_request_and_inserts_nothing(
+        audacity: live.LiveAudacity, home: Path, walk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh_project(walk)
+    with AudacityPipe() as pipe:
+        pipe.command(f'Import2: Filename="{walk}"')
+        pipe.command('SetTrack: Track=1 Name="other"')
+    select(1.0, 2.0)
+    finish = bridge.finish
+
+    def meanwhile(pipe: AudacityPipe, *args: object) -> list[bridge.Track]:
+        pipe.command("SelectTracks: Track=0 TrackCount=1 Mode=Set")
+        pipe.command("RemoveTracks:")
+        return finish(pipe, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bridge, "finish", meanwhile)
+    result = run("audacity", "extract", "dog", "--device", "cpu")
+    why = "the source track 'walk' was deleted or renamed while the job ran; nothing inserted"
+    assert result.exit_code == 1 and result.output == f"clapsep: error: {why}\n"
+    assert [w[0] for w in waves()] == ["other"]
+    assert label_texts() == [(1.0, 2.0, f"clapsep:dog #id failed: {why}")]
+
+
+def test_undo_after_a_served_request_with_the_watcher_running(audacity: live.LiveAudacity, home: Path,
+                                                             walk: Path, tmp_path: Path) -> None:
+    fresh_project(walk)
+    select(0.5, 2.0)
+    with AudacityPipe() as pipe:
+        pipe.command("Macro_clapsep-dog:")  # what Tools > Apply Macro > clapsep-dog does
+    log = tmp_path / "watch.log"
+    watcher = start_watcher(home, log)
+    try:
+        wait_for(lambda: any("done" in text for _, _, text in label_texts()), 180, log)
+        status = clapsep(home, "audacity", "watch", "--status")
+        assert status.returncode == 0 and f"watcher pid {watcher.pid}: idle" in status.stdout
+        served = [("walk", True, 0.0, 6.0), ("walk.dog", False, 0.5, 2.0)]
+        assert waves() == served
+        history = [(served, "clapsep:dog #id done: walk.dog")]
+        for step in range(3):  # Audacity 3.2: stem, label "done", label taken, request
+            with AudacityPipe() as pipe:
+                pipe.command("Undo:")
+            history.append((waves(), label_texts()[0][2]))
+        assert history[1:] == [([("walk", True, 0.0, 6.0)], "clapsep:dog #id done: walk.dog"),
+                               ([("walk", True, 0.0, 6.0)], "clapsep:dog #id 0%"),
+                               ([("walk", True, 0.0, 6.0)], "clapsep:dog")]
+        wait_for(lambda: "served already" in log.read_text(), 60, log)
+        time.sleep(1.0)  # several more polls: nothing may be served
+        assert waves() == [("walk", True, 0.0, 6.0)] and label_texts() == [(0.5, 2.0, "clapsep:dog")]
+        for _ in range(3):
+            with AudacityPipe() as pipe:
+                pipe.command("Redo:")
+        assert waves() == served
+        assert log.read_text().count("added track") == 1
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=30)
+    assert clapsep(home, "audacity", "watch", "--status").returncode == 1
+
+
+def start_watcher(home: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "clapsep_cli", "audacity", "watch", "--device", "cpu",
+                                 "--poll", "0.2"], env=_env(home), stdout=out, stderr=subprocess.STDOUT)
+
+
+def clapsep(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "clapsep_cli", *args], env=_env(home), capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "CLAPSEP_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "PYTHONUNBUFFERED": "1"}
+
+
+def wait_for(condition: Callable[[], bool], limit: float, log: Path) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {limit:g} s; watcher said: {log.read_text()}")
+        time.sleep(0.2)
+
+
+def click(audacity: live.LiveAudacity, x: float, y: float) -> None:
+    """A mouse click at a fraction of Audacity's main window (with Xvfb's xdotool)."""
+    env = {**os.environ, "DISPLAY": audacity.env["DISPLAY"]}
+    found = subprocess.run(["xdotool", "search", "--onlyvisible", "--pid", str(audacity.process.pid), "--name",
+                            "Audacity"], env=env, capture_output=True, text=True, timeout=30, check=True)
+    window = found.stdout.split()[0]
+    subprocess.run(["xdotool", "mousemove", "--window", window, str(int(1280 * x)), str(int(1024 * y)), "click", "1"],
+                   env=env, check=True, timeout=30)
 
 
 def test_macro_request_is_served_by_watch(audacity: live.LiveAudacity, home: Path, walk: Path) -> None:
@@ -125,11 +272,9 @@ def test_macro_request_is_served_by_watch(audacity: live.LiveAudacity, home: Pat
     result = run("audacity", "watch", "--once", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "clapsep:dog: 0.500-2.000 s" in result.output and "added track 'walk.dog'" in result.output
-    with AudacityPipe() as pipe:
-        tracks, labels = bridge.tracks(pipe), bridge.labels(pipe)
-    assert [(t.name, t.kind, t.selected, t.start, t.end) for t in tracks] == [
-        ("walk", "wave", True, 0.0, 6.0), ("walk.dog", "wave", False, 0.5, 2.0)]
-    assert labels == []
+    assert waves() == [("walk", True, 0.0, 6.0), ("walk.dog", False, 0.5, 2.0)]
+    assert label_texts() == [(0.5, 2.0, "clapsep:dog #id done: walk.dog")]
+    assert time_selection() == (3.0, 3.5)
 
 
 def test_request_in_the_users_label_track_leaves_the_other_labels(audacity: live.LiveAudacity, home: Path,
@@ -146,9 +291,9 @@ def test_request_in_the_users_label_track_leaves_the_other_labels(audacity: live
 
     assert run("audacity", "watch", "--once", "--device", "cpu").exit_code == 0
     with AudacityPipe() as pipe:
-        tracks, labels = bridge.tracks(pipe), bridge.labels(pipe)
+        tracks = bridge.tracks(pipe)
     assert [(t.name, t.selected) for t in tracks] == [("walk", True), ("Labels 1", True), ("walk.dog", False)]
-    assert [(lb.start, lb.end, lb.text) for lb in labels] == [(0.2, 0.3, "mine")]
+    assert label_texts() == [(0.2, 0.3, "mine"), (1.0, 2.5, "clapsep:dog #id done: walk.dog")]
     assert (tracks[2].start, tracks[2].end) == (1.0, 2.5)
     assert time_selection() == (1.0, 2.5)
 

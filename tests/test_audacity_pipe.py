@@ -181,3 +181,14 @@ def test_a_second_client_waits_for_the_first(serve: Callable[..., FakeAudacity],
     thread.join(5)
     assert order == ["first closes", "second"]
     assert "waiting for another clapsep command" in capfd.readouterr().err
+
+
+def test_a_polling_client_skips_the_greeting_and_still_sees_a_missing_project(
+        serve: Callable[..., FakeAudacity]) -> None:
+    fake = serve(lambda c: ok("[ ]"))
+    with AudacityPipe(fake.paths, greet=False) as pipe:
+        assert pipe.command("GetInfo: Type=Labels Format=JSON") == "[ ]"
+    assert fake.commands == ["GetInfo: Type=Labels Format=JSON"]
+    fake.answer = lambda c: "\n"  # no project open: a lone blank line
+    with AudacityPipe(fake.paths, greet=False) as pipe, pytest.raises(PipeError, match="no project open"):
+        pipe.command("GetInfo: Type=Labels Format=JSON")

@@ -1,37 +1,55 @@
-"""The Audacity bridge: separate the selection of a running Audacity and put the stems back.
+"""The Audacity bridge: separate a time range of a running Audacity and put the stems back.
 
-Audacity 3.2 cannot report its time selection (``GetInfo: Type=Selection`` came in 3.6) and
-prints times with six significant digits, so the bridge never needs the times as numbers:
-``Export2`` writes the selected span (32-bit float WAV at the project rate, ending where the
-selected audio ends), and ``Align_StartToSelStart`` moves each imported stem to exactly the
-selection's start, which is where the export began. The time selection is left as it was; the
-track selection is put back afterwards.
+Every extraction is a *request*: a label ``clapsep:<name>`` over the time range (the macros of
+:mod:`.audacity_setup` add one; ``clapsep audacity extract`` adds one with the same Nyquist
+code). Serving it has three parts:
 
-Requests come as labels ``clapsep:<preset>`` (see :mod:`.audacity_setup`): ``SetLabel ...
-Selected=1`` turns such a label's exact span back into the selection, then it is served like a
-direct extraction, and the label is removed.
+1. *take*: the label becomes ``clapsep:<name> #<id> 0%`` and its ends are set to the times
+   ``GetInfo`` printed (six significant digits), so the range is two numbers the bridge knows
+   exactly; the selected tracks are exported over it (32-bit float WAV at the project rate).
+2. the job runs; the label shows its progress (``... 50%``) now and then.
+3. *finish*: the label must still be there, unmoved, and the source tracks must still hold the
+   same audio over the range (exported again and compared); then the label says ``... done``
+   and each stem is imported, named, and its clip moved to the range's start (``SetClip:
+   Start=``). Otherwise the label says ``... failed: <why>`` and nothing is inserted. The time
+   and track selection the user has then are given back.
+
+Undo, from Audacity 3.2's source and measured: commands sent through the pipe run as in a macro,
+so scripting commands (``Select*``, ``SetTrack``, ``SetClip``, ``GetInfo``) and effects (the
+Nyquist Prompt) record no undo state, while ``SetLabel`` and menu commands like ``Import2``
+record one each. ``ToggleSpectralSelection`` rewrites the current state without adding one: sent
+twice (a no-op) after naming and moving an imported stem, it makes the import's own undo state
+hold the finished track, so no undo state has a stem that is unnamed or in the wrong place.
+
+A request is served at most once: a taken label carries an id and no longer reads as a request,
+and the watcher remembers the requests it took, so one that undo brings back is not served again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import re
+import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import soundfile as sf
 
 from clapsep_cli import presets, store
-from clapsep_cli.bridges.audacity_pipe import AudacityPipe, PipeError
-from clapsep_cli.bridges.audacity_setup import REQUEST_PREFIX
+from clapsep_cli.bridges.audacity_pipe import AudacityPipe, PipeError, PipePaths
+from clapsep_cli.bridges.audacity_setup import REQUEST_PREFIX, request_command
 from clapsep_cli.engine import EngineOptions
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.extract import Extractor, OutputPlan
+from clapsep_cli.extract import Extractor, OutputPlan, Progress
 from clapsep_cli.queries import EmbeddingCache, Query
 
 WAV_ENCODING = "/FileFormats/ExportFormat_SF1_Type/WAV_10000"  # libsndfile subtype of Audacity's WAV export
@@ -39,6 +57,8 @@ SKIP_LEADING_SILENCE = "/AudioFiles/SkipSilenceAtBeginning"
 DEFAULTS = {WAV_ENCODING: "0", SKIP_LEADING_SILENCE: "0"}  # what Audacity does with the setting unset
 SF_FORMAT_FLOAT = 6
 REQUEST = re.compile(rf"^{REQUEST_PREFIX}([a-z0-9][a-z0-9_-]{{0,47}})$")
+PROGRESS_STEP = 25  # percent between progress updates of a request label
+PROGRESS_EVERY = 5.0  # seconds at least between them (each is an undo step in Audacity 3.2)
 
 
 @dataclass(frozen=True)
@@ -87,10 +107,31 @@ class Stem:
     tag: str
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A request being served: its label's text up to the id, its range as decimal texts that
+    Audacity reads back as the very numbers the bridge compares, the tracks and audio used."""
+
+    head: str
+    start: str
+    end: str
+    sources: tuple[Track, ...]
+    audio: Path
+
+    @property
+    def base(self) -> str:
+        """What the stems' track names start with: the source track's name, or ``mix``."""
+        return self.sources[0].name if len(self.sources) == 1 else "mix"
+
+    @property
+    def span(self) -> str:
+        return f"{float(self.start):.3f}-{float(self.end):.3f} s"
+
+
 class Separate(Protocol):
     """Separates ``source`` for ``job``, writing stems into ``folder``."""
 
-    def __call__(self, source: Path, job: Job, folder: Path) -> list[Stem]: ...
+    def __call__(self, source: Path, job: Job, folder: Path, progress: Progress) -> list[Stem]: ...
 
 
 def make_job(text: str | None, preset: str | None, negative: tuple[str, ...], residual: bool | None) -> Job:
@@ -119,12 +160,12 @@ class StemMaker:
             self._model = self._load()
         return self._model
 
-    def __call__(self, source: Path, job: Job, folder: Path) -> list[Stem]:
+    def __call__(self, source: Path, job: Job, folder: Path, progress: Progress) -> list[Stem]:
         model = self.model
         cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
         plan = OutputPlan(output=folder / f"{job.tag}.wav", residual=job.residual, fmt="wav", bit_depth="32f",
                           overwrite=True)
-        result = Extractor(model, job.query, self.options, plan, cache).run_one(source)
+        result = Extractor(model, job.query, self.options, plan, cache, progress=progress).run_one(source)
         if result.status != "ok" or result.target is None:
             raise ClapsepError(str(result.error).replace(str(source), "the selected audio"))
         stems = [Stem(result.target, job.tag)]
@@ -152,23 +193,145 @@ def labels(pipe: AudacityPipe) -> list[Label]:
     return out
 
 
-def extract_selection(pipe: AudacityPipe, job: Job, separate: Separate) -> list[Track]:
-    """Separate the selected audio and add the stems as tracks aligned with the selection; the
+def extract_selection(pipe: AudacityPipe, job: Job, separate: Separate,
+                      report: Callable[[str], None] = lambda text: None) -> list[Track]:
+    """Mark the selection as a request (a label, as the macros do) and serve it at once; the
     added tracks (times to six digits, as Audacity reports them)."""
-    before = tracks(pipe)
-    chosen = [t for t in before if t.kind == "wave" and t.selected]
+    chosen_sources(tracks(pipe))
+    with tempfile.TemporaryDirectory(prefix="clapsep-audacity-") as tmp:
+        export_selection(pipe, Path(tmp) / "check.wav", 1)  # an empty range stops here, before Nyquist's dialog
+    before = {_key(lb) for lb in labels(pipe)}
+    text = f"{REQUEST_PREFIX}{job.tag}"
+    pipe.command(request_command(text))
+    added = [lb for lb in labels(pipe) if lb.text == text and _key(lb) not in before]
+    if not added:
+        raise ClapsepError("Audacity did not add the request label (is a time range selected?)")
+    return serve(pipe, added[0], job, separate, report)
+
+
+def chosen_sources(now: list[Track]) -> list[Track]:
+    """The tracks Audacity would export: the selected audio tracks that are heard."""
+    chosen = [t for t in now if t.kind == "wave" and t.selected]
     if not chosen:
         raise ClapsepError("no audio track is selected in Audacity: drag over the part of a track to extract")
-    soloing = any(t.solo for t in before if t.kind == "wave")
+    soloing = any(t.solo for t in now if t.kind == "wave")
     chosen = [t for t in chosen if (t.solo if soloing else not t.mute)]
     if not chosen:
         raise ClapsepError("the selected tracks are muted (or others are soloed), so Audacity would export nothing")
-    base = chosen[0].name if len(chosen) == 1 else "mix"
+    return chosen
+
+
+def serve(pipe: AudacityPipe, request: Label, job: Job, separate: Separate,
+          report: Callable[[str], None] = lambda text: None) -> list[Track]:
+    """Take ``request``, separate its range, and finish it; the added tracks. A failure is
+    written into the request label (so it is not served again) and raised."""
     with tempfile.TemporaryDirectory(prefix="clapsep-audacity-") as tmp:
         folder = Path(tmp)
-        source = export_selection(pipe, folder / "selection.wav", 2 if any(t.channels > 1 for t in chosen) else 1)
-        stems = separate(source, job, folder)
-        return insert_stems(pipe, stems, before, base)
+        try:
+            taken = take(pipe, request, folder)
+        except PipeError:
+            raise
+        except ClapsepError as err:
+            _rename_copies(pipe, request, f"{request.text} failed: {err}")
+            raise
+        try:
+            stems = separate(taken.audio, job, folder, LabelProgress(pipe, taken.head, report))
+            return finish(pipe, taken, stems, folder)
+        except PipeError:
+            raise
+        except ClapsepError as err:
+            set_taken_text(pipe, taken.head, f"{taken.head} failed: {err}")
+            raise
+
+
+def take(pipe: AudacityPipe, request: Label, folder: Path) -> Taken:
+    """Give the request (and its copies) an id and the range it printed, and export the
+    selected tracks over that range."""
+    if not request.end > request.start:
+        raise ClapsepError("the request covers no time: select a time range, not a point")
+    now = tracks(pipe)
+    sources = chosen_sources(now)
+    head = f"{request.text} #{secrets.token_hex(3)}"
+    start, end = _decimal(request.start), _decimal(request.end)
+    with _kept_selection(pipe, now):
+        for _ in [lb for lb in labels(pipe) if _same_request(lb, request)]:
+            copy = next(lb for lb in labels(pipe) if _same_request(lb, request))
+            pipe.command(f'SetLabel: Label={copy.index} Text="{_quotable(head)} 0%" Start={start} End={end}')
+        pipe.command(f"SelectTime: Start={start} End={end}")
+        audio = export_selection(pipe, folder / "request.wav", _channels(sources))
+    return Taken(head, start, end, tuple(sources), audio)
+
+
+def finish(pipe: AudacityPipe, taken: Taken, stems: list[Stem], folder: Path) -> list[Track]:
+    """Check that the request still means the audio it was taken with, then insert the stems
+    over its range (one undo step each, holding the finished track)."""
+    label = find_taken(pipe, taken.head)
+    if (label.start, label.end) != (float(taken.start), float(taken.end)):
+        raise ClapsepError(f"the request label was moved from {taken.span} while the job ran; nothing inserted")
+    now = tracks(pipe)
+    sources = _locate(now, taken.sources)
+    names = [f"{taken.base}.{stem.tag}" for stem in stems]
+    with _kept_selection(pipe, now):
+        select_tracks(pipe, [t.index for t in sources], len(now))
+        pipe.command(f"SelectTime: Start={taken.start} End={taken.end}")
+        again = export_selection(pipe, folder / "again.wav", _channels(list(taken.sources)))
+        if not _same_audio(taken.audio, again):
+            raise ClapsepError(f"the audio of {_names(sources)} over {taken.span} changed while the job ran; "
+                               "nothing inserted")
+        set_taken_text(pipe, taken.head, f"{taken.head} done: {' + '.join(names)}")
+        for i, (stem, name) in enumerate(zip(stems, names)):
+            pipe.command(f'Import2: Filename="{stem.path}"')
+            count = len(tracks(pipe))
+            if count != len(now) + i + 1:
+                raise ClapsepError(f"Audacity imported {count - len(now) - i} tracks for one stem")
+            select_tracks(pipe, [count - 1], count)
+            pipe.command(f'SetTrack: Name="{_quotable(name)}"')
+            pipe.command(f'SetClip: Start={taken.start} Name="{_quotable(taken.head)}"')
+            pipe.command("ToggleSpectralSelection:")  # twice: a no-op that writes the above into
+            pipe.command("ToggleSpectralSelection:")  # the import's undo state
+    return tracks(pipe)[len(now):]
+
+
+def find_taken(pipe: AudacityPipe, head: str) -> Label:
+    """The label of a request being served (the first, if a macro made copies)."""
+    for label in labels(pipe):
+        if _is_taken(label, head):
+            return label
+    raise ClapsepError("the request label is gone (deleted, or undone); nothing inserted")
+
+
+def set_taken_text(pipe: AudacityPipe, head: str, text: str) -> None:
+    """Set the text of a taken request's label (and its copies); one undo step each."""
+    text = _quotable(text)
+    for _ in [lb for lb in labels(pipe) if _is_taken(lb, head)]:  # each rename may reorder the labels
+        label = next((lb for lb in labels(pipe) if _is_taken(lb, head) and lb.text != text), None)
+        if label is None:
+            return
+        pipe.command(f'SetLabel: Label={label.index} Text="{text}"')
+
+
+class LabelProgress:
+    """Shows a job's progress in its request label: in steps of ``PROGRESS_STEP`` percent and at
+    most every ``PROGRESS_EVERY`` seconds, as each update is an undo step in Audacity 3.2."""
+
+    def __init__(self, pipe: AudacityPipe, head: str, report: Callable[[str], None]):
+        self.pipe, self.head, self.report = pipe, head, report
+        self.total = self.done = self.shown = 0
+        self.last = time.monotonic()
+
+    def start_file(self, path: Path, segments: int, seconds: float) -> None:
+        self.total, self.done = max(segments, 1), 0
+
+    def advance(self, segments: int) -> None:
+        self.done += segments
+        percent = 100 * self.done // self.total // PROGRESS_STEP * PROGRESS_STEP
+        self.report(f"{self.head} {100 * self.done // self.total}%")
+        if self.shown < percent < 100 and time.monotonic() - self.last >= PROGRESS_EVERY:
+            set_taken_text(self.pipe, self.head, f"{self.head} {percent}%")
+            self.shown, self.last = percent, time.monotonic()
+
+    def end_file(self) -> None:
+        pass
 
 
 def export_selection(pipe: AudacityPipe, path: Path, channels: int) -> Path:
@@ -200,21 +363,16 @@ def _preferences(pipe: AudacityPipe, values: dict[str, str]) -> Iterator[None]:
             pipe.command(f'SetPreference: Name="{name}" Value="{DEFAULTS[name] if value is None else value}"')
 
 
-def insert_stems(pipe: AudacityPipe, stems: list[Stem], before: list[Track], base: str) -> list[Track]:
-    """Import the stems, align them to the selection start, name them, and select again the
-    tracks selected in ``before``."""
-    for stem in stems:
-        pipe.command(f'Import2: Filename="{stem.path}"')
-    added = tracks(pipe)[len(before):]
-    if len(added) != len(stems):
-        raise ClapsepError(f"Audacity imported {len(added)} tracks for {len(stems)} stems")
-    select_tracks(pipe, [t.index for t in added], len(before) + len(added))
-    pipe.command("Align_StartToSelStart:")
-    for track, stem in zip(added, stems):
-        select_tracks(pipe, [track.index], len(before) + len(added))
-        pipe.command(f'SetTrack: Name="{_quotable(f"{base}.{stem.tag}")}"')
-    select_tracks(pipe, [t.index for t in before if t.selected], len(before) + len(added))
-    return tracks(pipe)[len(before):]
+@contextlib.contextmanager
+def _kept_selection(pipe: AudacityPipe, now: list[Track]) -> Iterator[None]:
+    """Give back the track selection of ``now`` and the time selection (through Audacity's
+    stored selection, exactly; Audacity 3.2 leaves a selection of 0-0 s unrestored)."""
+    pipe.command("SelSave:")
+    try:
+        yield
+    finally:
+        select_tracks(pipe, [t.index for t in now if t.selected], len(tracks(pipe)))
+        pipe.command("SelRestore:")
 
 
 def select_tracks(pipe: AudacityPipe, indices: list[int], count: int) -> None:
@@ -236,87 +394,155 @@ def pending_requests(pipe: AudacityPipe) -> list[Label]:
     seen: dict[tuple[int, str, float, float], Label] = {}
     for label in labels(pipe):
         if REQUEST.match(label.text):
-            seen.setdefault((label.track, label.text, label.start, label.end), label)
+            seen.setdefault((label.track, *_key(label)), label)
     return list(seen.values())
 
 
-def serve(pipe: AudacityPipe, request: Label, separate: Separate, residual: bool | None = None) -> list[Track]:
-    """Extract what ``request`` asks for over its span, from the selected tracks, then remove
-    the request label. On failure the label is renamed to say why, so it is not served again."""
-    match = REQUEST.match(request.text)
-    assert match is not None
-    try:
-        job = make_job(None, match.group(1), (), residual)
-        pipe.command(f"SetLabel: Label={request.index} Selected=1")
-        added = extract_selection(pipe, job, separate)
-    except PipeError:
-        raise
-    except ClapsepError as err:
-        _rename_copies(pipe, request, f"{request.text} failed: {err}")
-        raise
-    remove_request(pipe, request)
-    return added
+class WatcherStatus:
+    """What a running watcher is doing, in a file next to the pipe's lock, under an exclusive
+    lock it holds while it lives (so a dead watcher never reads as alive)."""
 
+    def __init__(self, paths: PipePaths | None = None):
+        lock = (paths or PipePaths.default()).lock
+        self.path = lock.with_name(lock.name.replace("clapsep-audacity", "clapsep-audacity-watch")
+                                   .replace(".lock", ".json"))
+        self.lock_path = self.path.with_suffix(".lock")
+        self._fd: int | None = None
+        self._state = ""
 
-def remove_request(pipe: AudacityPipe, request: Label) -> None:
-    """Remove a request label and its copies: with their label track when it holds nothing
-    else; otherwise moved past the project's end and split-deleted there (using Audacity's
-    stored selection to put the selection back exactly)."""
-    now = tracks(pipe)
-    selected = [t.index for t in now if t.selected]
-    in_track = [lb for lb in labels(pipe) if lb.track == request.track]
-    copies = [lb for lb in in_track if _same_request(lb, request)]
-    if len(copies) == len(in_track):
-        select_tracks(pipe, [request.track], len(now))
-        pipe.command("RemoveTracks:")
-        select_tracks(pipe, [i - (i > request.track) for i in selected if i != request.track], len(now) - 1)
-        return
-    away = max([t.end for t in now] + [lb.end for lb in labels(pipe)]) + 10.0
-    pipe.command("SelSave:")
-    for _ in copies:
-        first = next(lb for lb in labels(pipe) if _same_request(lb, request))
-        pipe.command(f"SetLabel: Label={first.index} Start={away:.6f} End={away:.6f}")
-    select_tracks(pipe, [request.track], len(now))
-    pipe.command(f"SelectTime: Start={away - 1:.6f} End={away + 1:.6f}")
-    pipe.command("SplitDelete:")
-    pipe.command("SelRestore:")
-    select_tracks(pipe, selected, len(now))
+    def claim(self) -> None:
+        """Become the watcher, or fail naming the one running."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ClapsepError(f"another watcher is running: {self.read()}") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+    def note(self, state: str) -> None:
+        """Record ``state`` if it is news (the file says since when it holds)."""
+        if state != self._state:
+            self._state = state
+            self.write(state)
+
+    def write(self, state: str) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "state": state, "time": time.time()}))
+        tmp.replace(self.path)
+
+    def read(self) -> str | None:
+        """A line on the running watcher, or None when none runs."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+        try:
+            info = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return "a watcher is starting"
+        stamp = time.strftime("%H:%M:%S", time.localtime(info["time"]))
+        return f"watcher pid {info['pid']}: {info['state']} (since {stamp})"
 
 
 def watch(connect: Callable[[], AudacityPipe], separate: Separate, residual: bool | None = None,
-          poll: float = 0.5, once: bool = False) -> Iterator[str]:
+          poll: float = 2.0, once: bool = False, status: WatcherStatus | None = None) -> Iterator[str]:
     """Serve requests as they appear, saying what happens in lines of text. Waits for Audacity
     while it is not there, unless ``once``: then serves what waits now and returns."""
     absent: str | None = None
+    taken: set[tuple[str, float, float]] = set()
+    told: set[tuple[str, float, float]] = set()
+    note = status.note if status else (lambda state: None)
     while True:
         try:
             with connect() as pipe:
                 if absent is not None:
                     yield "Audacity is here"
                     absent = None
-                yield from _serve_pending(pipe, separate, residual)
+                for request in pending_requests(pipe):
+                    key = _key(request)
+                    if key in taken:
+                        if key not in told:
+                            told.add(key)
+                            yield (f"{request.text}: {request.start:.3f}-{request.end:.3f} s was served already "
+                                   "(undo brought it back?); not serving it again")
+                        continue
+                    taken.add(key)
+                    yield f"{request.text}: {request.start:.3f}-{request.end:.3f} s"
+                    yield from _serve_one(pipe, request, separate, residual, note)
+                note("idle, Audacity connected")
         except PipeError as err:
             if once:
                 raise
             if absent is None:
                 yield f"waiting for Audacity ({err})"
+                note(f"waiting for Audacity ({err})")
             absent = str(err)
         if once:
             return
         time.sleep(poll)
 
 
-def _serve_pending(pipe: AudacityPipe, separate: Separate, residual: bool | None) -> Iterator[str]:
-    for request in pending_requests(pipe):
-        yield f"{request.text}: {request.start:.3f}-{request.end:.3f} s"
-        try:
-            added = serve(pipe, request, separate, residual)
-        except PipeError:
-            raise
-        except ClapsepError as err:
-            yield f"{request.text} failed: {err}"
+def _serve_one(pipe: AudacityPipe, request: Label, separate: Separate, residual: bool | None,
+               note: Callable[[str], None]) -> Iterator[str]:
+    note(f"serving {request.text}")
+    try:
+        job = make_job(None, REQUEST.match(request.text).group(1), (), residual)  # type: ignore[union-attr]
+    except ClapsepError as err:
+        _rename_copies(pipe, request, f"{request.text} failed: {err}")
+        yield f"{request.text} failed: {err}"
+        return
+    try:
+        added = serve(pipe, request, job, separate, lambda text: note(f"serving {text}"))
+    except PipeError:
+        raise
+    except ClapsepError as err:
+        yield f"{request.text} failed: {err}"
+        return
+    yield from (f"  added track '{t.name}' ({t.start:.3f}-{t.end:.3f} s)" for t in added)
+
+
+def _locate(now: list[Track], sources: tuple[Track, ...]) -> list[Track]:
+    """The source tracks in ``now``: at their old place if still named so, else the one track
+    with their name."""
+    found = []
+    for track in sources:
+        if track.index < len(now) and now[track.index].name == track.name and now[track.index].kind == "wave":
+            found.append(now[track.index])
             continue
-        yield from (f"  added track '{t.name}' ({t.start:.3f}-{t.end:.3f} s)" for t in added)
+        same = [t for t in now if t.name == track.name and t.kind == "wave"]
+        if len(same) != 1:
+            why = "was deleted or renamed" if not same else "is now ambiguous (several tracks have that name)"
+            raise ClapsepError(f"the source track '{track.name}' {why} while the job ran; nothing inserted")
+        found.append(same[0])
+    return found
+
+
+def _same_audio(first: Path, second: Path) -> bool:
+    a, rate_a = sf.read(str(first), dtype="float32", always_2d=True)
+    b, rate_b = sf.read(str(second), dtype="float32", always_2d=True)
+    return rate_a == rate_b and a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _channels(sources: list[Track]) -> int:
+    return 2 if any(t.channels > 1 for t in sources) else 1
+
+
+def _names(sources: list[Track]) -> str:
+    return ", ".join(f"'{t.name}'" for t in sources)
 
 
 def _rename_copies(pipe: AudacityPipe, request: Label, text: str) -> None:
@@ -325,9 +551,21 @@ def _rename_copies(pipe: AudacityPipe, request: Label, text: str) -> None:
             pipe.command(f'SetLabel: Label={label.index} Text="{_quotable(text)}"')
 
 
+def _is_taken(label: Label, head: str) -> bool:
+    return label.text == head or label.text.startswith(head + " ")
+
+
+def _key(label: Label) -> tuple[str, float, float]:
+    return label.text, label.start, label.end
+
+
 def _same_request(label: Label, request: Label) -> bool:
-    return (label.track, label.text, label.start, label.end) == (request.track, request.text, request.start,
-                                                                  request.end)
+    return (label.track, *_key(label)) == (request.track, *_key(request))
+
+
+def _decimal(value: float) -> str:
+    """A time as plain decimal text that reads back as the same number (no exponent)."""
+    return format(Decimal(repr(value)), "f")
 
 
 def _quotable(text: str) -> str:

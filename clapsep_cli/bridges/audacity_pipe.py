@@ -73,11 +73,15 @@ class Reply:
 class AudacityPipe:
     """A connection to a running Audacity; use as a context manager."""
 
-    def __init__(self, paths: PipePaths | None = None, settle: float = 1.0, answer_within: float = 5.0):
+    def __init__(self, paths: PipePaths | None = None, settle: float = 1.0, answer_within: float = 5.0,
+                 greet: bool = True):
         """``settle``: how long a missing or unattended pipe is retried (Audacity re-creates it
-        after each client); ``answer_within``: how long to wait for Audacity to open its end."""
+        after each client); ``answer_within``: how long to wait for Audacity to open its end;
+        ``greet``: whether to greet Audacity on connecting. Each command costs Audacity a redraw
+        of its window, so a client that polls skips the greeting, and its first command is then
+        the one that finds out whether Audacity answers (without retrying)."""
         self.paths = paths or PipePaths.default()
-        self.settle, self.answer_within = settle, answer_within
+        self.settle, self.answer_within, self.greet = settle, answer_within, greet
         self._lock: int | None = None
         self._to: int | None = None
         self._from: int | None = None
@@ -146,6 +150,8 @@ class AudacityPipe:
             try:
                 self._to = _open_writer(self.paths.to_audacity)
                 self._from = _open_reader(self.paths.from_audacity)
+                if not self.greet:
+                    return
                 reply = self.send(f"Message: Text={HELLO}")
                 break
             except NoProjectError:

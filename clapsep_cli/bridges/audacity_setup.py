@@ -5,8 +5,10 @@ naming the very file it found and ``[ModuleDateTime]`` holding that file's modif
 (local time, ``YYYY-MM-DDTHH:MM:SS``); otherwise it resets the module to "new" and skips it.
 
 Audacity 3.2 macros cannot start a program, so each preset gets a macro that only marks the
-selection: a Nyquist Prompt step returning one label ``clapsep:<preset>`` spanning exactly the
-selection, in a label track of its own. ``clapsep audacity watch`` finds and serves these labels.
+selection: a Nyquist Prompt step returning one label ``clapsep:<preset>`` over the selection (in
+the selected label track, else a new one; Nyquist gets the selection's length with six decimals,
+so the label's end can differ from the selection's by a microsecond). ``clapsep audacity watch``
+finds and serves these labels; ``clapsep audacity extract`` adds one the same way.
 """
 
 from __future__ import annotations
@@ -174,10 +176,15 @@ def enable_pipe(path: Path, module: Path) -> list[str]:
     return write_pipe_settings(path, module)
 
 
-def macro_text(preset: str) -> str:
-    """The request macro for ``preset``, from the shipped template."""
+def request_command(text: str) -> str:
+    """The macro step that adds a label ``text`` over the selection (from the shipped template)."""
     template = resources.shipped("plugins") / "audacity" / "request-macro.txt"
-    return template.read_text(encoding="utf-8").replace("{request}", REQUEST_PREFIX + preset)
+    return template.read_text(encoding="utf-8").strip().replace("{request}", text)
+
+
+def macro_text(preset: str) -> str:
+    """The request macro for ``preset``."""
+    return request_command(REQUEST_PREFIX + preset) + "\n"
 
 
 def install_macros(names: list[str], folder: Path) -> tuple[list[Path], list[Path]]:

@@ -7,7 +7,12 @@ from typing import Any
 
 import click
 
-from clapsep_cli.cli.common import engine_options, engine_settings, load_model, model_options
+from clapsep_cli.cli.common import (
+    engine_options,
+    engine_settings,
+    load_model,
+    model_options,
+)
 from clapsep_cli.errors import ClapsepError
 
 
@@ -43,6 +48,9 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
             model_name: str, device: str, precision: str, overlap: float, batch_size: int) -> None:
     """Extract QUERY (or a preset) from the audio selected in Audacity, as new tracks.
 
+    The selection is marked with a label `clapsep:<query> #<id>` that shows the progress and
+    then the result; the stems land over the marked range whatever is selected meanwhile.
+
     \b
       clapsep audacity extract "dog barking"
       clapsep audacity extract -p dialogue --residual
@@ -60,28 +68,44 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
 
 
 @audacity.command()
-@click.option("--poll", type=click.FloatRange(0.05, 60.0), default=0.5, show_default=True, metavar="SECONDS",
+@click.option("--poll", type=click.FloatRange(0.05, 60.0), default=2.0, show_default=True, metavar="SECONDS",
               help="How often to look for requests.")
 @click.option("--once", is_flag=True, help="Serve the requests waiting now, then exit.")
+@click.option("--status", "show_status", is_flag=True,
+              help="Only say whether a watcher is running and what it does (exit 1 if none).")
 @click.option("--residual/--no-residual", default=None, help="Add the residual too (default: as each preset says).")
 @model_options
 @engine_options
-def watch(poll: float, once: bool, residual: bool | None, model_name: str, device: str, precision: str,
-          overlap: float, batch_size: int) -> None:
+def watch(poll: float, once: bool, show_status: bool, residual: bool | None, model_name: str, device: str,
+          precision: str, overlap: float, batch_size: int) -> None:
     """Serve the requests Audacity's clapsep macros make (Ctrl-C stops).
 
     Select audio in Audacity, then Tools > Apply Macro > clapsep-<preset>: the macro marks the
-    selection with a label `clapsep:<preset>`, which this command replaces with the stem.
+    selection with a label `clapsep:<preset>`; this command takes it (`clapsep:<preset> #<id>`,
+    with the progress), adds the stem over that range and marks the label done.
     """
+    from clapsep_cli.bridges.audacity import WatcherStatus
     from clapsep_cli.bridges.audacity import watch as serve_requests
     from clapsep_cli.bridges.audacity_pipe import AudacityPipe
 
-    separate = _stem_maker(model_name, device, precision, overlap, batch_size)
-    separate.model  # noqa: B018 - load now, so that the first request is served quickly
-    if not once:
-        click.echo("watching Audacity for clapsep requests (Tools > Apply Macro > clapsep-...); Ctrl-C stops")
-    for line in serve_requests(AudacityPipe, separate, residual, poll, once):
+    status = WatcherStatus()
+    if show_status:
+        line = status.read()
+        if line is None:
+            raise ClapsepError("no `clapsep audacity watch` is running")
         click.echo(line)
+        return
+    status.claim()
+    try:
+        status.write("loading the model")
+        separate = _stem_maker(model_name, device, precision, overlap, batch_size)
+        separate.model  # noqa: B018 - load now, so that the first request is served quickly
+        if not once:
+            click.echo("watching Audacity for clapsep requests (Tools > Apply Macro > clapsep-...); Ctrl-C stops")
+        for line in serve_requests(lambda: AudacityPipe(greet=False), separate, residual, poll, once, status):
+            click.echo(line)
+    finally:
+        status.release()
 
 
 @audacity.command()

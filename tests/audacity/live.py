@@ -40,6 +40,7 @@ class LiveAudacity:
     root: Path
     xvfb: subprocess.Popen[bytes]
     process: subprocess.Popen[bytes]
+    env: dict[str, str]
 
 
 def missing() -> str | None:
@@ -75,7 +76,7 @@ def start(root: Path) -> LiveAudacity:
     except BaseException:
         _end(xvfb)
         raise
-    live = LiveAudacity(root, xvfb, process)
+    live = LiveAudacity(root, xvfb, process, env)
     try:
         _wait_for_pipe(process)
     except BaseException:

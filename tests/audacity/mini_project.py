@@ -62,6 +62,7 @@ class MiniProject:
         if name in self.failing:
             return failed(f"{name} failed on purpose")
         params = {m.group(1): m.group(2) if m.group(2) is not None else m.group(3) for m in PARAM.finditer(rest)}
+        params["_line"] = rest
         handler = getattr(self, "do_" + name, None)
         if handler is None:
             return failed(f"Your batch command of {name} was not recognized.")
@@ -141,6 +142,29 @@ class MiniProject:
                 return ok()
             index -= len(lane.labels)
         return failed("LabelIndex was invalid.")
+
+    def do_SetClip(self, p: dict[str, str]) -> str:
+        for lane in self.lanes:
+            if lane.selected and lane.kind == "wave":
+                lane.start = float(p["Start"])
+        return ok()
+
+    def do_ToggleSpectralSelection(self, p: dict[str, str]) -> str:
+        return ok()
+
+    def do_NyquistPrompt(self, p: dict[str, str]) -> str:
+        """The request macro's step: a label over the selection, in the first selected label
+        track or a new one (the end as Audacity 3.2 computes it: start plus a six-decimal length)."""
+        match = re.search(r'\\"(.*?)\\"', p["_line"])
+        assert match is not None
+        text = match.group(1)
+        t0, t1 = self.selection
+        label = (t0, t0 + float(f"{t1 - t0:.6f}"), text)
+        target = next((lane for lane in self.lanes if lane.kind == "label" and lane.selected), None)
+        if target is None:
+            target = self.label_track(f"Labels {sum(lane.kind == 'label' for lane in self.lanes) + 1}", [])
+        target.labels = sorted(target.labels + [label])
+        return ok()
 
     def do_SelSave(self, p: dict[str, str]) -> str:
         self.stored = self.selection
