@@ -9,10 +9,12 @@ the user's umask, not the owner-only mode of :func:`tempfile.mkstemp`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 TEMP_RE = re.compile(r"^\..+\.clapsep-(\d+)-[A-Za-z0-9_]+\.part$")
@@ -78,15 +80,23 @@ class TempFile:
             self._lock_fd = -1
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a reader never sees half of it)."""
+@contextlib.contextmanager
+def writing(path: Path, overwrite: bool = True) -> Iterator[Path]:
+    """A unique temporary path beside ``path`` to write to: moved to ``path`` when the block
+    ends without an error, removed otherwise (see :meth:`TempFile.publish` for ``overwrite``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = TempFile(path)
     try:
-        tmp.path.write_text(text, encoding="utf-8")
-        tmp.publish(overwrite=True)
+        yield tmp.path
+        tmp.publish(overwrite)
     finally:
         tmp.discard()
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader never sees half of it)."""
+    with writing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _alive(pid: int) -> bool:

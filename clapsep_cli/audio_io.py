@@ -21,7 +21,7 @@ import soundfile as sf
 import torch
 
 from clapsep_cli.atomic import TempFile
-from clapsep_cli.errors import AudioError, ClapsepError
+from clapsep_cli.errors import AudioError, ClapsepError, SettingError
 
 BLOCK = 1 << 16
 STEM_MARK = "clapsep stem"  # the start of the comment tag of every stem clapsep writes
@@ -240,12 +240,12 @@ def choose_format(source: AudioInfo, fmt: str | None = None, bit_depth: str | No
     container, extension, depths = FORMATS[fmt]
     if not depths:
         if bit_depth is not None:
-            raise ClapsepError(f"--bit-depth does not apply to {fmt} (a lossy format)")
+            raise SettingError("bit_depth", f"does not apply to {fmt} (a lossy format)")
         return OutputFormat(fmt, container, LOSSY_SUBTYPES[fmt], extension)
     depth = bit_depth or _depth_of(source.subtype) or "24"
     if depth not in depths:
         if bit_depth is not None:
-            raise ClapsepError(f"{fmt} cannot hold --bit-depth {bit_depth} (choose {', '.join(depths)})")
+            raise SettingError("bit_depth", f"{bit_depth} is not possible in {fmt} (choose {', '.join(depths)})")
         depth = depths[-1]
     return OutputFormat(fmt, container, SUBTYPES[depth], extension)
 
@@ -267,8 +267,8 @@ def resolve_clip(policy: str | None, fmt: OutputFormat) -> str:
     if policy not in CLIP_POLICIES:
         raise ClapsepError(f"unknown clip policy {policy!r}: choose {', '.join(CLIP_POLICIES)}")
     if policy == "none" and not fmt.is_float:
-        raise ClapsepError(f"--clip none needs a float format ({fmt.name} {fmt.subtype} cannot exceed full scale; "
-                           "use --bit-depth 32f)")
+        raise SettingError("clip", f"none needs a float format ({fmt.name} {fmt.subtype} cannot exceed full scale; "
+                           "a 32-bit float bit depth can)")
     return policy
 
 
@@ -305,7 +305,7 @@ class StemWriter:
         self.frames = 0
         self.gain = 1.0
         if path.exists() and not overwrite:
-            raise ClapsepError(f"{path}: exists (pass --overwrite to replace it)")
+            raise ClapsepError(f"{path}: exists ({{setting}} replaces it)", setting="overwrite")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = TempFile(path)
@@ -346,7 +346,8 @@ class StemWriter:
                 self._rescale()
             self._tmp.publish(self.overwrite)
         except FileExistsError:
-            raise ClapsepError(f"{self.path}: appeared while writing (pass --overwrite to replace it)") from None
+            raise ClapsepError(f"{self.path}: appeared while writing ({{setting}} replaces it)",
+                               setting="overwrite") from None
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
             self.abort()
             raise _write_error(self.path, err) from None

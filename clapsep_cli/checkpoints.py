@@ -65,7 +65,7 @@ def read(path: Path, trust_pickle: bool = False) -> dict:
         if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err) and not trust_pickle:
             raise CheckpointError(
                 f"{path}: holds pickled Python objects besides tensors; if you trust the file, "
-                "re-run with --trust-pickle") from None
+                "run again with {setting}", setting="trust_pickle") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a checkpoint)") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")

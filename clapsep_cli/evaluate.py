@@ -33,7 +33,7 @@ import torch
 from clapsep_cli import audio_io, engine, metrics
 from clapsep_cli.config import SAMPLE_RATE, SEGMENT_SAMPLES
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.queries import EmbeddingCache, Query, condition
+from clapsep_cli.queries import Query
 
 BENCHMARK_COLUMNS = ("source_file", "positive_caption", "noise_file", "negative_caption")
 PAIR_COLUMNS = ("mixture_file", "target_file", "positive_caption")
@@ -89,20 +89,15 @@ class Summary:
 class Evaluator:
     """Scores a model on a manifest, appending one CSV row per manifest row.
 
-    ``load`` gives (model, embedding cache); it is called once, when the first row is scored."""
+    ``separator`` (a :class:`clapsep_cli.api.Separator`) loads its model when the first row is
+    scored, so a manifest whose rows are all bad never loads one."""
 
-    def __init__(self, load: Callable[[], tuple[Any, EmbeddingCache]], batch_size: int = 4):
-        self._load, self.batch_size = load, batch_size
-        self._loaded: tuple[Any, EmbeddingCache] | None = None
+    def __init__(self, separator: Any, batch_size: int = 4):
+        self.separator, self.batch_size = separator, batch_size
 
     @property
     def model(self) -> Any:
-        return self._ready()[0]
-
-    def _ready(self) -> tuple[Any, EmbeddingCache]:
-        if self._loaded is None:
-            self._loaded = self._load()
-        return self._loaded
+        return self.separator.model
 
     def run(self, manifest: Path, audio_dir: Path, out_csv: Path, limit: int | None = None,
             on_row: Callable[[], None] | None = None) -> Summary:
@@ -157,14 +152,12 @@ class Evaluator:
                 yield [{"index": index, **row, "error": str(err)}]
 
     def _score(self, mixtures: torch.Tensor, targets: torch.Tensor, rows: list[dict[str, str]]) -> list[dict[str, float]]:
-        model, cache = self._ready()
-        dim = model.cfg.joint_embed_dim
         scores: list[dict[str, float]] = [{} for _ in rows]
         for mode in MODES:
-            conds = torch.cat([condition(model, Query(
+            conds = torch.cat([self.separator.condition(Query(
                 positive=(r["positive_caption"],),
-                negative=(r["negative_caption"],) if mode == "with_negative" and r.get("negative_caption") else ()),
-                cache, dim) for r in rows])
+                negative=(r["negative_caption"],) if mode == "with_negative" and r.get("negative_caption") else ()))
+                for r in rows])
             estimates = self._separate(mixtures, conds)
             values = {"sdr": metrics.sdr(estimates, targets), "si_sdr": metrics.si_sdr(estimates, targets),
                       "sdri": metrics.improvement("sdr", estimates, mixtures, targets),
@@ -178,7 +171,7 @@ class Evaluator:
         if mixtures.shape[-1] == SEGMENT_SAMPLES:
             return engine.separate_batch(self.model, mixtures[:, None], conds)[:, 0]
         blocks = [mixtures[0, i : i + 65536].numpy()[:, None] for i in range(0, mixtures.shape[-1], 65536)]
-        out = engine.separate_stream(self.model, conds, blocks, SAMPLE_RATE, engine.EngineOptions())
+        out = engine.separate_stream(self.model, conds, blocks, SAMPLE_RATE, self.separator.options)
         return torch.from_numpy(np.concatenate([t for t, _ in out])[:, 0])[None]
 
 

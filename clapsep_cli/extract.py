@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +21,7 @@ import numpy as np
 
 from clapsep_cli import atomic, audio_io, engine
 from clapsep_cli.config import SAMPLE_RATE
-from clapsep_cli.errors import AudioError, ClapsepError
+from clapsep_cli.errors import AudioError, ClapsepError, SettingError
 from clapsep_cli.queries import EmbeddingCache, Query, condition
 
 DEFAULT_NAME = "{stem}.{query}.{ext}"
@@ -79,10 +79,10 @@ class OutputPlan:
             try:
                 name = self.name_template.format(**fields)
             except (KeyError, IndexError, ValueError, AttributeError) as err:
-                raise ClapsepError(f"bad --name template {self.name_template!r}: fields are "
+                raise SettingError("name_template", f"{self.name_template!r} is not a usable template: fields are "
                                    f"{', '.join('{' + f + '}' for f in NAME_FIELDS)} ({err})") from None
             if not name or "/" in name or name in (".", ".."):
-                raise ClapsepError(f"bad --name template {self.name_template!r}: it must give a file name")
+                raise SettingError("name_template", f"{self.name_template!r} must give a file name")
             target = (self.out_dir or source.parent) / name
         residual = None
         if self.residual:
@@ -142,6 +142,7 @@ class FileResult:
     target: Path | None = None
     residual: Path | None = None
     error: str | None = None
+    problem: ClapsepError | None = field(default=None, repr=False)
     rate: int | None = None
     channels: int | None = None
     offset_frames: int = 0
@@ -151,14 +152,22 @@ class FileResult:
     extra: dict[str, Any] = field(default_factory=dict)
     planned: Planned | None = field(default=None, repr=False)
 
-    def to_json(self) -> dict[str, Any]:
+    def settle(self, status: str, problem: ClapsepError) -> None:
+        """Mark the result failed or skipped, for the reason ``problem``."""
+        self.status, self.problem, self.error = status, problem, str(problem)
+
+    def message(self, name: Callable[[str], str] = str) -> str | None:
+        """Why it failed or was skipped, naming settings by ``name`` (see :meth:`ClapsepError.render`)."""
+        return self.problem.render(name) if self.problem else self.error
+
+    def to_json(self, name: Callable[[str], str] = str) -> dict[str, Any]:
         out: dict[str, Any] = {"input": str(self.input), "status": self.status}
         if self.target:
             out["target"] = str(self.target)
         if self.residual:
             out["residual"] = str(self.residual)
         if self.error:
-            out["error"] = self.error
+            out["error"] = self.message(name)
         if self.rate:
             out.update({
                 "rate": self.rate, "channels": self.channels,
@@ -231,14 +240,14 @@ def plan_job(inputs: list[Path], query: Query, plan: OutputPlan, region: Region)
         try:
             planned = plan_file(source, query, plan, region)
         except ClapsepError as err:
-            result.status, result.error = "failed", str(err)
+            result.settle("failed", err)
             results.append(result)
             continue
         result.target, result.residual = planned.target, planned.residual
         result.rate, result.channels, result.offset_frames = planned.info.rate, planned.info.channels, planned.first
         existing = [p for p in (planned.target, planned.residual) if p is not None and p.exists()]
         if existing and not plan.overwrite:
-            result.status, result.error = "skipped", f"{existing[0]} exists (pass --overwrite to replace it)"
+            result.settle("skipped", ClapsepError(f"{existing[0]} exists ({{setting}} replaces it)", setting="overwrite"))
         else:
             result.planned = planned
         results.append(result)
@@ -257,7 +266,8 @@ def _refuse_collisions(results: list[FileResult]) -> None:
             key = out.resolve()
             if key in writers:
                 raise ClapsepError(f"{writers[key]} and {r.input} would both write {out}; nothing was written "
-                                   "(use a --name template that tells them apart, e.g. \"{name}.{query}.{ext}\")")
+                                   "(give a {setting} that tells them apart, e.g. \"{name}.{query}.{ext}\")",
+                                   setting="name_template")
             writers[key] = r.input
     sources = {r.input.resolve(): r.input for r in results}
     for r in results:
@@ -297,14 +307,16 @@ class Extractor:
         try:
             result = plan_job([source], self.query, self.plan, self.region)[0]
         except ClapsepError as err:
-            return FileResult(source, "failed", error=str(err))
+            result = FileResult(source)
+            result.settle("failed", err)
+            return result
         return self.run([result])[0]
 
     def _run_planned(self, result: FileResult, planned: Planned) -> None:
         try:
             self._separate(result, planned)
         except ClapsepError as err:
-            result.status, result.error = "failed", str(err)
+            result.settle("failed", err)
 
     def _separate(self, result: FileResult, p: Planned) -> None:
         source, info = result.input, p.info

@@ -30,7 +30,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 import platformdirs
 
-from clapsep_cli import resources
+from clapsep_cli import atomic, resources
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.queries import AudioRef, Query, slugify
 
@@ -167,15 +167,13 @@ def create(name: str, text: str, overwrite: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.toml"
     if target.exists() and not overwrite:
-        raise ClapsepError(f"user preset {name!r} exists ({target}); pass --overwrite to replace it")
-    tmp = folder / f".{name}.toml.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    try:
-        parse(tmp, "user", name=name)
-    except ClapsepError as err:
-        tmp.unlink(missing_ok=True)
-        raise ClapsepError(str(err).replace(str(tmp), f"preset {name!r}")) from None  # not our temp file's name
-    tmp.replace(target)
+        raise ClapsepError(f"user preset {name!r} exists ({target}; {{setting}} replaces it)", setting="overwrite")
+    with atomic.writing(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            parse(tmp, "user", name=name)
+        except ClapsepError as err:
+            raise ClapsepError(str(err).replace(str(tmp), f"preset {name!r}")) from None  # not our temp file's name
     return target
 
 

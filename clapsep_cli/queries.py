@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clapsep_cli import audio_io
+from clapsep_cli import atomic, audio_io
 from clapsep_cli.config import ENCODER_RATE
-from clapsep_cli.errors import ClapsepError
+from clapsep_cli.errors import ClapsepError, SettingError
 
 DEFAULT_AUDIO_WEIGHT = 0.5
 
@@ -100,11 +100,12 @@ class Query:
 
     def __post_init__(self) -> None:
         if not (self.positive or self.negative or self.positive_audio or self.negative_audio):
-            raise ClapsepError("empty query: give a text, --query-audio, --negative or --negative-audio")
+            raise ClapsepError("empty query: give a description, a reference clip, a negative description or a "
+                               "negative reference clip")
         if any(not t.strip() for t in self.positive + self.negative):
             raise ClapsepError("a query text is empty")
         if self.audio_weight is not None and not 0.0 <= self.audio_weight <= 1.0:
-            raise ClapsepError("--audio-weight must be between 0 and 1")
+            raise SettingError("audio_weight", "must be between 0 and 1")
 
     @property
     def negative_only(self) -> bool:
@@ -175,11 +176,8 @@ class EmbeddingCache:
         if file is None:
             return
         try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(f".{np.random.randint(1 << 30)}.tmp")
-            with open(tmp, "wb") as f:
+            with atomic.writing(file) as tmp, open(tmp, "wb") as f:
                 np.save(f, value.numpy().astype(np.float32))
-            tmp.replace(file)
         except OSError:
             pass  # the cache is an optimisation; a read-only store still works
 

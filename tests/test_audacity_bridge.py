@@ -357,7 +357,8 @@ def test_make_job_from_a_text_or_a_preset() -> None:
                                                                               "dog_barking")
     job = bridge.make_job(None, "dog", ("wind",), True)
     assert job.tag == "dog" and job.residual and job.query.negative[-1] == "wind"
-    with pytest.raises(ClapsepError, match="not both"):
-        bridge.make_job("dog", "dog", (), None)
+    both = bridge.make_job("a dog growls", "dog", (), None)  # the library's rule: the preset plus the text
+    preset = bridge.make_job(None, "dog", (), None)
+    assert both.query.positive == preset.query.positive + ("a dog growls",) and both.tag == "dog"
     with pytest.raises(ClapsepError, match="empty query"):
         bridge.make_job(None, None, (), None)

@@ -44,13 +44,12 @@ from typing import Any, Protocol
 import numpy as np
 import soundfile as sf
 
-from clapsep_cli import presets, store
+from clapsep_cli import api
 from clapsep_cli.bridges.audacity_pipe import AudacityPipe, PipeError, PipePaths
 from clapsep_cli.bridges.audacity_setup import REQUEST_PREFIX, request_command
-from clapsep_cli.engine import EngineOptions
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.extract import Extractor, OutputPlan, Progress
-from clapsep_cli.queries import EmbeddingCache, Query
+from clapsep_cli.extract import OutputPlan, Progress
+from clapsep_cli.queries import Query
 
 WAV_ENCODING = "/FileFormats/ExportFormat_SF1_Type/WAV_10000"  # libsndfile subtype of Audacity's WAV export
 SKIP_LEADING_SILENCE = "/AudioFiles/SkipSilenceAtBeginning"
@@ -135,37 +134,24 @@ class Separate(Protocol):
 
 
 def make_job(text: str | None, preset: str | None, negative: tuple[str, ...], residual: bool | None) -> Job:
-    """A job from a query text or a preset (plus negatives); the preset decides the residual
-    unless ``residual`` is given."""
-    if text and preset:
-        raise ClapsepError("give a QUERY or --preset, not both")
-    if preset:
-        base = presets.load(preset)
-        query = Query(base.query.positive, base.query.negative + negative, base.query.positive_audio,
-                      base.query.negative_audio, base.query.audio_weight, label=base.suffix)
-        return Job(query, base.residual if residual is None else residual)
-    return Job(Query(positive=(text,) if text else (), negative=negative), bool(residual))
+    """A job from a query text and/or a preset, plus negatives (combined by the library's one
+    rule, :func:`clapsep_cli.api.request`); the preset decides the residual unless ``residual``
+    is given."""
+    req = api.request(*([text] if text else []), preset=preset, negative=negative)
+    return Job(req.query, req.residual if residual is None else residual)
 
 
 class StemMaker:
-    """Separates with one model, loaded on first use and kept for every later request."""
+    """Separates with one :class:`clapsep_cli.api.Separator`, whose model is loaded on first use
+    and kept for every later request."""
 
-    def __init__(self, load: Callable[[], Any], options: EngineOptions):
-        self._load, self.options = load, options
-        self._model: Any = None
-
-    @property
-    def model(self) -> Any:
-        if self._model is None:
-            self._model = self._load()
-        return self._model
+    def __init__(self, separator: api.Separator):
+        self.separator = separator
 
     def __call__(self, source: Path, job: Job, folder: Path, progress: Progress) -> list[Stem]:
-        model = self.model
-        cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
         plan = OutputPlan(output=folder / f"{job.tag}.wav", residual=job.residual, fmt="wav", bit_depth="32f",
                           overwrite=True)
-        result = Extractor(model, job.query, self.options, plan, cache, progress=progress).run_one(source)
+        result = self.separator.extract([source], api.Request(job.query), plan, progress=progress).results[0]
         if result.status != "ok" or result.target is None:
             raise ClapsepError(str(result.error).replace(str(source), "the selected audio"))
         stems = [Stem(result.target, job.tag)]

@@ -35,13 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from clapsep_cli import __version__, presets, resources, store
-from clapsep_cli.cli.common import load_model
-from clapsep_cli.cli.extract_cmd import resolve_query
-from clapsep_cli.engine import EngineOptions
+from clapsep_cli import __version__, api, presets, resources, store
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.extract import Extractor, FileResult, OutputPlan, Region
-from clapsep_cli.queries import EmbeddingCache, Query
+from clapsep_cli.extract import FileResult, OutputPlan, Region
+from clapsep_cli.queries import Query
 
 CORE = "clapsep_core.lua"
 MARKER = "-- clapsep action:"
@@ -333,14 +330,13 @@ def job_environment(job: Job) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def job_query(job: Job) -> Query:
-    """The job's query: its text, or the preset file the action was installed from."""
+def job_request(job: Job) -> api.Request:
+    """The job's request: its text, or the preset file the action was installed from."""
     if job.preset_file is not None:
         if not job.preset_file.is_file():
             raise ClapsepError(f"the preset file {job.preset_file} is gone (run `clapsep reaper install` again)")
-        return presets.parse(job.preset_file, presets.source_of(job.preset_file)).query
-    query, _, _ = resolve_query(tuple(str(i.source) for i in job.items), (job.text or "",), None, (), (), (), None)
-    return query
+        return api.request(preset=presets.parse(job.preset_file, presets.source_of(job.preset_file)))
+    return api.request(job.text or "")
 
 
 def free_stem_path(source: Path, query: Query, out_dir: Path) -> Path:
@@ -362,9 +358,8 @@ def extract_items(job: Job, log: Callable[[str], None], cancelled: Callable[[], 
     """Extract every item's window with one model load; a failing item is recorded, not raised.
     Before each item and at the end, ``cancelled()`` is asked; if true, the stems written so
     far are removed and :class:`Cancelled` is raised."""
-    query = job_query(job)
-    model = load_model(store.DEFAULT_MODEL, "auto", "fp32", quiet=True)
-    cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
+    req = job_request(job)
+    separator = api.Separator()
     results: list[FileResult] = []
 
     def stop_if_cancelled() -> None:
@@ -376,10 +371,9 @@ def extract_items(job: Job, log: Callable[[str], None], cancelled: Callable[[], 
         stop_if_cancelled()
         end = "its end" if item.end is None else f"{item.end:.6f} s"
         log(f"item {n}/{len(job.items)}: {item.source} from {item.start:.6f} s to {end}")
-        plan = OutputPlan(output=free_stem_path(item.source, query, job.out_dir), fmt=STEM_FORMAT,
+        plan = OutputPlan(output=free_stem_path(item.source, req.query, job.out_dir), fmt=STEM_FORMAT,
                           bit_depth=STEM_DEPTH)
-        extractor = Extractor(model, query, EngineOptions(), plan, cache, Region(item.start, item.end))
-        result = extractor.run_one(item.source)
+        result = separator.extract([item.source], req, plan, Region(item.start, item.end)).results[0]
         log(f"  {result.status}: {result.target if result.status == 'ok' else result.error}")
         results.append(result)
     stop_if_cancelled()

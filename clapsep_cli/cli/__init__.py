@@ -19,7 +19,9 @@ class ClapsepGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ClapsepError as err:
-            click.echo(f"clapsep: error: {err}", err=True)
+            from clapsep_cli.cli.common import flag
+
+            click.echo(f"clapsep: error: {err.render(flag)}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("clapsep: interrupted", err=True)

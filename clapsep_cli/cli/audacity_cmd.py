@@ -7,12 +7,7 @@ from typing import Any
 
 import click
 
-from clapsep_cli.cli.common import (
-    engine_options,
-    engine_settings,
-    load_model,
-    model_options,
-)
+from clapsep_cli.cli.common import engine_options, model_options, separator
 from clapsep_cli.errors import ClapsepError
 
 
@@ -32,8 +27,7 @@ def audacity() -> None:
 def _stem_maker(model_name: str, device: str, precision: str, overlap: float, batch_size: int) -> Any:
     from clapsep_cli.bridges.audacity import StemMaker
 
-    return StemMaker(lambda: load_model(model_name, device, precision, quiet=False),
-                     engine_settings(overlap, batch_size))
+    return StemMaker(separator(model_name, device, precision, quiet=False, overlap=overlap, batch_size=batch_size))
 
 
 @audacity.command()

@@ -53,16 +53,25 @@ class TimeType(click.ParamType):
             self.fail(str(err), param, ctx)
 
 
-def load_model(model_name: str, device: str, precision: str, quiet: bool) -> Any:
-    """Resolve the device, make sure the model is installed (downloading the default on first
-    use when online) and load it."""
-    from clapsep_cli.model import ClapSep, check_precision, resolve_device
+# Settings whose command-line option is not simply --<setting with dashes>.
+_FLAGS = {"name_template": "--name", "fmt": "--format", "pattern": "--glob", "model": "--model"}
 
-    dev = resolve_device(device)
-    check_precision(precision, dev)
-    log = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    installed = store.ensure_model(model_name, log=log)
-    return ClapSep(installed, dev, precision)
+
+def flag(setting: str) -> str:
+    """The command-line spelling of a library setting (``bit_depth`` -> ``--bit-depth``), used to
+    render library errors (:meth:`clapsep_cli.errors.ClapsepError.render`)."""
+    return _FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
+def separator(model_name: str, device: str, precision: str, quiet: bool, overlap: float = DEFAULT_OVERLAP,
+              batch_size: int = DEFAULT_BATCH_SIZE) -> Any:
+    """The library's :class:`~clapsep_cli.api.Separator` for these options; it loads the model
+    on first use (downloading the default model when missing and online), saying so on stderr
+    unless ``quiet``."""
+    from clapsep_cli.api import Separator
+
+    return Separator(model_name, device=device, precision=precision, overlap=overlap, batch_size=batch_size,
+                     log=None if quiet else lambda msg: click.echo(msg, err=True))
 
 
 def emit_json(data: dict[str, Any]) -> None:

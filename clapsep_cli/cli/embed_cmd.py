@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-from clapsep_cli import presets, store
-from clapsep_cli.cli.common import emit_json, load_model, model_options
+from clapsep_cli import api, presets
+from clapsep_cli.cli.common import emit_json, model_options, separator
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.extract import check_query_audio
-from clapsep_cli.queries import EmbeddingCache, Query, condition
+from clapsep_cli.queries import Query
 
 
 @click.command()
@@ -33,18 +33,17 @@ def embed(texts: tuple[str, ...], names: tuple[str, ...], all_presets: bool, exp
         good, bad = presets.load_all()
         if bad:
             raise ClapsepError(f"invalid preset: {bad[0]}")
-        jobs += [(p.name, p.query) for p in good]
-    jobs += [(n, presets.load(n).query) for n in names]
-    jobs += [(Query(positive=(t,)).slug(), Query(positive=(t,))) for t in texts]
+        jobs += [(p.name, api.request(preset=p).query) for p in good]
+    jobs += [(n, api.request(preset=n).query) for n in names]
+    jobs += [(q.slug(), q) for q in (api.request(t).query for t in texts)]
     if not jobs:
         raise ClapsepError("nothing to embed: give TEXTS, -p PRESET or --all-presets")
     for _, query in jobs:
         check_query_audio(query)  # a missing reference clip is reported before anything about models
-    model = load_model(model_name, device, precision, quiet=json_output)
-    cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
+    sep = separator(model_name, device, precision, quiet=json_output)
     rows = []
     for name, query in jobs:
-        vector = condition(model, query, cache, model.cfg.joint_embed_dim)[0]
+        vector = sep.condition(query)[0]
         row = {"name": name, "query": query.describe()}
         if export_dir is not None:
             export_dir.mkdir(parents=True, exist_ok=True)
@@ -54,5 +53,5 @@ def embed(texts: tuple[str, ...], names: tuple[str, ...], all_presets: bool, exp
         if not json_output:
             click.echo(f"{name}: cached" + (f" -> {row['file']}" if "file" in row else ""))
     if json_output:
-        emit_json({"model": model.installed.name, "embedded": rows,
-                   "from_cache": cache.hits, "computed": cache.misses})
+        emit_json({"model": sep.model.installed.name, "embedded": rows,
+                   "from_cache": sep.cache.hits, "computed": sep.cache.misses})

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import math
+
 import click
 
-import math
-from typing import Any
-
-from clapsep_cli import store
-from clapsep_cli.cli.common import emit_json, load_model, model_options
+from clapsep_cli.cli.common import emit_json, model_options, separator
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.evaluate import MODES, Evaluator, read_manifest
-from clapsep_cli.queries import EmbeddingCache
 
 
 @click.command()
@@ -44,11 +41,8 @@ def evaluate(manifest: Path, audio_dir: Path, out_csv: Path | None, restart: boo
     if restart:
         out_csv.unlink(missing_ok=True)
 
-    def load() -> tuple[Any, EmbeddingCache]:
-        model = load_model(model_name, device, precision, quiet=json_output)
-        return model, EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
-
-    evaluator = Evaluator(load, batch_size)
+    sep = separator(model_name, device, precision, quiet=json_output)
+    evaluator = Evaluator(sep, batch_size)
     total = min(len(rows), limit) if limit else len(rows)
     if progress.wanted(json_output):
         from rich.progress import Progress

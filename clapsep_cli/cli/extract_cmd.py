@@ -5,25 +5,20 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from clapsep_cli import atomic, presets, store
-from clapsep_cli.cli.common import TimeType, emit_json, engine_options, engine_settings, load_model, model_options
+from clapsep_cli import api, atomic
+from clapsep_cli.cli.common import TimeType, emit_json, engine_options, engine_settings, flag, model_options
 from clapsep_cli.engine import EngineOptions
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.extract import (DEFAULT_NAME, NAME_FIELDS, Extractor, FileResult, OutputPlan, Region,
-                                 check_query_audio, collect_inputs, plan_job)
-from clapsep_cli.queries import AudioRef, EmbeddingCache, Query
+from clapsep_cli.extract import DEFAULT_NAME, NAME_FIELDS, OutputPlan, Region
 
 F = Callable[..., Any]
-REMOVE_METHODS = ("negative", "subtract")
-DEFAULT_REMOVE_METHOD = "negative"
 
 
 def _apply(decorators: list[Callable[[F], F]], f: F) -> F:
@@ -83,14 +78,15 @@ def output_options(f: F) -> F:
     ], f)
 
 
-def resolve_query(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
-                  query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None
-                  ) -> tuple[Query, list[Path], presets.Preset | None]:
-    """The query and the input paths from the command line.
+def resolve_request(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
+                    query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None
+                    ) -> tuple[api.Request, list[Path]]:
+    """The request and the input paths from the command line.
 
     With -q or -p every argument is a file. Otherwise the first argument is QUERY, except that
     with --query-audio an existing file in first place is an input rather than a text. An empty
-    argument is never a file (it would name the current folder).
+    argument is never a file (it would name the current folder). How a preset combines with
+    texts is the library's rule (:func:`clapsep_cli.api.request`).
     """
     positive = list(texts)
     if not texts and preset is None and args and not (query_audio and args[0] and Path(args[0]).exists()):
@@ -99,19 +95,9 @@ def resolve_query(args: tuple[str, ...], texts: tuple[str, ...], preset: str | N
         raise ClapsepError("no input files given")
     if any(not a.strip() for a in args):
         raise ClapsepError("an empty file name was given (an empty QUERY goes first, before the files)")
-    base = presets.load(preset) if preset else None
-
-    def from_preset(field: str) -> tuple[Any, ...]:
-        return getattr(base.query, field) if base else ()
-
-    query = Query(
-        positive=from_preset("positive") + tuple(t for t in positive if t.strip()),
-        negative=from_preset("negative") + tuple(negative),
-        positive_audio=from_preset("positive_audio") + tuple(AudioRef.parse(a) for a in query_audio),
-        negative_audio=from_preset("negative_audio") + tuple(AudioRef.parse(a) for a in negative_audio),
-        audio_weight=audio_weight if audio_weight is not None or base is None else base.query.audio_weight,
-        label=base.suffix if base else None)
-    return query, [Path(a) for a in args], base
+    req = api.request(*positive, preset=preset, negative=negative, query_audio=query_audio,
+                      negative_audio=negative_audio, audio_weight=audio_weight)
+    return req, [Path(a) for a in args]
 
 
 @click.command()
@@ -133,15 +119,14 @@ def extract(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, n
       clapsep extract -p dialogue --residual interviews/
       clapsep extract "" -n "wind noise" take.flac
     """
-    query, files, base = resolve_query(args, texts, preset, negative, query_audio, negative_audio, audio_weight)
-    want_residual = residual if residual is not None else bool(base and base.residual)
-    run_job(query, files, job_options(residual=want_residual, **kwargs))
+    req, files = resolve_request(args, texts, preset, negative, query_audio, negative_audio, audio_weight)
+    run_job(req, files, job_options(residual=req.residual if residual is None else residual, **kwargs))
 
 
 @click.command()
 @click.argument("args", nargs=-1, required=True, metavar="[QUERY] FILE...")
 @query_options
-@click.option("--method", type=click.Choice(REMOVE_METHODS), default=DEFAULT_REMOVE_METHOD, show_default=True,
+@click.option("--method", type=click.Choice(api.REMOVE_METHODS), default=api.DEFAULT_REMOVE_METHOD, show_default=True,
               help="negative: ask the model for everything but QUERY (a negative-only query); "
                    "subtract: extract QUERY and keep the source minus it.")
 @output_options
@@ -158,15 +143,8 @@ def remove(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, ne
       clapsep remove "wind noise" take.wav
       clapsep remove -p hum-buzz --residual podcast.flac
     """
-    query, files, _ = resolve_query(args, texts, preset, negative, query_audio, negative_audio, audio_weight)
-    label = "without_" + query.slug()
-    if method == "negative":
-        query = Query(query.negative, query.positive, query.negative_audio, query.positive_audio,
-                      query.audio_weight, label=label)
-    else:
-        query = Query(query.positive, query.negative, query.positive_audio, query.negative_audio,
-                      query.audio_weight, label=label)
-    run_job(query, files, job_options(residual=bool(residual), **kwargs), invert=method == "subtract", method=method)
+    req, files = resolve_request(args, texts, preset, negative, query_audio, negative_audio, audio_weight)
+    run_job(api.removal(req, method), files, job_options(residual=bool(residual), **kwargs))
 
 
 @dataclass(frozen=True)
@@ -195,48 +173,28 @@ def job_options(residual: bool, output: Path | None, out_dir: Path | None, name_
                       json_output, report_file, model_name, device, precision)
 
 
-def run_job(query: Query, files: list[Path], opts: JobOptions, invert: bool = False, method: str | None = None) -> None:
+def run_job(req: api.Request, files: list[Path], opts: JobOptions) -> None:
     """Check and plan everything, load the model only if a file is to be separated, separate,
     report (to ``--report`` too, even on failure)."""
     try:
-        _run(query, files, opts, invert, method)
+        job = _run(req, files, opts)
     except ClapsepError as err:
         if opts.report_file is not None:
-            write_report(opts.report_file, {"failed": 1, "error": str(err), "results": []})
+            write_report(opts.report_file, {"failed": 1, "error": err.render(flag), "results": []})
         raise
+    report(job, opts)
 
 
-def _run(query: Query, files: list[Path], opts: JobOptions, invert: bool, method: str | None) -> None:
+def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
     from clapsep_cli import progress as progress_mod
 
-    started = time.perf_counter()
-    inputs, stems = collect_inputs(files, opts.pattern, opts.include_stems)
-    if not inputs:
-        raise ClapsepError("no audio files found in the given folders"
-                           + (f" ({len(stems)} stems of earlier runs left out; --include-stems takes them)"
-                              if stems else ""))
-    if opts.plan.output is not None and len(inputs) > 1:
-        raise ClapsepError("--output names one stem; with several inputs use --out-dir or --name")
-    check_query_audio(query)
-    results = plan_job(inputs, query, opts.plan, opts.region)
-    details: dict[str, Any] = {"method": method} if method else {}
-    if stems:
-        details["stems_left_out"] = [str(p) for p in stems]
-    todo = [r for r in results if r.status == "pending"]
-    model, load_seconds = None, 0.0
-    if todo:
-        loading = time.perf_counter()
-        model = load_model(opts.model_name, opts.device, opts.precision, quiet=opts.json_output)
-        load_seconds = time.perf_counter() - loading
-        cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
-        bar = progress_mod.RichProgress(len(todo)) if progress_mod.wanted(opts.json_output) else None
-        with bar if bar else contextlib.nullcontext():
-            extractor = Extractor(model, query, opts.engine, opts.plan, cache, opts.region, bar, invert=invert)
-            extractor.run(results)
-        details["query_embeddings"] = {"from_cache": cache.hits, "computed": cache.misses,
-                                       "text_encoder_loaded": model.text_encoder_loaded,
-                                       "seconds": round(extractor.query_seconds, 3)}
-    report(results, query, model, load_seconds, time.perf_counter() - started, opts, details)
+    separator = api.Separator(opts.model_name, device=opts.device, precision=opts.precision,
+                              overlap=opts.engine.overlap, batch_size=opts.engine.batch_size,
+                              log=None if opts.json_output else lambda msg: click.echo(msg, err=True))
+    job = separator.plan(files, req, opts.plan, opts.region, opts.pattern, opts.include_stems)
+    bar = progress_mod.RichProgress(len(job.pending)) if job.pending and progress_mod.wanted(opts.json_output) else None
+    with bar if bar else contextlib.nullcontext():
+        return separator.run(job, bar)
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:
@@ -248,21 +206,11 @@ def write_report(path: Path, data: dict[str, Any]) -> None:
         click.echo(f"clapsep: warning: {path}: cannot write the report ({err.strerror or err})", err=True)
 
 
-def report(results: list[FileResult], query: Query, model: Any | None, load_seconds: float, total_seconds: float,
-           opts: JobOptions, details: dict[str, Any]) -> None:
-    """Print (and write) the job's outcome; exit 1 if a file failed. ``model`` is None when
-    nothing needed separating (it was never loaded)."""
-    failed = [r for r in results if r.status == "failed"]
+def report(job: api.Job, opts: JobOptions) -> None:
+    """Print (and write) the job's outcome; exit 1 if a file failed."""
+    results, failed = job.results, job.failed
     attempted = [r for r in results if r.status != "skipped"]
-    data = {
-        "query": query.describe(), **details,
-        "model": model.installed.name if model else opts.model_name,
-        "model_loaded": model is not None,
-        "device": str(model.device) if model else None, "precision": model.precision if model else opts.precision,
-        "results": [r.to_json() for r in results],
-        "failed": len(failed),
-        "timings": {"model_load_seconds": round(load_seconds, 3), "total_seconds": round(total_seconds, 3)},
-    }
+    data = job.to_json(flag)
     if opts.report_file is not None:
         write_report(opts.report_file, data)
     if opts.json_output:
@@ -273,17 +221,17 @@ def report(results: list[FileResult], query: Query, model: Any | None, load_seco
                 outs = " + ".join(str(p) for p in (r.target, r.residual) if p)
                 click.echo(f"{r.input} -> {outs}")
             elif r.status == "skipped":
-                click.echo(f"skipped {r.input}: {r.error}", err=True)
+                click.echo(f"skipped {r.input}: {r.message(flag)}", err=True)
             if r.clipped_samples:
                 click.echo(f"note: {r.clipped_samples} samples of {r.target} were clamped at full scale "
                            "(--clip rescale or --bit-depth 32f avoid it)", err=True)
         if len(results) == 1 and failed:
-            click.echo(f"clapsep: error: {failed[0].error}", err=True)
+            click.echo(f"clapsep: error: {failed[0].message(flag)}", err=True)
         elif failed:
             skipped = len(results) - len(attempted)
             click.echo(f"clapsep: {len(failed)} of {len(attempted)} files failed"
                        + (f" ({skipped} skipped)" if skipped else "") + ":", err=True)
             for r in failed:
-                click.echo(f"  {r.error}", err=True)
+                click.echo(f"  {r.message(flag)}", err=True)
     if failed:
         sys.exit(1)
