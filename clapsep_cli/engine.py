@@ -14,11 +14,11 @@ Signal path for a source at rate ``sr`` with ``C`` channels:
 
 Memory holds a few segments at a time, whatever the file's length.
 
-Decoding and resampling to 32 kHz run in a background thread (:class:`ReadAhead`), a bounded
-amount ahead of the network, so that they overlap it; the output is bit for bit the same as
-with everything in one thread (``EngineOptions(prefetch=0)``). On a CUDA device, batches are
-staged in page-locked host memory and copied asynchronously; STFT, masking and iSTFT run on the
-device.
+Decoding, resampling to 32 kHz and cutting segments run in a background thread
+(:class:`ReadAhead`), a bounded amount ahead of the network, so that they overlap it; the
+output is bit for bit the same as with everything in one thread (``EngineOptions(prefetch=0)``).
+On a CUDA device, batches are staged in page-locked host memory and copied asynchronously;
+STFT, masking and iSTFT run on the device.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _downmix(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=1)
 
 
-def stack_for(segments: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+def _stacked(segments: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """Segments as one (B, C, L) batch; page-locked when bound for a CUDA device, so that the
     copy there is asynchronous (a fresh block from PyTorch's caching host allocator, which does
     not hand it out again before that copy has finished)."""
@@ -369,7 +369,7 @@ def separate_stream(model: SeparationModel, condition: torch.Tensor, blocks: Ite
     channels = 0
 
     def run(batch: list[torch.Tensor]) -> torch.Tensor:
-        estimates = separate_batch(model, stack_for(batch, model.device), condition)
+        estimates = separate_batch(model, _stacked(batch, model.device), condition)
         if on_segments:
             on_segments(len(batch))
         return torch.cat([ola.add(e) for e in estimates], dim=1)
