@@ -253,7 +253,7 @@ def extract_items(job: Job) -> list[FileResult]:
     """Extract every item's window with one model load; a failing item is recorded, not raised."""
     texts = (job.text,) if job.text is not None else ()
     query, _, _ = resolve_query(tuple(str(i.source) for i in job.items), texts, job.preset, (), (), (), None)
-    model = load_model(store.DEFAULT_MODEL, "auto", "fp32", quiet=True)
+    model = load_model(store.DEFAULT_MODEL, "auto", "auto", quiet=True)  # device, precision: the defaults
     cache = EmbeddingCache(store.store_root() / "embeddings", model.installed.fingerprint)
     results = []
     for item in job.items:
