@@ -1,16 +1,25 @@
-"""Throughput and peak memory of `clapsep extract` against a naive baseline.
+"""Throughput of clapsep against the released recipe, of the pipeline around the network, and
+of many short clips against one long file. Every figure is printed beside its baseline from the
+same run; full-size released architecture, random weights.
 
-Full-size released architecture with random weights, on stereo 44.1 kHz files of the given
-lengths. Each run is a separate process, so its peak RSS is its own.
+* ``default``: `clapsep extract` at its default settings (``--precision auto``, overlap 0.1)
+  against the released recipe on the same stereo 44.1 kHz file (``--minutes``, default 1 and
+  10): what the released Space does, load the whole file as 32 kHz mono, pad to a multiple of
+  10 s, run hard 10 s chunks one at a time through the official forward path (laion-clap's
+  HTS-AT with forward hooks, unmerged LoRA, conv STFT/ISTFT, fp32), write. Whole-process wall
+  time, each run a separate process (its peak RSS is its own).
+* ``free``: the pipeline around the network with a network that costs nothing (mask = 1):
+  decode, resample to 32 kHz, segment, STFT/iSTFT, crossfade, resample back, encode, in real
+  time factors, for stereo 44.1 kHz WAV and 32 kHz mono, with the read-ahead thread (the
+  default) and without it (``prefetch=0``, everything in one thread).
+* ``clips``: a folder of short stereo clips (``--clips`` of ``--clip-seconds``) against one file
+  of the same total length, both by one `clapsep extract` at default settings.
 
-* ours: `clapsep extract` (streaming engine) at overlap 0 and at the default overlap;
-* baseline: what the released Space does: load the whole file as 32 kHz mono, pad to a
-  multiple of 10 s, run hard 10 s chunks one at a time through the official forward path
-  (laion-clap's HTS-AT with forward hooks, unmerged LoRA, conv STFT/ISTFT), concatenate, write.
+    python benchmarks/throughput.py --out bench-out                      # all of it, on the CPU
+    python benchmarks/throughput.py --device cuda --minutes 1 60         # on a GPU
+    python benchmarks/throughput.py --only free --free-seconds 20        # a quick smoke run
 
-    python benchmarks/throughput.py --minutes 1 10 60 --out bench-out
-
-Prints a Markdown table; `--json FILE` saves the numbers.
+Prints Markdown tables; ``--json FILE`` saves the rows.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -35,18 +45,18 @@ RATE, CHANNELS = 44100, 2
 QUERY = "dog barking"
 
 
-def make_source(path: Path, minutes: float) -> Path:
-    """Stereo 44.1 kHz 16-bit test audio, written block by block."""
+def make_source(path: Path, minutes: float, rate: int = RATE, channels: int = CHANNELS) -> Path:
+    """16-bit test audio (a tone plus noise), written block by block."""
     if path.exists():
         return path
     rng = np.random.default_rng(0)
-    total = int(minutes * 60 * RATE)
-    with sf.SoundFile(str(path), "w", RATE, CHANNELS, subtype="PCM_16") as f:
-        for start in range(0, total, RATE * 10):
-            n = min(RATE * 10, total - start)
-            t = (start + np.arange(n)) / RATE
-            tone = 0.2 * np.sin(2 * np.pi * 440 * t)[:, None] * np.array([1.0, 0.6])
-            f.write((tone + 0.05 * rng.standard_normal((n, CHANNELS))).astype(np.float32))
+    total = int(minutes * 60 * rate)
+    with sf.SoundFile(str(path), "w", rate, channels, subtype="PCM_16") as f:
+        for start in range(0, total, rate * 10):
+            n = min(rate * 10, total - start)
+            t = (start + np.arange(n)) / rate
+            tone = 0.2 * np.sin(2 * np.pi * 440 * t)[:, None] * np.linspace(1.0, 0.6, channels)
+            f.write((tone + 0.05 * rng.standard_normal((n, channels))).astype(np.float32))
     return path
 
 
@@ -84,12 +94,14 @@ def spawn(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, out
 
 
-def ours(source: Path, out_dir: Path, overlap: float, precision: str, env: dict[str, str]) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "clapsep_cli", "extract", QUERY, str(source), "--out-dir", str(out_dir),
-           "--overwrite", "--json", "--device", "cpu", "--overlap", str(overlap), "--precision", precision]
+def ours(sources: list[Path], out_dir: Path, device: str, env: dict[str, str]) -> dict[str, Any]:
+    """One `clapsep extract` at default settings over ``sources``."""
+    cmd = [sys.executable, "-m", "clapsep_cli", "extract", QUERY, *map(str, sources), "--out-dir", str(out_dir),
+           "--overwrite", "--json", "--device", device]
     wall, peak, out = spawn(cmd, env)
-    result = json.loads(out)["results"][0]
-    return {"wall_s": wall, "process_s": result["processing_seconds"], "peak_mib": peak}
+    report = json.loads(out)
+    return {"wall_s": wall, "process_s": sum(r["processing_seconds"] for r in report["results"]), "peak_mib": peak,
+            "precision": report["precision"]}
 
 
 def baseline(source: Path, out_dir: Path, env: dict[str, str]) -> dict[str, float]:
@@ -119,10 +131,92 @@ def baseline_worker(source: Path, target: Path) -> None:
     print(time.perf_counter() - start)
 
 
+class FreeModel:
+    """A network that costs nothing: every mask is 1."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def masks(self, mixture: torch.Tensor, condition: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
+        return torch.ones(spec.shape, device=spec.device)
+
+
+def free_pipeline(source: Path, target: Path, prefetch: int, device: torch.device) -> float:
+    """Seconds to separate ``source`` with :class:`FreeModel`, from decoding to the written stem."""
+    from clapsep_cli import audio_io, engine
+
+    start = time.perf_counter()
+    info = audio_io.probe(source)
+    fmt = audio_io.choose_format(info)
+    writer = audio_io.StemWriter(target, info.rate, info.channels, fmt, audio_io.resolve_clip(None, fmt), True)
+    options = engine.EngineOptions(prefetch=prefetch)
+    for stem, _ in engine.separate_stream(FreeModel(device), torch.zeros(1, 1024), audio_io.read_blocks(info),
+                                          info.rate, options):
+        writer.write(stem)
+    writer.commit()
+    return time.perf_counter() - start
+
+
+def run_default(args: argparse.Namespace, env: dict[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    for minutes in args.minutes:
+        source = make_source(args.out / f"stereo44k_{minutes:g}min.wav", minutes)
+        mine = ours([source], args.out, args.device, env)
+        rows.append({"case": f"{minutes:g} min stereo 44.1 kHz", "pipeline": f"clapsep defaults ({mine['precision']})",
+                     "audio_s": minutes * 60, **mine})
+        if not args.skip_baseline:
+            rows.append({"case": f"{minutes:g} min stereo 44.1 kHz", "pipeline": "released recipe (fp32)",
+                         "audio_s": minutes * 60, **baseline(source, args.out, env)})
+    print("\n| audio | pipeline | whole process | audio s / s | peak RSS |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['pipeline']} | {r['wall_s']:.1f} s | {r['audio_s'] / r['wall_s']:.1f} | "
+              f"{r['peak_mib']:.0f} MiB |")
+    return rows
+
+
+def run_free(args: argparse.Namespace) -> list[dict[str, Any]]:
+    device = torch.device(args.device)
+    minutes = args.free_seconds / 60
+    sources = {"stereo 44.1 kHz WAV": make_source(args.out / f"free_stereo44k_{args.free_seconds:g}s.wav", minutes),
+               "mono 32 kHz WAV": make_source(args.out / f"free_mono32k_{args.free_seconds:g}s.wav", minutes, 32000, 1)}
+    free_pipeline(sources["mono 32 kHz WAV"], args.out / "free-warmup.wav", 0, device)  # first-call costs
+    rows = []
+    for name, source in sources.items():
+        for label, prefetch in (("read-ahead thread (default)", 2), ("one thread", 0)):
+            times = [free_pipeline(source, args.out / "free-stem.wav", prefetch, device) for _ in range(args.repeat)]
+            rows.append({"case": name, "pipeline": label, "audio_s": args.free_seconds, "process_s": min(times)})
+    print(f"\n| free model (mask = 1), {args.free_seconds:g} s | pipeline | real time factor (best of "
+          f"{args.repeat}) |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['pipeline']} | {r['audio_s'] / r['process_s']:.0f}x |")
+    return rows
+
+
+def run_clips(args: argparse.Namespace, env: dict[str, str]) -> list[dict[str, Any]]:
+    folder = args.out / f"clips_{args.clips}x{args.clip_seconds:g}s"
+    folder.mkdir(exist_ok=True)
+    clips = [make_source(folder / f"clip{i:03d}.wav", args.clip_seconds / 60) for i in range(args.clips)]
+    total = args.clips * args.clip_seconds
+    long = make_source(args.out / f"stereo44k_{total:g}s.wav", total / 60)
+    rows = [{"case": f"{args.clips} clips of {args.clip_seconds:g} s", "pipeline": "one extract over the folder",
+             "audio_s": total, **ours(clips, args.out / "clips-out", args.device, env)},
+            {"case": f"one file of {total:g} s", "pipeline": "one extract", "audio_s": total,
+             **ours([long], args.out, args.device, env)}]
+    print("\n| input (stereo 44.1 kHz) | run | processing | whole process |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['pipeline']} ({r['precision']}) | {r['process_s']:.1f} s | {r['wall_s']:.1f} s |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--only", nargs="+", choices=["default", "free", "clips"], default=["default", "free", "clips"])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--free-seconds", type=float, default=600)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--clips", type=int, default=40)
+    parser.add_argument("--clip-seconds", type=float, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-baseline", action="store_true")
@@ -132,30 +226,18 @@ def main() -> None:
         baseline_worker(*args.baseline_worker)
         return
 
-    from clapsep_cli.engine import DEFAULT_OVERLAP
-
     args.out.mkdir(parents=True, exist_ok=True)
-    make_store(args.out / "store")
-    env = {**os.environ, "CLAPSEP_HOME": str(args.out / "store"), "PYTHONPATH": str(ROOT)}
-    warm = make_source(args.out / "warmup.wav", 0.2)
-    ours(warm, args.out, 0.0, "fp32", env)  # caches the query embedding
-    rows = []
-    for minutes in args.minutes:
-        source = make_source(args.out / f"stereo44k_{minutes:g}min.wav", minutes)
-        audio_s = minutes * 60
-        runs = []
-        for precision in args.precision:
-            for overlap in (0.0, DEFAULT_OVERLAP):
-                runs.append((f"clapsep {precision}, overlap {overlap:g}", ours(source, args.out, overlap, precision, env)))
-        if not args.skip_baseline:
-            runs.append(("baseline (hard 10 s chunks, official path, fp32)", baseline(source, args.out, env)))
-        for name, r in runs:
-            rows.append({"minutes": minutes, "pipeline": name, **r, "audio_s_per_s": audio_s / r["process_s"]})
-            print(f"{minutes:g} min  {name}: {audio_s / r['process_s']:.1f} audio s/s, "
-                  f"peak {r['peak_mib']:.0f} MiB, wall {r['wall_s']:.0f} s", flush=True)
-    print("\n| audio | pipeline | audio s / s | peak RSS |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['minutes']:g} min | {r['pipeline']} | {r['audio_s_per_s']:.1f} | {r['peak_mib']:.0f} MiB |")
+    rows: list[dict[str, Any]] = []
+    if "free" in args.only:
+        rows += run_free(args)
+    if {"default", "clips"} & set(args.only):
+        make_store(args.out / "store")
+        env = {**os.environ, "CLAPSEP_HOME": str(args.out / "store"), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+        ours([make_source(args.out / "warmup.wav", 0.2)], args.out, args.device, env)  # caches the query embedding
+        if "default" in args.only:
+            rows += run_default(args, env)
+        if "clips" in args.only:
+            rows += run_clips(args, env)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

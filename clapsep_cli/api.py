@@ -34,7 +34,7 @@ from clapsep_cli.queries import AudioRef, EmbeddingCache, Query, condition
 
 REMOVE_METHODS = ("negative", "subtract")
 DEFAULT_REMOVE_METHOD = "negative"
-DEFAULT_PRECISION = "fp32"
+DEFAULT_PRECISION = "auto"
 
 
 @dataclass(frozen=True)
@@ -153,13 +153,12 @@ class Separator:
     def __init__(self, model: str = store.DEFAULT_MODEL, *, device: str = "auto",
                  precision: str = DEFAULT_PRECISION, overlap: float = DEFAULT_OVERLAP,
                  batch_size: int = DEFAULT_BATCH_SIZE, log: Callable[[str], None] | None = None):
-        from clapsep_cli.model import check_precision, resolve_device
+        from clapsep_cli.model import resolve_device, resolve_precision
 
         self.options = EngineOptions(overlap=overlap, batch_size=batch_size)
         self.model_name = model
         self.device = resolve_device(device)
-        check_precision(precision, self.device)
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)  # "auto" becomes what this device runs
         self.log = log or (lambda _msg: None)
         self._model: Any = None
         self._cache: EmbeddingCache | None = None

@@ -7,7 +7,7 @@ query needs them, so a run whose query embeddings are cached starts with the sep
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -17,6 +17,9 @@ from clapsep_cli.separator import Separator
 from clapsep_cli.store import InstalledModel
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+# CPU features that compute bf16 products in hardware: AMX tiles, AVX-512 BF16 dot products.
+BF16_CPU_FEATURES = ("amx_bf16", "avx512_bf16")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,23 +47,61 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_computes_bf16(capabilities: Mapping[str, object] | None = None) -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX-BF16 or AVX512_BF16).
+
+    ``capabilities`` defaults to what PyTorch's cpuinfo detects at run time
+    (``torch.cpu.get_capabilities()``, which also checks that the OS enabled the registers).
+    Elsewhere PyTorch emulates bf16 arithmetic, slower than fp32.
+    """
+    caps = torch.cpu.get_capabilities() if capabilities is None else capabilities
+    return any(bool(caps.get(feature, False)) for feature in BF16_CPU_FEATURES)
+
+
+def cuda_computes_bf16(device: torch.device) -> bool:
+    """Whether the CUDA device has native bf16 (compute capability 8.0 or newer), not emulation."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run uses: ``auto`` is bf16 where ``device`` computes it natively (CPUs
+    with AMX or AVX512_BF16, CUDA GPUs of compute capability 8.0 or newer) and fp32 elsewhere
+    (other CPUs, older GPUs, MPS); an explicit choice is checked against the device."""
+    if precision == "auto":
+        if device.type == "cuda":
+            native = cuda_computes_bf16(device)
+        else:
+            native = device.type == "cpu" and cpu_computes_bf16()
+        precision = "bf16" if native else "fp32"
+    check_precision(precision, device)
+    return precision
+
+
 def check_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of an explicit precision (``auto`` resolves first, see :func:`resolve_precision`)."""
+    if precision == "auto":
+        precision = resolve_precision(precision, device)
     if precision not in PRECISIONS:
-        raise ClapsepError(f"unknown precision {precision!r}: choose fp32, bf16 or fp16")
+        raise ClapsepError(f"unknown precision {precision!r}: choose auto, fp32, bf16 or fp16")
     if precision == "fp16" and device.type == "cpu":
         raise ClapsepError("fp16 is not supported on the CPU; use bf16 or fp32")
     return PRECISIONS[precision]
 
 
 class ClapSep:
-    """Separator and query encoders of one installed model on one device."""
+    """Separator and query encoders of one installed model on one device.
 
-    def __init__(self, installed: InstalledModel, device: torch.device, precision: str = "fp32"):
+    ``precision`` is ``auto`` (see :func:`resolve_precision`), fp32 (the reference: the published
+    model's output to float precision), bf16 or fp16; :attr:`precision` is the one in use.
+    """
+
+    def __init__(self, installed: InstalledModel, device: torch.device, precision: str = "auto"):
         self.installed = installed
         self.cfg = installed.config
         self.device = device
-        self.dtype = check_precision(precision, device)
-        self.precision = precision
+        self.precision = resolve_precision(precision, device)
+        self.dtype = PRECISIONS[self.precision]
         self.separator: Separator = installed.load("separator", Separator, device)
         if self.dtype != torch.float32:
             # Autocast would cast each weight on every call; cast the matrix weights once instead

@@ -119,7 +119,8 @@ _INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "
 
 @contextlib.contextmanager
 def _skip_random_init() -> Iterator[None]:
-    """Make torch.nn.init's fillers (and laion-clap's trunc_normal_) no-ops while building."""
+    """Make torch.nn.init's fillers (and laion-clap's trunc_normal_) no-ops while building, and
+    skip librosa's front-end tables (see :func:`clapsep_cli.laion.placeholder_front_end_tables`)."""
     from clapsep_cli import laion
 
     htsat = laion.htsat()
@@ -129,7 +130,8 @@ def _skip_random_init() -> Iterator[None]:
         setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
     htsat.trunc_normal_ = lambda tensor, *args, **kwargs: tensor
     try:
-        yield
+        with laion.placeholder_front_end_tables():
+            yield
     finally:
         for name, fn in saved.items():
             setattr(torch.nn.init, name, fn)

@@ -89,3 +89,11 @@ def test_streaming_resample_equals_whole_signal(orig: int, new: int) -> None:
     streamed = torch.cat(parts, dim=1)
     assert streamed.shape == whole.shape
     assert torch.allclose(streamed, whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [320000, 100003, 7777, 1000, 513])
+def test_istft_is_torch_istft_bit_for_bit(length: int) -> None:
+    spec = dsp.stft(torch.randn(2, 3, length)) * torch.rand(2, 3, 513, 1)
+    window = torch.hann_window(1024)
+    ref = torch.istft(spec.reshape(6, 513, -1), 1024, 320, 1024, window, center=True, length=length)
+    assert torch.equal(dsp.istft(spec, length), ref.reshape(2, 3, length))

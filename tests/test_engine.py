@@ -135,7 +135,7 @@ def test_backlog_is_bounded_by_segments_not_length(batch: int) -> None:
             backlog.append(consumed - written)
             return super().masks(mixture, condition, spec)
 
-    options = EngineOptions(overlap=0.25, batch_size=batch)
+    options = EngineOptions(overlap=0.25, batch_size=batch, prefetch=0)  # read-ahead: tests/test_pipeline.py
     for target, _ in separate_stream(Spy(), torch.zeros(1, 4), source(), 32000, options):
         written += len(target)
     assert written == len(x) and len(backlog) == 20 // batch

@@ -45,7 +45,8 @@ def test_stem_equals_official_forward(layout: int, positive: str, negative: str 
     monkeypatch.setenv("CLAPSEP_HOME", str(layout_store))
     x = tone(10.0, 32000, seed=layout)
     src = write_audio(tmp_path / "in.wav", x, 32000)
-    args = ["extract", positive, str(src), "--model", f"layout{layout}", "--device", "cpu", "-o", str(tmp_path / "stem.wav")]
+    args = ["extract", positive, str(src), "--model", f"layout{layout}", "--device", "cpu", "--precision", "fp32",
+            "-o", str(tmp_path / "stem.wav")]
     if negative:
         args += ["-n", negative]
     result = CliRunner().invoke(main, args)

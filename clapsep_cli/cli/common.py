@@ -17,8 +17,11 @@ F = Callable[..., Any]
 
 def model_options(f: F) -> F:
     """--model, --device and --precision."""
-    f = click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-                     help="Arithmetic of the network (bf16/fp16 trade a little accuracy for speed).")(f)
+    f = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                     show_default=True,
+                     help="Arithmetic of the network: auto is bf16 where the hardware computes it natively (CPUs "
+                          "with AMX or AVX512_BF16, CUDA GPUs from compute 8.0), else fp32; fp32 reproduces the "
+                          "published model exactly. --json reports the one used.")(f)
     f = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|mps",
                      help="Where the network runs.")(f)
     f = click.option("--model", "model_name", default=store.DEFAULT_MODEL, show_default=True, metavar="NAME",
