@@ -9,6 +9,7 @@ A failing file (unreadable, a write error such as a full disk) is recorded and t
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import time
@@ -334,13 +335,14 @@ class Extractor:
             stop = None if self.region.end is None else p.last  # to the real end (ffmpeg lengths may be estimates)
             stream = engine.separate_stream(self.model, self.condition, audio_io.read_blocks(info, p.first, stop),
                                             info.rate, self.options, self.progress.advance)
-            for target, src in stream:
-                peak = max(peak, float(np.max(np.abs(src))))
-                frames += len(target)
-                stem = src - target if self.invert else target
-                writers[0].write(stem)
-                if p.residual is not None:
-                    writers[1].write(src - stem)
+            with contextlib.closing(stream):  # a failed write stops the read-ahead thread at once
+                for target, src in stream:
+                    peak = max(peak, float(np.max(np.abs(src))))
+                    frames += len(target)
+                    stem = src - target if self.invert else target
+                    writers[0].write(stem)
+                    if p.residual is not None:
+                        writers[1].write(src - stem)
             if frames == 0:
                 raise AudioError(f"{source}: contains no audio")
             if peak == 0.0:
