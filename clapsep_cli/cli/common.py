@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from clapsep_cli import store
-from clapsep_cli.engine import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, EngineOptions
-from clapsep_cli.queries import parse_time
+from clapsep_cli.query_spec import parse_time
+
+if TYPE_CHECKING:
+    from clapsep_cli.engine import EngineOptions
 
 F = Callable[..., Any]
 
 
 def model_options(f: F) -> F:
     """--model, --device and --precision."""
+    from clapsep_cli import store
+
     f = click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
                      help="Arithmetic of the network (bf16/fp16 trade a little accuracy for speed).")(f)
     f = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|mps",
@@ -28,6 +31,8 @@ def model_options(f: F) -> F:
 
 def engine_options(f: F) -> F:
     """--overlap and --batch-size."""
+    from clapsep_cli.engine import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP
+
     f = click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
                      help="10 s segments per network call.")(f)
     f = click.option("--overlap", type=click.FloatRange(0.0, 0.5), default=DEFAULT_OVERLAP, show_default=True,
@@ -36,6 +41,8 @@ def engine_options(f: F) -> F:
 
 
 def engine_settings(overlap: float, batch_size: int) -> EngineOptions:
+    from clapsep_cli.engine import EngineOptions
+
     return EngineOptions(overlap=overlap, batch_size=batch_size)
 
 
@@ -56,6 +63,7 @@ class TimeType(click.ParamType):
 def load_model(model_name: str, device: str, precision: str, quiet: bool) -> Any:
     """Resolve the device, make sure the model is installed (downloading the default on first
     use when online) and load it."""
+    from clapsep_cli import store
     from clapsep_cli.model import ClapSep, check_precision, resolve_device
 
     dev = resolve_device(device)
