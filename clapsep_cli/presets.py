@@ -32,7 +32,7 @@ import platformdirs
 
 from clapsep_cli import atomic, resources
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.queries import AudioRef, Query, slugify
+from clapsep_cli.query_spec import AudioRef, Query, slugify
 
 KEYS = {"description", "positive", "negative", "positive_audio", "negative_audio", "audio_weight", "suffix",
         "residual"}

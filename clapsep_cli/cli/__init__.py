@@ -1,9 +1,15 @@
-"""The ``clapsep`` command line: a thin layer that parses, calls the library and prints."""
+"""The ``clapsep`` command line: a thin layer that parses, calls the library and prints.
+
+Commands are loaded on first use (click's lazy-group pattern), so ``clapsep --help``,
+``clapsep --version`` and the preset commands start without importing torch.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -12,8 +18,80 @@ from clapsep_cli import __version__
 from clapsep_cli.errors import ClapsepError
 
 
+@dataclass(frozen=True)
+class LazyCommand:
+    """Where a command lives (``"module:attribute"``) and its short help, shown by ``--help``
+    without importing the module (a test checks it equals the command's own)."""
+
+    import_path: str
+    short_help: str
+
+
+COMMANDS = {
+    "extract": LazyCommand("clapsep_cli.cli.extract_cmd:extract",
+                           "Keep the sound QUERY describes, from each FILE (or folder)."),
+    "remove": LazyCommand("clapsep_cli.cli.extract_cmd:remove",
+                          "Keep everything but the sound QUERY describes, from each FILE (or folder)."),
+    "presets": LazyCommand("clapsep_cli.cli.presets_cmd:presets_group",
+                           "Named queries: shipped ones, and your own (which override shipped ones by name)."),
+    "embed": LazyCommand("clapsep_cli.cli.embed_cmd:embed",
+                         "Cache the CLAP embeddings of TEXTS and presets, so later runs start without the "
+                         "text encoder."),
+    "evaluate": LazyCommand("clapsep_cli.cli.evaluate_cmd:evaluate",
+                            "Score a model on MANIFEST: the paper's protocol (source_file, positive_caption, "
+                            "noise_file, negative_caption: 10 s clips mixed at 0 dB) or your own pairs "
+                            "(mixture_file, target_file, positive_caption[, negative_caption])."),
+    "train": LazyCommand("clapsep_cli.cli.train_cmd:train",
+                         "Fine-tune on the captioned clips in DATA_DIR; the result is an installed model."),
+    "models": LazyCommand("clapsep_cli.cli.models_cmd:models",
+                          "Install, list and locate models (store: $CLAPSEP_HOME or your user data folder)."),
+    "audacity": LazyCommand("clapsep_cli.cli.audacity_cmd:audacity",
+                            "Work inside a running Audacity (mod-script-pipe)."),
+    "reaper": LazyCommand("clapsep_cli.cli.reaper_cmd:reaper",
+                          "Install REAPER actions (one per preset, plus a free-text one)."),
+}
+
+
 class ClapsepGroup(click.Group):
-    """A command group that turns :class:`ClapsepError` into one line on stderr and exit 1."""
+    """A command group that imports each command on first use and turns :class:`ClapsepError`
+    into one line on stderr and exit 1."""
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, LazyCommand] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands:
+            return self.load_command(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def load_command(self, name: str) -> click.Command:
+        """Import the command ``name``; a module that fails to import is one clear error."""
+        module_name, attribute = self.lazy_commands[name].import_path.split(":")
+        try:
+            command = getattr(importlib.import_module(module_name), attribute)
+        except Exception as err:  # noqa: BLE001 - any failure to import is reported the same way
+            raise ClapsepError(f"cannot load the '{name}' command ({type(err).__name__}: {err})") from err
+        if not isinstance(command, click.Command):
+            raise ClapsepError(f"cannot load the '{name}' command: {self.lazy_commands[name].import_path} "
+                               "is not a command")
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands as click does, taking lazy commands' short help from the registry."""
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy_commands:
+                rows.append((name, click.Command(name, help=self.lazy_commands[name].short_help)))
+            elif (command := super().get_command(ctx, name)) is not None and not command.hidden:
+                rows.append((name, command))
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in rows])
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -28,7 +106,7 @@ class ClapsepGroup(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=ClapsepGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ClapsepGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="clapsep")
 def main() -> None:
     """Pull one sound out of a recording by describing it (CLAPSep).
@@ -40,21 +118,3 @@ def main() -> None:
       clapsep models download
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _register() -> None:
-    from clapsep_cli.cli import (
-        audacity_cmd, embed_cmd, evaluate_cmd, extract_cmd, models_cmd, presets_cmd, reaper_cmd, train_cmd)
-
-    main.add_command(extract_cmd.extract)
-    main.add_command(extract_cmd.remove)
-    main.add_command(presets_cmd.presets_group)
-    main.add_command(embed_cmd.embed)
-    main.add_command(evaluate_cmd.evaluate)
-    main.add_command(train_cmd.train)
-    main.add_command(models_cmd.models)
-    main.add_command(audacity_cmd.audacity)
-    main.add_command(reaper_cmd.reaper)
-
-
-_register()

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from clapsep_cli import store
-from clapsep_cli.engine import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, EngineOptions
-from clapsep_cli.queries import parse_time
+from clapsep_cli.query_spec import parse_time
+
+if TYPE_CHECKING:
+    from clapsep_cli.engine import EngineOptions
 
 F = Callable[..., Any]
 
 
 def model_options(f: F) -> F:
     """--model, --device and --precision."""
+    from clapsep_cli import store
+
     f = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                      show_default=True,
                      help="Arithmetic of the network: auto is bf16 where the hardware computes it natively (CPUs "
@@ -31,6 +34,8 @@ def model_options(f: F) -> F:
 
 def engine_options(f: F) -> F:
     """--overlap and --batch-size."""
+    from clapsep_cli.engine import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP
+
     f = click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
                      help="10 s segments per network call.")(f)
     f = click.option("--overlap", type=click.FloatRange(0.0, 0.5), default=DEFAULT_OVERLAP, show_default=True,
@@ -39,6 +44,8 @@ def engine_options(f: F) -> F:
 
 
 def engine_settings(overlap: float, batch_size: int) -> EngineOptions:
+    from clapsep_cli.engine import EngineOptions
+
     return EngineOptions(overlap=overlap, batch_size=batch_size)
 
 
@@ -66,14 +73,13 @@ def flag(setting: str) -> str:
     return _FLAGS.get(setting, "--" + setting.replace("_", "-"))
 
 
-def separator(model_name: str, device: str, precision: str, quiet: bool, overlap: float = DEFAULT_OVERLAP,
-              batch_size: int = DEFAULT_BATCH_SIZE) -> Any:
+def separator(model_name: str, device: str, precision: str, quiet: bool, **engine: Any) -> Any:
     """The library's :class:`~clapsep_cli.api.Separator` for these options; it loads the model
     on first use (downloading the default model when missing and online), saying so on stderr
-    unless ``quiet``."""
+    unless ``quiet``. ``engine``: ``overlap`` and ``batch_size``, where the command has them."""
     from clapsep_cli.api import Separator
 
-    return Separator(model_name, device=device, precision=precision, overlap=overlap, batch_size=batch_size,
+    return Separator(model_name, device=device, precision=precision, **engine,
                      log=None if quiet else lambda msg: click.echo(msg, err=True))
 
 
