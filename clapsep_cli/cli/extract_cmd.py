@@ -207,7 +207,7 @@ def run_job(query: Query, files: list[Path], opts: JobOptions, invert: bool = Fa
 
 
 def _run(query: Query, files: list[Path], opts: JobOptions, invert: bool, method: str | None) -> None:
-    from clapsep_cli import progress as progress_mod
+    from clapsep_cli.cli import progress as progress_mod
 
     started = time.perf_counter()
     inputs, stems = collect_inputs(files, opts.pattern, opts.include_stems)
