@@ -34,8 +34,8 @@ from torch import nn
 
 from clapsep_cli import dsp, lora, metrics, store
 from clapsep_cli.config import ENCODER_RATE, QUERY_SECONDS, SAMPLE_RATE, SEGMENT_SAMPLES, ModelConfig
+from clapsep_cli.data import load_mono32, mix_at_0db, pad_or_trim
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.evaluate import load_mono32, mix_at_0db
 from clapsep_cli.query_encoder import AudioEncoder, TextEncoder, Tokenizer
 from clapsep_cli.separator import Separator
 
@@ -79,10 +79,6 @@ def read_captions(data_dir: Path, captions: Path) -> list[Clip]:
     if len(clips) < 4:
         raise ClapsepError(f"{captions}: needs at least 4 captioned clips")
     return clips
-
-
-def pad_or_trim(x: torch.Tensor, length: int) -> torch.Tensor:
-    return F.pad(x[:length], (0, max(length - x.shape[-1], 0)))
 
 
 class MixtureDataset(torch.utils.data.Dataset):
