@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from clapsep_cli import store
+from clapsep_cli import install, store
 from clapsep_cli.config import TINY
 from tests import official
 
@@ -66,7 +66,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, tiny_files: Artefacts) 
     root = tmp_path_factory.mktemp("store")
     mp = pytest.MonkeyPatch()
     mp.setenv("CLAPSEP_HOME", str(root))
-    store.install(store.DEFAULT_MODEL, tiny_files.clap, tiny_files.layouts[1], tiny_files.tokenizer, config=TINY)
+    install.install(store.DEFAULT_MODEL, tiny_files.clap, tiny_files.layouts[1], tiny_files.tokenizer, config=TINY)
     mp.undo()
     return root
 

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from clapsep_cli import store
+from clapsep_cli import install, store
 from clapsep_cli.cli import main
 from clapsep_cli.config import RELEASED, TINY
 from clapsep_cli.query_encoder import TextEncoder, Tokenizer
@@ -33,7 +33,7 @@ def layout_store(tmp_path_factory: pytest.TempPathFactory, tiny_files: Artefacts
     mp = pytest.MonkeyPatch()
     mp.setenv("CLAPSEP_HOME", str(root))
     for n, path in tiny_files.layouts.items():
-        store.install(f"layout{n}", tiny_files.clap, path, tiny_files.tokenizer, config=TINY)
+        install.install(f"layout{n}", tiny_files.clap, path, tiny_files.tokenizer, config=TINY)
     mp.undo()
     return root
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clapsep_cli import store
+from clapsep_cli import install, store
 from clapsep_cli.config import RELEASED
 from clapsep_cli.model import ClapSep
 from tests import official
@@ -54,7 +54,7 @@ def ours(released_clap: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPa
     clap_path, sep_path, tok_dir = released_clap
     mp = pytest.MonkeyPatch()
     mp.setenv("CLAPSEP_HOME", str(tmp_path_factory.mktemp("store")))
-    installed = store.install("released", clap_path, sep_path, tok_dir, config=RELEASED)
+    installed = install.install("released", clap_path, sep_path, tok_dir, config=RELEASED)
     mp.undo()
     return ClapSep(installed, torch.device("cpu"))
 

@@ -56,12 +56,13 @@ class TimeType(click.ParamType):
 def load_model(model_name: str, device: str, precision: str, quiet: bool) -> Any:
     """Resolve the device, make sure the model is installed (downloading the default on first
     use when online) and load it."""
+    from clapsep_cli.download import ensure_model
     from clapsep_cli.model import ClapSep, check_precision, resolve_device
 
     dev = resolve_device(device)
     check_precision(precision, dev)
     log = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    installed = store.ensure_model(model_name, log=log)
+    installed = ensure_model(model_name, log=log)
     return ClapSep(installed, dev, precision)
 
 
