@@ -289,6 +289,41 @@ def test_fast_loading_equals_building_then_loading(home: Path, part: str) -> Non
         assert torch.equal(fast.text_branch.embeddings.position_ids[0], torch.arange(514))
 
 
+class _Computed(nn.Module):
+    """A layer with weights and a table its constructor computes, kept out of checkpoints."""
+
+    def __init__(self, table_from_empty: bool = False) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+        table = torch.empty(6).fill_(2.0) if table_from_empty else torch.hann_window(6)
+        self.register_buffer("table", table, persistent=False)
+
+
+def test_weights_on_meta_keeps_computed_tensors_and_changes_nothing_outside() -> None:
+    import threading
+
+    from clapsep_cli.fast_build import check_materialised, weights_on_meta
+
+    state = _Computed().state_dict()
+    seen_elsewhere: list[torch.device] = []
+    with weights_on_meta():
+        layer = _Computed()
+        other = threading.Thread(target=lambda: seen_elsewhere.append(nn.Linear(2, 2).weight.device))
+        other.start()
+        other.join()
+    assert layer.linear.weight.is_meta and not layer.table.is_meta
+    assert seen_elsewhere == [torch.device("cpu")]  # another thread builds as usual meanwhile
+    assert not nn.Linear(2, 2).weight.is_meta and nn.init.normal_(torch.zeros(100)).std() > 0.5  # and afterwards
+    layer.load_state_dict(state, assign=True)
+    check_materialised(layer)
+    assert torch.equal(layer.table, torch.hann_window(6)) and torch.equal(layer.linear.weight, state["linear.weight"])
+    with weights_on_meta():
+        hollow = _Computed(table_from_empty=True)
+    hollow.load_state_dict(state, assign=True)
+    with pytest.raises(RuntimeError, match="tensors no checkpoint filled: table"):
+        check_materialised(hollow)
+
+
 def test_pickled_objects_need_trust_pickle(empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
     import argparse
 
