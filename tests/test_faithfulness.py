@@ -62,10 +62,10 @@ def test_stem_equals_official_forward(layout: int, positive: str, negative: str 
     assert np.max(np.abs(ref)) > 1e-3  # the comparison is not between two silences
 
 
-def test_full_size_released_architecture_separates_a_clip() -> None:
+@pytest.mark.slow
+def test_full_size_released_architecture_separates_a_clip(released_files: Artefacts) -> None:
     """Random weights at the real sizes: the fast path equals the unmerged official path."""
-    clap = {k: v for k, v in Separator(RELEASED).state_dict().items() if k.startswith("audio_branch.")}
-    training = official.random_clapsep_training_state(RELEASED, clap, seed=3)
+    training = released_files.training_state
     sep = Separator(RELEASED)
     sep.load_state_dict(_merged(training), strict=True)
     sep.eval()

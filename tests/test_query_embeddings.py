@@ -11,18 +11,15 @@ import torch
 from clapsep_cli import install, store
 from clapsep_cli.config import RELEASED
 from clapsep_cli.model import ClapSep
-from tests import official
-from tests.conftest import tone
+from tests.conftest import Artefacts, tone
+
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def released_clap(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    root = tmp_path_factory.mktemp("released")
-    clap = official.random_clap_state(RELEASED, seed=5)
-    training = official.random_clapsep_training_state(RELEASED, clap, seed=6)
-    clap_path = official.write_clap(root / "clap.pt", clap)
-    sep_path = official.write_clapsep(root / "sep.ckpt", training, clap, layout=1)
-    return clap_path, sep_path, official.write_tokenizer(root / "tok")
+def released_clap(released_files: Artefacts) -> tuple[Path, Path, Path]:
+    return released_files.clap, released_files.layouts[1], released_files.tokenizer
 
 
 @pytest.fixture(scope="module")
