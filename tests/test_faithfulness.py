@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from clapsep_cli import install, store
+from clapsep_cli import install
 from clapsep_cli.cli import main
 from clapsep_cli.config import RELEASED, TINY
 from clapsep_cli.query_encoder import TextEncoder, Tokenizer

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from clapsep_cli import install, store
+from clapsep_cli import install
 from clapsep_cli.config import RELEASED
 from clapsep_cli.model import ClapSep
 from tests.conftest import Artefacts, tone
-
 
 pytestmark = pytest.mark.slow
 

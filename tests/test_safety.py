@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clapsep_cli import audio_io, install, store
+from clapsep_cli import audio_io, install
 from clapsep_cli.atomic import TempFile
 from clapsep_cli.config import TINY
 from tests.conftest import Artefacts, tone, write_audio
