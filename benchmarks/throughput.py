@@ -64,6 +64,7 @@ def make_store(root: Path) -> None:
     """A store with a full-size random-weight model and the query's embedding cached."""
     from clapsep_cli import store
     from clapsep_cli.config import RELEASED
+    from clapsep_cli.install import write_model
     from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
     from clapsep_cli.separator import Separator
     from tests.official import write_tokenizer
@@ -75,8 +76,8 @@ def make_store(root: Path) -> None:
     parts = {"separator": Separator(RELEASED).state_dict(), "text": TextEncoder(RELEASED).state_dict(),
              "audio": AudioEncoder(RELEASED).state_dict()}
     with tempfile.TemporaryDirectory() as tok:
-        store.write_model(store.DEFAULT_MODEL, parts, RELEASED, write_tokenizer(Path(tok)), False,
-                          {"origin": "benchmark (random weights)"})
+        write_model(store.DEFAULT_MODEL, parts, RELEASED, write_tokenizer(Path(tok)), False,
+                    {"origin": "benchmark (random weights)"})
 
 
 def spawn(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:

@@ -172,10 +172,11 @@ class Separator:
     def model(self) -> Any:
         """The loaded :class:`clapsep_cli.model.ClapSep` (loading it on first use)."""
         if self._model is None:
+            from clapsep_cli.download import ensure_model
             from clapsep_cli.model import ClapSep
 
             started = time.perf_counter()
-            installed = store.ensure_model(self.model_name, log=self.log)
+            installed = ensure_model(self.model_name, log=self.log)
             self._model = ClapSep(installed, self.device, self.precision)
             self.load_seconds = time.perf_counter() - started
         return self._model

@@ -32,32 +32,13 @@ import torch
 
 from clapsep_cli import audio_io, engine, metrics
 from clapsep_cli.config import SAMPLE_RATE, SEGMENT_SAMPLES
+from clapsep_cli.data import load_mono32, mix_at_0db
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.queries import Query
 
 BENCHMARK_COLUMNS = ("source_file", "positive_caption", "noise_file", "negative_caption")
 PAIR_COLUMNS = ("mixture_file", "target_file", "positive_caption")
 MODES = ("with_negative", "positive_only")
-
-
-def load_mono32(path: Path, length: int | None = None) -> torch.Tensor:
-    """A file as 32 kHz mono; cut or zero-padded to ``length`` samples if given."""
-    mono = audio_io.read_mono(path, SAMPLE_RATE)
-    if length is not None:
-        mono = torch.nn.functional.pad(mono[:length], (0, max(length - mono.shape[-1], 0)))
-    return mono
-
-
-def mix_at_0db(target: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mixture, target): noise scaled to the target's power, then the peak rule."""
-    e_target, e_noise = target.square().sum(), noise.square().sum()
-    if e_target == 0 or e_noise == 0:
-        raise ClapsepError("silent target or noise clip")
-    mixture = target + noise * torch.sqrt(e_target / e_noise)
-    peak = mixture.abs().max()
-    if peak > 1:
-        mixture, target = mixture * (0.9 / peak), target * (0.9 / peak)
-    return mixture, target
 
 
 def read_manifest(path: Path) -> tuple[str, list[dict[str, str]]]:

@@ -34,8 +34,9 @@ from torch import nn
 
 from clapsep_cli import dsp, lora, metrics, store
 from clapsep_cli.config import ENCODER_RATE, QUERY_SECONDS, SAMPLE_RATE, SEGMENT_SAMPLES, ModelConfig
+from clapsep_cli.data import load_mono32, mix_at_0db, pad_or_trim
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.evaluate import load_mono32, mix_at_0db
+from clapsep_cli.install import write_model
 from clapsep_cli.query_encoder import AudioEncoder, TextEncoder, Tokenizer
 from clapsep_cli.separator import Separator
 
@@ -79,10 +80,6 @@ def read_captions(data_dir: Path, captions: Path) -> list[Clip]:
     if len(clips) < 4:
         raise ClapsepError(f"{captions}: needs at least 4 captioned clips")
     return clips
-
-
-def pad_or_trim(x: torch.Tensor, length: int) -> torch.Tensor:
-    return F.pad(x[:length], (0, max(length - x.shape[-1], 0)))
 
 
 class MixtureDataset(torch.utils.data.Dataset):
@@ -337,9 +334,9 @@ class Trainer:
             separator.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["separator"])
         lora.detach_merged(separator.audio_branch)
         parts = {"separator": separator.state_dict(), "text": self.text_state, "audio": self.audio_state}
-        return store.write_model(self.settings.out_name, parts, self.cfg, self.tokenizer_dir, overwrite,
-                                 {"origin": "train", "base": self.origin, "best_val_si_sdri": self.best,
-                                  "epochs": self.epoch})
+        return write_model(self.settings.out_name, parts, self.cfg, self.tokenizer_dir, overwrite,
+                           {"origin": "train", "base": self.origin, "best_val_si_sdri": self.best,
+                            "epochs": self.epoch})
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
@@ -394,12 +391,10 @@ def from_scratch(cfg: ModelConfig, seed: int) -> tuple[dict[str, torch.Tensor], 
 def from_model(name: str) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, torch.Tensor],
                                    dict[str, torch.Tensor], Path]:
     """Weights of an installed model, to fine-tune."""
-    from safetensors.torch import load_file
-
     model = store.get_model(name)
     if model.manifest.get("tokenizer") is None:
         raise ClapsepError(f"model {name!r} has no tokenizer; training needs text captions")
-    parts = [load_file(model.path / f"{part}.safetensors") for part in store.PARTS]
+    parts = [model.read_part(part) for part in store.PARTS]
     return (model.config, *parts, model.tokenizer_dir)
 
 

@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from clapsep_cli import store
-from clapsep_cli.config import TINY
+from clapsep_cli import install, store
+from clapsep_cli.config import RELEASED, TINY, ModelConfig
 from tests import official
 
 
@@ -41,7 +41,7 @@ def no_network() -> Iterator[None]:
 
 @dataclass
 class Artefacts:
-    """Random-weight checkpoints of one architecture in every official layout, and their weights."""
+    """Random-weight checkpoints of one architecture in official layouts, and their weights."""
 
     clap: Path
     tokenizer: Path
@@ -50,14 +50,23 @@ class Artefacts:
     training_state: dict[str, torch.Tensor]
 
 
+def _artefacts(root: Path, cfg: ModelConfig, layouts: tuple[int, ...], clap_seed: int, training_seed: int) -> Artefacts:
+    clap = official.random_clap_state(cfg, seed=clap_seed)
+    training = official.random_clapsep_training_state(cfg, clap, seed=training_seed)
+    written = {n: official.write_clapsep(root / f"clapsep{n}.ckpt", training, clap, n) for n in layouts}
+    return Artefacts(official.write_clap(root / "clap.pt", clap), official.write_tokenizer(root / "tok"), written,
+                     clap, training)
+
+
 @pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> Artefacts:
-    root = tmp_path_factory.mktemp("checkpoints")
-    clap = official.random_clap_state(TINY, seed=0)
-    training = official.random_clapsep_training_state(TINY, clap, seed=1)
-    layouts = {n: official.write_clapsep(root / f"clapsep{n}.ckpt", training, clap, n) for n in (1, 2, 3)}
-    return Artefacts(official.write_clap(root / "clap.pt", clap), official.write_tokenizer(root / "tok"), layouts,
-                     clap, training)
+    return _artefacts(tmp_path_factory.mktemp("checkpoints"), TINY, (1, 2, 3), clap_seed=0, training_seed=1)
+
+
+@pytest.fixture(scope="session")
+def released_files(tmp_path_factory: pytest.TempPathFactory) -> Artefacts:
+    """Random-weight checkpoints at the released model's full size (layout 1), built once per run."""
+    return _artefacts(tmp_path_factory.mktemp("released"), RELEASED, (1,), clap_seed=5, training_seed=6)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +75,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, tiny_files: Artefacts) 
     root = tmp_path_factory.mktemp("store")
     mp = pytest.MonkeyPatch()
     mp.setenv("CLAPSEP_HOME", str(root))
-    store.install(store.DEFAULT_MODEL, tiny_files.clap, tiny_files.layouts[1], tiny_files.tokenizer, config=TINY)
+    install.install(store.DEFAULT_MODEL, tiny_files.clap, tiny_files.layouts[1], tiny_files.tokenizer, config=TINY)
     mp.undo()
     return root
 

@@ -25,6 +25,7 @@ from tests.audacity import live
 from tests.conftest import tone, write_audio
 
 RATE = 44100
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

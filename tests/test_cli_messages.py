@@ -15,7 +15,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from clapsep_cli import store
+from clapsep_cli import install, store
 from clapsep_cli.cli import main
 from clapsep_cli.config import TINY
 from tests.conftest import Artefacts, tone, write_audio
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_tokenizer_hint_is_a_command_that_works(empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
-    store.install(store.DEFAULT_MODEL, tiny_files.clap, tiny_files.layouts[1], None, config=TINY)
+    install.install(store.DEFAULT_MODEL, tiny_files.clap, tiny_files.layouts[1], None, config=TINY)
     src = write_audio(tmp_path / "walk.wav", tone(1.0, 32000), 32000)
     first = CliRunner().invoke(main, ["extract", "dog", str(src)])
     assert first.exit_code == 1

@@ -27,6 +27,7 @@ from click.testing import CliRunner
 
 from clapsep_cli import store
 from clapsep_cli.cli import main
+from clapsep_cli.download import CLAP_FILE, CLAP_REPO, CLAPSEP_FILE, CLAPSEP_REPO, TOKENIZER_FILES, TOKENIZER_REPO
 from tests.conftest import Artefacts, tone, write_audio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,10 +143,10 @@ def _handler(state: HubState, cdn: bool) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def hub(tiny_files: Artefacts) -> Iterator[tuple[str, HubState]]:
     files = {
-        f"/{store.CLAP_REPO}/resolve/main/{store.CLAP_FILE}": tiny_files.clap.read_bytes(),
-        f"/spaces/{store.CLAPSEP_REPO}/resolve/main/{store.CLAPSEP_FILE}": tiny_files.layouts[1].read_bytes(),
-        **{f"/{store.TOKENIZER_REPO}/resolve/main/{name}": (tiny_files.tokenizer / name).read_bytes()
-           for name in store.TOKENIZER_FILES},
+        f"/{CLAP_REPO}/resolve/main/{CLAP_FILE}": tiny_files.clap.read_bytes(),
+        f"/spaces/{CLAPSEP_REPO}/resolve/main/{CLAPSEP_FILE}": tiny_files.layouts[1].read_bytes(),
+        **{f"/{TOKENIZER_REPO}/resolve/main/{name}": (tiny_files.tokenizer / name).read_bytes()
+           for name in TOKENIZER_FILES},
     }
     state = HubState(files, {p for p in files if p.endswith((".pt", ".ckpt"))})
     servers = [ThreadingHTTPServer(("127.0.0.1", 0), _handler(state, cdn)) for cdn in (False, True)]
@@ -182,6 +183,7 @@ def _installed(home: Path) -> list[str]:
     return sorted(p.name for p in models.iterdir()) if models.is_dir() else []
 
 
+@pytest.mark.slow
 def test_clean_download_installs_a_working_model(hub: tuple[str, HubState], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint, state = hub
@@ -191,7 +193,7 @@ def test_clean_download_installs_a_working_model(hub: tuple[str, HubState], tmp_
     monkeypatch.setenv("CLAPSEP_HOME", str(home))
     installed = store.get_model()
     assert installed.manifest["origin"] == "download"
-    clapsep_path = f"/spaces/{store.CLAPSEP_REPO}/resolve/main/{store.CLAPSEP_FILE}"
+    clapsep_path = f"/spaces/{CLAPSEP_REPO}/resolve/main/{CLAPSEP_FILE}"
     assert installed.manifest["sources"]["clapsep"]["sha256"] == state.true_etag(clapsep_path)
     assert installed.manifest["tokenizer"] is not None
     assert not (home / "downloads").exists()  # the originals are gone once converted
@@ -201,16 +203,17 @@ def test_clean_download_installs_a_working_model(hub: tuple[str, HubState], tmp_
     assert (tmp_path / "in.dog.wav").is_file()
 
 
+@pytest.mark.slow
 def test_interrupted_download_resumes_on_the_next_run(hub: tuple[str, HubState], tmp_path: Path) -> None:
     endpoint, state = hub
     home = tmp_path / "store"
-    clap_path = f"/{store.CLAP_REPO}/resolve/main/{store.CLAP_FILE}"
+    clap_path = f"/{CLAP_REPO}/resolve/main/{CLAP_FILE}"
     clap_sha, size = state.true_etag(clap_path), len(state.files[clap_path])
     state.cut[clap_sha] = size - 4096  # past the client's first 10 MiB write, short of the end
     assert size - 4096 > 10 << 20
     cmd, env = _download_cmd(endpoint, home)
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    part = home / "downloads" / store.CLAP_REPO.replace("/", "--") / f"{clap_sha}.part"
+    part = home / "downloads" / CLAP_REPO.replace("/", "--") / f"{clap_sha}.part"
     try:
         assert state.stalled.wait(WAIT), "the first run never reached the CDN"
         deadline = time.monotonic() + WAIT
@@ -234,10 +237,11 @@ def test_interrupted_download_resumes_on_the_next_run(hub: tuple[str, HubState],
     assert _installed(home) == [store.DEFAULT_MODEL]
 
 
+@pytest.mark.slow
 def test_connection_lost_part_way_resumes_in_the_same_run(hub: tuple[str, HubState], tmp_path: Path) -> None:
     endpoint, state = hub
     home = tmp_path / "store"
-    clap_path = f"/{store.CLAP_REPO}/resolve/main/{store.CLAP_FILE}"
+    clap_path = f"/{CLAP_REPO}/resolve/main/{CLAP_FILE}"
     clap_sha, size = state.true_etag(clap_path), len(state.files[clap_path])
     state.drop[clap_sha] = size - 4096
     result = download(endpoint, home)
@@ -249,14 +253,15 @@ def test_connection_lost_part_way_resumes_in_the_same_run(hub: tuple[str, HubSta
     assert manifest["sources"]["clap"]["sha256"] == clap_sha
 
 
+@pytest.mark.slow
 def test_checksum_mismatch_fails_in_one_line_and_installs_nothing(hub: tuple[str, HubState], tmp_path: Path) -> None:
     endpoint, state = hub
     home = tmp_path / "store"
-    clapsep_path = f"/spaces/{store.CLAPSEP_REPO}/resolve/main/{store.CLAPSEP_FILE}"
+    clapsep_path = f"/spaces/{CLAPSEP_REPO}/resolve/main/{CLAPSEP_FILE}"
     state.etags[clapsep_path] = hashlib.sha256(b"the file the Hub recorded").hexdigest()
     result = download(endpoint, home)
     assert result.returncode == 1
-    expected = (f"clapsep: error: {store.CLAPSEP_REPO}/{store.CLAPSEP_FILE}: downloaded bytes do not match the "
+    expected = (f"clapsep: error: {CLAPSEP_REPO}/{CLAPSEP_FILE}: downloaded bytes do not match the "
                 f"checksum the server gives ({state.etags[clapsep_path]}); nothing installed, re-run to download it "
                 "again")
     assert _error_lines(result.stderr) == [expected]
@@ -264,15 +269,16 @@ def test_checksum_mismatch_fails_in_one_line_and_installs_nothing(hub: tuple[str
     assert not list((home / "downloads").rglob("*.part"))  # a bad file is not resumed either
 
 
+@pytest.mark.slow
 def test_missing_file_is_one_line_naming_it_and_the_offline_fix(hub: tuple[str, HubState], tmp_path: Path) -> None:
     endpoint, state = hub
-    del state.files[f"/spaces/{store.CLAPSEP_REPO}/resolve/main/{store.CLAPSEP_FILE}"]
+    del state.files[f"/spaces/{CLAPSEP_REPO}/resolve/main/{CLAPSEP_FILE}"]
     started = time.monotonic()
     result = download(endpoint, tmp_path / "store")
     assert time.monotonic() - started < 30
     assert result.returncode == 1
     [line] = _error_lines(result.stderr)
-    assert f"cannot download {store.CLAPSEP_REPO}/{store.CLAPSEP_FILE} from {endpoint}: HTTP 404 (not found)" in line
+    assert f"cannot download {CLAPSEP_REPO}/{CLAPSEP_FILE} from {endpoint}: HTTP 404 (not found)" in line
     assert "clapsep models import --clap FILE --clapsep FILE --tokenizer DIR" in line
     assert _installed(tmp_path / "store") == []
 
@@ -286,7 +292,7 @@ def test_refused_connection_is_one_line_naming_the_file_and_the_offline_fix(tmp_
     assert time.monotonic() - started < 30
     assert result.returncode == 1
     [line] = _error_lines(result.stderr)
-    assert line.startswith(f"clapsep: error: cannot download {store.CLAP_REPO}/{store.CLAP_FILE} from {endpoint}: ")
+    assert line.startswith(f"clapsep: error: cannot download {CLAP_REPO}/{CLAP_FILE} from {endpoint}: ")
     assert "models import" in line
 
 

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from clapsep_cli import store
+from clapsep_cli import install
 from clapsep_cli.cli import main
 from clapsep_cli.config import RELEASED, TINY
 from clapsep_cli.query_encoder import TextEncoder, Tokenizer
@@ -33,7 +33,7 @@ def layout_store(tmp_path_factory: pytest.TempPathFactory, tiny_files: Artefacts
     mp = pytest.MonkeyPatch()
     mp.setenv("CLAPSEP_HOME", str(root))
     for n, path in tiny_files.layouts.items():
-        store.install(f"layout{n}", tiny_files.clap, path, tiny_files.tokenizer, config=TINY)
+        install.install(f"layout{n}", tiny_files.clap, path, tiny_files.tokenizer, config=TINY)
     mp.undo()
     return root
 
@@ -63,10 +63,10 @@ def test_stem_equals_official_forward(layout: int, positive: str, negative: str 
     assert np.max(np.abs(ref)) > 1e-3  # the comparison is not between two silences
 
 
-def test_full_size_released_architecture_separates_a_clip() -> None:
+@pytest.mark.slow
+def test_full_size_released_architecture_separates_a_clip(released_files: Artefacts) -> None:
     """Random weights at the real sizes: the fast path equals the unmerged official path."""
-    clap = {k: v for k, v in Separator(RELEASED).state_dict().items() if k.startswith("audio_branch.")}
-    training = official.random_clapsep_training_state(RELEASED, clap, seed=3)
+    training = released_files.training_state
     sep = Separator(RELEASED)
     sep.load_state_dict(_merged(training), strict=True)
     sep.eval()

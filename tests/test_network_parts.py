@@ -68,6 +68,7 @@ def _official_keys() -> dict[str, tuple[list[int], str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_separator_parameter_names_and_shapes_match_the_release() -> None:
     official = _official_keys()
     wanted = {k: v for k, v in official.items()
@@ -78,6 +79,7 @@ def test_separator_parameter_names_and_shapes_match_the_release() -> None:
     assert ours == wanted
 
 
+@pytest.mark.slow
 def test_query_encoder_names_match_the_release_clap_model() -> None:
     from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner, Result
 
-from clapsep_cli import presets, store
+from clapsep_cli import install, presets, store
 from clapsep_cli.cli import main
 from clapsep_cli.config import TINY
 from clapsep_cli.errors import ClapsepError
@@ -167,7 +167,7 @@ def test_unknown_preset_is_one_line(home: Path, tmp_path: Path) -> None:
 def test_preset_run_names_stem_writes_residual_and_second_run_uses_cache(
         tiny_files: Artefacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLAPSEP_HOME", str(tmp_path / "store"))
-    store.install(store.DEFAULT_MODEL, tiny_files.clap, tiny_files.layouts[1], tiny_files.tokenizer, config=TINY)
+    install.install(store.DEFAULT_MODEL, tiny_files.clap, tiny_files.layouts[1], tiny_files.tokenizer, config=TINY)
     src = write_audio(tmp_path / "a.wav", tone(2.0, 32000), 32000)
     first = json.loads(run("extract", "-p", "wind", src, "--json").output)
     assert Path(first["results"][0]["target"]).name == "a.wind.wav"

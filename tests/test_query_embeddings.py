@@ -8,21 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from clapsep_cli import store
+from clapsep_cli import install
 from clapsep_cli.config import RELEASED
 from clapsep_cli.model import ClapSep
-from tests import official
-from tests.conftest import tone
+from tests.conftest import Artefacts, tone
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def released_clap(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    root = tmp_path_factory.mktemp("released")
-    clap = official.random_clap_state(RELEASED, seed=5)
-    training = official.random_clapsep_training_state(RELEASED, clap, seed=6)
-    clap_path = official.write_clap(root / "clap.pt", clap)
-    sep_path = official.write_clapsep(root / "sep.ckpt", training, clap, layout=1)
-    return clap_path, sep_path, official.write_tokenizer(root / "tok")
+def released_clap(released_files: Artefacts) -> tuple[Path, Path, Path]:
+    return released_files.clap, released_files.layouts[1], released_files.tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +50,7 @@ def ours(released_clap: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPa
     clap_path, sep_path, tok_dir = released_clap
     mp = pytest.MonkeyPatch()
     mp.setenv("CLAPSEP_HOME", str(tmp_path_factory.mktemp("store")))
-    installed = store.install("released", clap_path, sep_path, tok_dir, config=RELEASED)
+    installed = install.install("released", clap_path, sep_path, tok_dir, config=RELEASED)
     mp.undo()
     return ClapSep(installed, torch.device("cpu"))
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clapsep_cli import audio_io, store
+from clapsep_cli import audio_io, install
 from clapsep_cli.atomic import TempFile
 from clapsep_cli.config import TINY
 from tests.conftest import Artefacts, tone, write_audio
@@ -235,7 +235,7 @@ def test_stems_get_the_permissions_of_any_new_file(home: Path, tmp_path: Path, u
 def test_installed_models_get_normal_permissions(empty_home: Path, tiny_files: Artefacts) -> None:
     old = os.umask(0o022)
     try:
-        model = store.install("perm", tiny_files.clap, tiny_files.layouts[1], tiny_files.tokenizer, config=TINY)
+        model = install.install("perm", tiny_files.clap, tiny_files.layouts[1], tiny_files.tokenizer, config=TINY)
     finally:
         os.umask(old)
     assert stat.S_IMODE(model.path.stat().st_mode) == 0o755

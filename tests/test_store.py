@@ -13,9 +13,10 @@ import torch
 from click.testing import CliRunner, Result
 from torch import nn
 
-from clapsep_cli import store
+from clapsep_cli import install, store
 from clapsep_cli.cli import main
 from clapsep_cli.config import TINY
+from clapsep_cli.errors import ClapsepError
 from tests import official
 from tests.conftest import Artefacts, tone, write_audio
 
@@ -37,10 +38,10 @@ def test_store_root_defaults_to_platformdirs(monkeypatch: pytest.MonkeyPatch, tm
 
 @pytest.mark.parametrize("layout", [1, 2, 3])
 def test_import_each_layout_records_sources_and_loads(empty_home: Path, tiny_files: Artefacts, layout: int) -> None:
-    model = store.install("m", tiny_files.clap, tiny_files.layouts[layout], tiny_files.tokenizer, config=TINY)
+    model = install.install("m", tiny_files.clap, tiny_files.layouts[layout], tiny_files.tokenizer, config=TINY)
     manifest = model.manifest
     assert manifest["clapsep_layout"] == layout
-    assert manifest["sources"]["clapsep"]["sha256"] == store.sha256_file(tiny_files.layouts[layout])
+    assert manifest["sources"]["clapsep"]["sha256"] == install.sha256_file(tiny_files.layouts[layout])
     assert sorted(p.name for p in model.path.iterdir()) == [
         "audio.safetensors", "manifest.json", "separator.safetensors", "text.safetensors", "tokenizer"]
     from safetensors.torch import load_file
@@ -51,8 +52,8 @@ def test_import_each_layout_records_sources_and_loads(empty_home: Path, tiny_fil
 
 
 def test_same_weights_give_same_fingerprint_across_layouts(empty_home: Path, tiny_files: Artefacts) -> None:
-    a = store.install("a", tiny_files.clap, tiny_files.layouts[1], None, config=TINY)
-    b = store.install("b", tiny_files.clap, tiny_files.layouts[3], None, config=TINY)
+    a = install.install("a", tiny_files.clap, tiny_files.layouts[1], None, config=TINY)
+    b = install.install("b", tiny_files.clap, tiny_files.layouts[3], None, config=TINY)
     assert a.fingerprint == b.fingerprint
 
 
@@ -102,7 +103,7 @@ def full_layout_stem(tiny_files: Artefacts, tmp_path_factory: pytest.TempPathFac
     write_audio(root / "ref.wav", tone(1.0, 44100, freq=880), 44100)
     mp = pytest.MonkeyPatch()
     mp.setenv("CLAPSEP_HOME", str(root / "store"))
-    model = store.install(store.DEFAULT_MODEL, tiny_files.clap, full, None, config=TINY)
+    model = install.install(store.DEFAULT_MODEL, tiny_files.clap, full, None, config=TINY)
     assert model.manifest["clapsep_layout"] == 3
     result = run("extract", "", src, "--query-audio", root / "ref.wav")
     mp.undo()
@@ -121,7 +122,7 @@ def test_changes_only_layout_as_the_official_filter_writes_it(
     assert biases and len(biases) == 2 * sum(TINY.htsat.depths)  # attn.qkv.bias and attn.proj.bias per block
     path = tmp_path / "best_model.ckpt"
     torch.save(CHANGES_ONLY_FORMS[form](saved), path)
-    model = store.install(store.DEFAULT_MODEL, tiny_files.clap, path, None, config=TINY)
+    model = install.install(store.DEFAULT_MODEL, tiny_files.clap, path, None, config=TINY)
     assert model.manifest["clapsep_layout"] == 1
     assert model.manifest["query_tensors_from_clapsep"]["tensors"] == len(biases)
     assert model.manifest["query_tensors_from_clapsep"]["differ_from_clap"] == len(biases)
@@ -140,7 +141,7 @@ def test_audio_query_embedding_equals_the_spaces(empty_home: Path, tiny_files: A
     saved = official.official_save_filter(_retrained_query_state(tiny_files))
     path = tmp_path / "best_model.ckpt"
     torch.save(saved, path)
-    model = store.install(store.DEFAULT_MODEL, tiny_files.clap, path, None, config=TINY)
+    model = install.install(store.DEFAULT_MODEL, tiny_files.clap, path, None, config=TINY)
 
     def clap_audio_encoder() -> AudioEncoder:
         encoder = AudioEncoder(TINY).eval()
@@ -209,8 +210,8 @@ def _bad_checkpoints(tmp: Path, files: Artefacts) -> dict[str, tuple[Path, str]]
 def test_bad_checkpoints_fail_with_a_named_reason_and_write_nothing(
         empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
     for case, (path, message) in _bad_checkpoints(tmp_path, tiny_files).items():
-        with pytest.raises(store.ClapsepError, match=message.replace("[", r"\[").replace("]", r"\]")):
-            store.install("bad", tiny_files.clap, path, None, config=TINY)
+        with pytest.raises(ClapsepError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            install.install("bad", tiny_files.clap, path, None, config=TINY)
         models = empty_home / "models"
         assert not models.exists() or list(models.iterdir()) == [], case
 
@@ -229,13 +230,13 @@ def test_bad_checkpoint_through_the_cli_is_one_line(empty_home: Path, tiny_files
 def test_wrong_clap_checkpoint_is_named(empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
     half = {k: v for k, v in tiny_files.clap_state.items() if not k.startswith("text_projection.")}
     path = official.write_clap(tmp_path / "half.pt", half)
-    with pytest.raises(store.ClapsepError, match=r"weights missing: text_projection\.0\.weight"):
-        store.install("x", path, tiny_files.layouts[1], None, config=TINY)
+    with pytest.raises(ClapsepError, match=r"weights missing: text_projection\.0\.weight"):
+        install.install("x", path, tiny_files.layouts[1], None, config=TINY)
 
 
 def test_text_query_without_tokenizer_fails_clearly_audio_query_works(
         empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
-    store.install(store.DEFAULT_MODEL, tiny_files.clap, tiny_files.layouts[1], None, config=TINY)
+    install.install(store.DEFAULT_MODEL, tiny_files.clap, tiny_files.layouts[1], None, config=TINY)
     src = write_audio(tmp_path / "in.wav", tone(2.0, 32000), 32000)
     started = time.monotonic()
     result = run("extract", "dog", src)
@@ -275,12 +276,52 @@ def test_fast_loading_equals_building_then_loading(home: Path, part: str) -> Non
     model = store.get_model()
     fast = model.load(part, builder, torch.device("cpu"))
     slow = builder(model.config)
-    slow.load_state_dict(load_file(model.path / f"{part}.safetensors"))
+    saved = load_file(model.path / f"{part}.safetensors")
+    slow.load_state_dict(saved)
     fast_tensors = dict(fast.named_parameters()) | dict(fast.named_buffers())
     slow_tensors = dict(slow.named_parameters()) | dict(slow.named_buffers())  # non-persistent buffers too
     assert fast_tensors.keys() == slow_tensors.keys()
     for name, tensor in slow_tensors.items():
         assert torch.equal(fast_tensors[name], tensor), name
+    computed = sorted(slow_tensors.keys() - saved.keys())  # made by the constructor, in no checkpoint
+    if part == "text":
+        assert computed == ["text_branch.embeddings.position_ids", "text_branch.embeddings.token_type_ids"]
+        assert torch.equal(fast.text_branch.embeddings.position_ids[0], torch.arange(514))
+
+
+class _Computed(nn.Module):
+    """A layer with weights and a table its constructor computes, kept out of checkpoints."""
+
+    def __init__(self, table_from_empty: bool = False) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+        table = torch.empty(6).fill_(2.0) if table_from_empty else torch.hann_window(6)
+        self.register_buffer("table", table, persistent=False)
+
+
+def test_weights_on_meta_keeps_computed_tensors_and_changes_nothing_outside() -> None:
+    import threading
+
+    from clapsep_cli.fast_build import check_materialised, weights_on_meta
+
+    state = _Computed().state_dict()
+    seen_elsewhere: list[torch.device] = []
+    with weights_on_meta():
+        layer = _Computed()
+        other = threading.Thread(target=lambda: seen_elsewhere.append(nn.Linear(2, 2).weight.device))
+        other.start()
+        other.join()
+    assert layer.linear.weight.is_meta and not layer.table.is_meta
+    assert seen_elsewhere == [torch.device("cpu")]  # another thread builds as usual meanwhile
+    assert not nn.Linear(2, 2).weight.is_meta and nn.init.normal_(torch.zeros(100)).std() > 0.5  # and afterwards
+    layer.load_state_dict(state, assign=True)
+    check_materialised(layer)
+    assert torch.equal(layer.table, torch.hann_window(6)) and torch.equal(layer.linear.weight, state["linear.weight"])
+    with weights_on_meta():
+        hollow = _Computed(table_from_empty=True)
+    hollow.load_state_dict(state, assign=True)
+    with pytest.raises(RuntimeError, match="tensors no checkpoint filled: table"):
+        check_materialised(hollow)
 
 
 def test_pickled_objects_need_trust_pickle(empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:

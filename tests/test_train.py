@@ -61,6 +61,7 @@ def test_lora_wrapping_starts_as_the_base_layer_and_merges_back() -> None:
     assert not torch.allclose(wrapped, before, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_loss_goes_down_on_repeated_batches(dataset: tuple[Path, Path], tmp_path: Path,
                                             tiny_files: Artefacts) -> None:
     data, captions = dataset
@@ -73,6 +74,7 @@ def test_loss_goes_down_on_repeated_batches(dataset: tuple[Path, Path], tmp_path
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2, losses
 
 
+@pytest.mark.slow
 def test_train_save_load_extract_round_trip_and_resume(dataset: tuple[Path, Path], tiny_files: Artefacts,
                                                        empty_home: Path, tmp_path: Path) -> None:
     data, captions = dataset
@@ -94,6 +96,7 @@ def test_train_save_load_extract_round_trip_and_resume(dataset: tuple[Path, Path
     assert json.loads(out.stdout)["results"][0]["frames"] == 3 * 32000
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(dataset: tuple[Path, Path], tiny_files: Artefacts, tmp_path: Path) -> None:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun is not None

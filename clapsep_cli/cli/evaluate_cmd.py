@@ -34,7 +34,7 @@ def evaluate(manifest: Path, audio_dir: Path, out_csv: Path | None, restart: boo
     Prints SDRi and SI-SDRi (mean, std), with and without the negative caption. Exits 1 if no
     row could be scored; a std needs two rows (null in --json, nan in the table).
     """
-    from clapsep_cli import progress
+    from clapsep_cli.cli import progress
 
     _, rows = read_manifest(manifest)
     out_csv = out_csv or manifest.with_name(f"{manifest.stem}.{model_name}.eval.csv")

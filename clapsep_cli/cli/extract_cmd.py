@@ -186,7 +186,7 @@ def run_job(req: api.Request, files: list[Path], opts: JobOptions) -> None:
 
 
 def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
-    from clapsep_cli import progress as progress_mod
+    from clapsep_cli.cli import progress as progress_mod
 
     separator = api.Separator(opts.model_name, device=opts.device, precision=opts.precision,
                               overlap=opts.engine.overlap, batch_size=opts.engine.batch_size,

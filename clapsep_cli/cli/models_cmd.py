@@ -33,8 +33,10 @@ def download(name: str, overwrite: bool, keep_downloads: bool, architecture: str
     and refused if it differs; an interrupted download resumes on the next run. The files'
     sha256 sums are recorded in the manifest. HF_ENDPOINT and HTTPS_PROXY are honoured.
     """
-    model = store.download(name, ARCHITECTURES[architecture], overwrite=overwrite, keep_downloads=keep_downloads,
-                           log=_log)
+    from clapsep_cli import download as hub
+
+    model = hub.download(name, ARCHITECTURES[architecture], overwrite=overwrite, keep_downloads=keep_downloads,
+                         log=_log)
     click.echo(str(model.path))
 
 
@@ -54,8 +56,10 @@ def download(name: str, overwrite: bool, keep_downloads: bool, architecture: str
 def import_(clap_file: Path, clapsep_file: Path, tokenizer_dir: Path | None, name: str, overwrite: bool,
             trust_pickle: bool, architecture: str) -> None:
     """Install a model from checkpoint files you copied here (works offline)."""
-    model = store.install(name, clap_file, clapsep_file, tokenizer_dir, config=ARCHITECTURES[architecture],
-                          overwrite=overwrite, trust_pickle=trust_pickle, log=_log)
+    from clapsep_cli.install import install
+
+    model = install(name, clap_file, clapsep_file, tokenizer_dir, config=ARCHITECTURES[architecture],
+                    overwrite=overwrite, trust_pickle=trust_pickle, log=_log)
     if model.manifest.get("tokenizer") is None:
         _log("note: no tokenizer installed; text queries need one (--tokenizer DIR), audio queries work")
     click.echo(str(model.path))

@@ -59,8 +59,7 @@ def train(data_dir: Path, captions: Path, out_name: str, base: str | None, archi
     from clapsep_cli import train as training
     from clapsep_cli.model import resolve_device
 
-    store.valid_name(out_name)
-    if (store.models_dir() / out_name).exists() and not overwrite:
+    if store.is_installed(out_name) and not overwrite:
         raise ClapsepError(f"model {out_name!r} is already installed; pass --overwrite or choose another --name")
     if architecture and base:
         raise ClapsepError("give either --from MODEL (fine-tune) or --architecture (from scratch), not both")
@@ -76,7 +75,7 @@ def train(data_dir: Path, captions: Path, out_name: str, base: str | None, archi
     dev = training.init_distributed(resolve_device(device))
     settings = training.TrainSettings(
         data_dir=data_dir, captions=captions, out_name=out_name,
-        checkpoint_dir=checkpoint_dir or store.store_root() / "training" / out_name, epochs=epochs,
+        checkpoint_dir=checkpoint_dir or store.training_dir(out_name), epochs=epochs,
         steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
         workers=workers, audio_queries=not architecture, full_encoder=bool(architecture))
     log = (lambda _m: None) if json_output else (lambda m: click.echo(m, err=True))
