@@ -134,7 +134,7 @@ def test_extract_without_audacity_is_one_line(tmp_path: Path, monkeypatch: pytes
 
 
 @pytest.mark.parametrize("args, message", [
-    (["dog", "-p", "dog"], "give a QUERY or --preset, not both"),
+    (["-n", " "], "a query text is empty"),
     ([], "empty query"),
     (["-p", "nosuch"], "unknown preset 'nosuch'"),
 ])

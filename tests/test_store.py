@@ -333,5 +333,5 @@ def test_pickled_objects_need_trust_pickle(empty_home: Path, tiny_files: Artefac
     torch.save(data, path)
     args = ["models", "import", "--clap", tiny_files.clap, "--clapsep", path, "--architecture", "tiny"]
     refused = run(*args)
-    assert refused.exit_code == 1 and "re-run with --trust-pickle" in refused.output
+    assert refused.exit_code == 1 and "run again with --trust-pickle" in refused.output
     assert run(*args, "--trust-pickle").exit_code == 0
