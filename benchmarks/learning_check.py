@@ -59,9 +59,9 @@ def synth(kind: str, rng: np.random.Generator, seconds: float = 6.0) -> np.ndarr
 
 
 def speech(rng: np.random.Generator, folder: Path) -> np.ndarray:
-    from clapsep_cli.dsp import SincResampler
-
     import torch
+
+    from clapsep_cli.dsp import SincResampler
 
     wav = folder / "speech.wav"
     voice = rng.choice(["en+m1", "en+m3", "en+f2", "en+f4"])
@@ -100,7 +100,7 @@ def main() -> None:
     import torch
 
     from clapsep_cli import train
-    from clapsep_cli.config import TINY
+    from clapsep_cli.architecture import TINY
     from tests.official import write_tokenizer
 
     os.environ["CLAPSEP_HOME"] = str(args.out / "store")

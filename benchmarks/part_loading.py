@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from clapsep_cli.config import RELEASED  # noqa: E402
+from clapsep_cli.architecture import RELEASED  # noqa: E402
 from clapsep_cli.fast_build import check_materialised, weights_on_meta  # noqa: E402
 from clapsep_cli.query_encoder import AudioEncoder, TextEncoder  # noqa: E402
 from clapsep_cli.separator import Separator  # noqa: E402

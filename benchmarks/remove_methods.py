@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "learning")
     args = parser.parse_args()
     from clapsep_cli import dsp, metrics, train
-    from clapsep_cli.config import TINY
+    from clapsep_cli.architecture import TINY
 
     best = args.out / "checkpoints" / "best.pt"
     if not best.is_file():
@@ -43,7 +43,8 @@ def main() -> None:
             mixture, keep = item["mixture"][None], item["target"][None]
             unwanted = trainer.text_embedding([item["neg_caption"]])
             spec = dsp.stft(mixture)
-            left = dsp.istft(spec * trainer.separator.mask(mixture, torch.cat([zeros, unwanted], -1), spec), mixture.shape[-1])
+            mask = trainer.separator.mask(mixture, torch.cat([zeros, unwanted], -1), spec)
+            left = dsp.istft(spec * mask, mixture.shape[-1])
             removed = dsp.istft(spec * trainer.separator.mask(mixture, torch.cat([unwanted, zeros], -1), spec),
                                 mixture.shape[-1])
             scores["negative"].append(float(metrics.improvement("si_sdr", left, mixture, keep)))

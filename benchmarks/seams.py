@@ -46,7 +46,7 @@ def main() -> None:
     make_store(args.out / "store")
     os.environ["CLAPSEP_HOME"] = str(args.out / "store")
     from clapsep_cli import store
-    from clapsep_cli.config import SEGMENT_SAMPLES
+    from clapsep_cli.architecture import SEGMENT_SAMPLES
     from clapsep_cli.engine import EngineOptions, segment_count
     from clapsep_cli.model import ClapSep
 
@@ -61,7 +61,8 @@ def main() -> None:
     from clapsep_cli import dsp
 
     hop = SEGMENT_SAMPLES // 2
-    segs = torch.from_numpy(np.stack([x[s : s + SEGMENT_SAMPLES, 0] for s in range(0, len(x) - SEGMENT_SAMPLES + 1, hop)]))
+    starts = range(0, len(x) - SEGMENT_SAMPLES + 1, hop)
+    segs = torch.from_numpy(np.stack([x[s : s + SEGMENT_SAMPLES, 0] for s in starts]))
     cond = torch.nn.functional.normalize(torch.randn(2, 512, generator=torch.Generator().manual_seed(1)), dim=-1)
     spec = dsp.stft(segs)
     with torch.inference_mode():

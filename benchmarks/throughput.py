@@ -63,7 +63,7 @@ def make_source(path: Path, minutes: float, rate: int = RATE, channels: int = CH
 def make_store(root: Path) -> None:
     """A store with a full-size random-weight model and the query's embedding cached."""
     from clapsep_cli import store
-    from clapsep_cli.config import RELEASED
+    from clapsep_cli.architecture import RELEASED
     from clapsep_cli.install import write_model
     from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
     from clapsep_cli.separator import Separator
@@ -113,7 +113,7 @@ def baseline(source: Path, out_dir: Path, env: dict[str, str]) -> dict[str, floa
 
 def baseline_worker(source: Path, target: Path) -> None:
     """The naive pipeline; prints its processing seconds (after model construction)."""
-    from clapsep_cli.config import RELEASED, SEGMENT_SAMPLES
+    from clapsep_cli.architecture import RELEASED, SEGMENT_SAMPLES
     from clapsep_cli.dsp import SincResampler
     from clapsep_cli.separator import Separator
     from tests.official import OfficialPath, random_clapsep_training_state

@@ -28,8 +28,16 @@ import torch
 from clapsep_cli import audio_io, engine, presets, store
 from clapsep_cli.engine import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, EngineOptions
 from clapsep_cli.errors import AudioError, ClapsepError, SettingError
-from clapsep_cli.extract import (Extractor, FileResult, OutputPlan, Progress, Region, check_query_audio,
-                                 collect_inputs, plan_job)
+from clapsep_cli.extract import (
+    Extractor,
+    FileResult,
+    OutputPlan,
+    Progress,
+    Region,
+    check_query_audio,
+    collect_inputs,
+    plan_job,
+)
 from clapsep_cli.queries import AudioRef, EmbeddingCache, Query, condition
 
 REMOVE_METHODS = ("negative", "subtract")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clapsep_cli.config import ModelConfig
+from clapsep_cli.architecture import ModelConfig
 from clapsep_cli.errors import CheckpointError
 from clapsep_cli.lora import LORA_A, lora_layers, merge_lora
 
@@ -207,7 +207,8 @@ def apply_query_tensors(parts: dict[str, dict[str, torch.Tensor]], query: dict[s
     return {"tensors": len(query), "differ_from_clap": differing, "max_abs_difference": largest}
 
 
-def _merged(state: dict[str, torch.Tensor], cfg: ModelConfig, reference: nn.Module, source: str) -> dict[str, torch.Tensor]:
+def _merged(state: dict[str, torch.Tensor], cfg: ModelConfig, reference: nn.Module,
+            source: str) -> dict[str, torch.Tensor]:
     targets = sorted(k[: -len(".weight")] for k in reference.state_dict()
                      if k.startswith("audio_branch.") and k.endswith(tuple(t + ".weight" for t in LORA_TARGETS)))
     present = lora_layers(state)

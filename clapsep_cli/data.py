@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from clapsep_cli import audio_io
-from clapsep_cli.config import SAMPLE_RATE
+from clapsep_cli.architecture import SAMPLE_RATE
 from clapsep_cli.errors import ClapsepError
 
 

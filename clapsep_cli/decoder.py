@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from clapsep_cli import laion
-from clapsep_cli.config import N_FFT, DecoderConfig, HTSATConfig
+from clapsep_cli.architecture import N_FFT, DecoderConfig, HTSATConfig
 from clapsep_cli.swin import swin_blocks
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clapsep_cli import checkpoints, store
-from clapsep_cli.config import RELEASED, ModelConfig
+from clapsep_cli.architecture import RELEASED, ModelConfig
 from clapsep_cli.errors import ClapsepError, ModelMissingError
 from clapsep_cli.install import TOKENIZER_FILES, check_free, install, sha256_file
 from clapsep_cli.store import DEFAULT_MODEL, InstalledModel

@@ -12,7 +12,7 @@ from functools import cache, lru_cache
 import torch
 import torch.nn.functional as F
 
-from clapsep_cli.config import HOP, N_FFT
+from clapsep_cli.architecture import HOP, N_FFT
 
 
 @cache

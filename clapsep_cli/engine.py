@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from clapsep_cli import dsp
-from clapsep_cli.config import SAMPLE_RATE, SEGMENT_SAMPLES
+from clapsep_cli.architecture import SAMPLE_RATE, SEGMENT_SAMPLES
 from clapsep_cli.errors import ClapsepError
 
 DEFAULT_OVERLAP = 0.1

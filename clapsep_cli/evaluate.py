@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from clapsep_cli import audio_io, engine, metrics
-from clapsep_cli.config import SAMPLE_RATE, SEGMENT_SAMPLES
+from clapsep_cli.architecture import SAMPLE_RATE, SEGMENT_SAMPLES
 from clapsep_cli.data import load_mono32, mix_at_0db
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.queries import Query
@@ -132,7 +132,8 @@ class Evaluator:
             except ClapsepError as err:
                 yield [{"index": index, **row, "error": str(err)}]
 
-    def _score(self, mixtures: torch.Tensor, targets: torch.Tensor, rows: list[dict[str, str]]) -> list[dict[str, float]]:
+    def _score(self, mixtures: torch.Tensor, targets: torch.Tensor,
+               rows: list[dict[str, str]]) -> list[dict[str, float]]:
         scores: list[dict[str, float]] = [{} for _ in rows]
         for mode in MODES:
             conds = torch.cat([self.separator.condition(Query(

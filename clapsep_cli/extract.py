@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from clapsep_cli import atomic, audio_io, engine
-from clapsep_cli.config import SAMPLE_RATE
+from clapsep_cli.architecture import SAMPLE_RATE
 from clapsep_cli.errors import AudioError, ClapsepError, SettingError
 from clapsep_cli.queries import EmbeddingCache, Query, condition
 
@@ -248,7 +248,8 @@ def plan_job(inputs: list[Path], query: Query, plan: OutputPlan, region: Region)
         result.rate, result.channels, result.offset_frames = planned.info.rate, planned.info.channels, planned.first
         existing = [p for p in (planned.target, planned.residual) if p is not None and p.exists()]
         if existing and not plan.overwrite:
-            result.settle("skipped", ClapsepError(f"{existing[0]} exists ({{setting}} replaces it)", setting="overwrite"))
+            exists = ClapsepError(f"{existing[0]} exists ({{setting}} replaces it)", setting="overwrite")
+            result.settle("skipped", exists)
         else:
             result.planned = planned
         results.append(result)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from clapsep_cli import checkpoints, store
+from clapsep_cli.architecture import RELEASED, ModelConfig
 from clapsep_cli.atomic import normal_modes
-from clapsep_cli.config import RELEASED, ModelConfig
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.store import FORMAT_VERSION, PARTS, InstalledModel
 

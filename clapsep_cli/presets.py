@@ -95,7 +95,8 @@ def parse(path: Path, source: str, name: str | None = None) -> Preset:
             items.append(ref if ref.path.is_absolute() else AudioRef(path.parent / ref.path, ref.start, ref.end))
         refs[key] = tuple(items)
     weight = data.get("audio_weight")
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1):
+    number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+    if weight is not None and (not number or not 0 <= weight <= 1):
         raise ClapsepError(f"{path}: 'audio_weight' must be a number between 0 and 1")
     suffix = data.get("suffix", slugify(name))
     if not isinstance(suffix, str) or slugify(suffix) != suffix:
@@ -136,7 +137,7 @@ def load(name: str) -> Preset:
 def load_all() -> tuple[list[Preset], list[str]]:
     """Every preset that validates, and one error line per preset that does not."""
     good, bad = [], []
-    for name, path in available().items():
+    for path in available().values():
         try:
             good.append(parse(path, source_of(path)))
         except ClapsepError as err:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from clapsep_cli import atomic, audio_io
-from clapsep_cli.config import ENCODER_RATE
+from clapsep_cli.architecture import ENCODER_RATE
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.query_spec import AudioRef, Query, parse_time, slugify
 

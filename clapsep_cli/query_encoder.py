@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clapsep_cli.config import ENCODER_RATE, QUERY_SECONDS, ModelConfig
+from clapsep_cli.architecture import ENCODER_RATE, QUERY_SECONDS, ModelConfig
 from clapsep_cli.errors import ModelMissingError
 from clapsep_cli.separator import build_htsat
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clapsep_cli import dsp, laion
-from clapsep_cli.config import ENCODER_RATE, SAMPLE_RATE, HTSATConfig, ModelConfig
+from clapsep_cli.architecture import ENCODER_RATE, SAMPLE_RATE, HTSATConfig, ModelConfig
 from clapsep_cli.decoder import Decoder
 from clapsep_cli.swin import swin_blocks
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
-from clapsep_cli.config import ModelConfig
+from clapsep_cli.architecture import ModelConfig
 from clapsep_cli.errors import ClapsepError, ModelMissingError
 
 if TYPE_CHECKING:
@@ -110,7 +110,8 @@ class InstalledModel:
 
         The module's weights are built on the meta device (no memory, no random initialisation)
         and it takes the loaded tensors as its own: strict loading makes sure every one is
-        filled (librosa's front-end tables are placeholders for the same reason). That saves seconds per start and a second copy of the weights in memory.
+        filled (librosa's front-end tables are placeholders for the same reason). That saves
+        seconds per start and a second copy of the weights in memory.
         """
         from clapsep_cli import laion
         from clapsep_cli.fast_build import check_materialised, weights_on_meta

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clapsep_cli import dsp, lora, metrics, store
-from clapsep_cli.config import ENCODER_RATE, QUERY_SECONDS, SAMPLE_RATE, SEGMENT_SAMPLES, ModelConfig
+from clapsep_cli.architecture import ENCODER_RATE, QUERY_SECONDS, SAMPLE_RATE, SEGMENT_SAMPLES, ModelConfig
 from clapsep_cli.data import load_mono32, mix_at_0db, pad_or_trim
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.install import write_model
@@ -266,7 +266,8 @@ class Trainer:
         sampler = (torch.utils.data.DistributedSampler(data, seed=self.settings.seed) if self.world > 1
                    else torch.utils.data.RandomSampler(data))
         return torch.utils.data.DataLoader(data, batch_size=self.settings.batch_size, sampler=sampler,
-                                           num_workers=self.settings.workers, drop_last=len(data) >= self.settings.batch_size)
+                                           num_workers=self.settings.workers,
+                                           drop_last=len(data) >= self.settings.batch_size)
 
     def fit(self, time_limit: float | None = None) -> dict[str, Any]:
         """Train for the remaining epochs, or until the epoch that ends after ``time_limit``

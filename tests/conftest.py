@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 
 from clapsep_cli import install, store
-from clapsep_cli.config import RELEASED, TINY, ModelConfig
+from clapsep_cli.architecture import RELEASED, TINY, ModelConfig
 from tests import official
 
 

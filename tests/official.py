@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clapsep_cli.config import N_FFT, ModelConfig
+from clapsep_cli.architecture import N_FFT, ModelConfig
 from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
 from clapsep_cli.separator import Separator
 
@@ -129,7 +129,10 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, [chr(c) for c in chars]))
 
 
-def write_tokenizer(directory: Path, words: tuple[str, ...] = ("dog", "bark", "speech", "wind", "rain", "bird")) -> Path:
+TOKENIZER_WORDS = ("dog", "bark", "speech", "wind", "rain", "bird")
+
+
+def write_tokenizer(directory: Path, words: tuple[str, ...] = TOKENIZER_WORDS) -> Path:
     """vocab.json + merges.txt of a small byte-level BPE vocabulary with RoBERTa's special ids."""
     directory.mkdir(parents=True, exist_ok=True)
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}

@@ -86,7 +86,8 @@ def test_stems_are_inserted_aligned_and_named_and_the_selection_is_kept(project:
     assert mini.prefs["/FileFormats/ExportFormat_SF1_Type/WAV_10000"] == "4"  # the user's setting is back
     assert mini.prefs["/AudioFiles/SkipSilenceAtBeginning"] == "0"
     exported = separate.sources[0]
-    np.testing.assert_array_equal(exported, walk[RATE:int(2.5 * RATE)] + tone(4.0, RATE, 1, seed=2)[RATE:int(2.5 * RATE)])
+    span = slice(RATE, int(2.5 * RATE))
+    np.testing.assert_array_equal(exported, walk[span] + tone(4.0, RATE, 1, seed=2)[span])
     assert 'Export2: Filename="' in "\n".join(fake.commands) and "NumChannels=2" in "\n".join(fake.commands)
 
 

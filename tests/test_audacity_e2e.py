@@ -207,7 +207,7 @@ def test_undo_after_a_served_request_with_the_watcher_running(audacity: live.Liv
         served = [("walk", True, 0.0, 6.0), ("walk.dog", False, 0.5, 2.0)]
         assert waves() == served
         history = [(served, "clapsep:dog #id done: walk.dog")]
-        for step in range(3):  # Audacity 3.2: stem, label "done", label taken, request
+        for _ in range(3):  # Audacity 3.2: stem, label "done", label taken, request
             with AudacityPipe() as pipe:
                 pipe.command("Undo:")
             history.append((waves(), label_texts()[0][2]))

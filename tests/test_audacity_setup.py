@@ -84,7 +84,8 @@ def test_setup_refuses_while_audacity_runs(tmp_path: Path, module: Path, monkeyp
     config = tmp_path / "audacity.cfg"
     result = run("audacity", "setup", "--module", module, "--config", config)
     assert result.exit_code == 1
-    assert result.output == "clapsep: error: Audacity is running: quit it first (it rewrites its settings when it quits)\n"
+    assert result.output == ("clapsep: error: Audacity is running: quit it first "
+                             "(it rewrites its settings when it quits)\n")
     assert not config.exists()
 
 

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from clapsep_cli import install, store
+from clapsep_cli.architecture import TINY
 from clapsep_cli.cli import main
-from clapsep_cli.config import TINY
 from tests.conftest import Artefacts, tone, write_audio
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clapsep_cli.config import SEGMENT_SAMPLES
+from clapsep_cli.architecture import SEGMENT_SAMPLES
 from clapsep_cli.engine import EngineOptions, crossfade, segment_count, separate_stream
 
 

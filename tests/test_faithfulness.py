@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from clapsep_cli import install
+from clapsep_cli.architecture import RELEASED, TINY
 from clapsep_cli.cli import main
-from clapsep_cli.config import RELEASED, TINY
 from clapsep_cli.query_encoder import TextEncoder, Tokenizer
 from clapsep_cli.separator import Separator
 from tests import official

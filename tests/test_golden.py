@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from clapsep_cli.config import DecoderConfig, HTSATConfig
+from clapsep_cli.architecture import DecoderConfig, HTSATConfig
 from clapsep_cli.decoder import Decoder
 from clapsep_cli.dsp import SincResampler
 from tests import official

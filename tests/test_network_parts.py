@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clapsep_cli import laion
-from clapsep_cli.config import RELEASED, TINY
+from clapsep_cli.architecture import RELEASED, TINY
 from clapsep_cli.decoder import PatchExpand
 from clapsep_cli.lora import merge_lora
 from clapsep_cli.separator import Separator, build_htsat

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from clapsep_cli.config import SEGMENT_SAMPLES
+from clapsep_cli.architecture import SEGMENT_SAMPLES
 from clapsep_cli.engine import EngineOptions, ReadAhead, crossfade, separate_stream
 from clapsep_cli.errors import AudioError
 

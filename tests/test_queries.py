@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from click.testing import CliRunner, Result
 
 from clapsep_cli import install, presets, store
+from clapsep_cli.architecture import TINY
 from clapsep_cli.cli import main
-from clapsep_cli.config import TINY
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.queries import AudioRef, EmbeddingCache, Query, combine, condition, parse_time
 from tests.conftest import Artefacts, tone, write_audio

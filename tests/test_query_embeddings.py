@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clapsep_cli import install
-from clapsep_cli.config import RELEASED
+from clapsep_cli.architecture import RELEASED
 from clapsep_cli.model import ClapSep
 from tests.conftest import Artefacts, tone
 

@@ -23,8 +23,8 @@ import pytest
 import soundfile as sf
 
 from clapsep_cli import audio_io, install
+from clapsep_cli.architecture import TINY
 from clapsep_cli.atomic import TempFile
-from clapsep_cli.config import TINY
 from tests.conftest import Artefacts, tone, write_audio
 
 REPO = Path(__file__).resolve().parents[1]

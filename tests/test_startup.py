@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from clapsep_cli import laion, store
+from clapsep_cli.architecture import TINY
 from clapsep_cli.cli import main
-from clapsep_cli.config import TINY
 from clapsep_cli.separator import Separator
 from tests.conftest import tone, write_audio
 

@@ -14,8 +14,8 @@ from click.testing import CliRunner, Result
 from torch import nn
 
 from clapsep_cli import install, store
+from clapsep_cli.architecture import TINY
 from clapsep_cli.cli import main
-from clapsep_cli.config import TINY
 from clapsep_cli.errors import ClapsepError
 from tests import official
 from tests.conftest import Artefacts, tone, write_audio

@@ -15,8 +15,8 @@ import torch
 from click.testing import CliRunner, Result
 
 from clapsep_cli import lora, train
+from clapsep_cli.architecture import TINY
 from clapsep_cli.cli import main
-from clapsep_cli.config import TINY
 from tests.conftest import Artefacts, write_audio
 
 

@@ -93,7 +93,7 @@ def watch(poll: float, once: bool, show_status: bool, residual: bool | None, mod
     try:
         status.write("loading the model")
         separate = _stem_maker(model_name, device, precision, overlap, batch_size)
-        separate.model  # noqa: B018 - load now, so that the first request is served quickly
+        separate.separator.model  # noqa: B018 - load now, so that the first request is served quickly
         if not once:
             click.echo("watching Audacity for clapsep requests (Tools > Apply Macro > clapsep-...); Ctrl-C stops")
         for line in serve_requests(lambda: AudacityPipe(greet=False), separate, residual, poll, once, status):

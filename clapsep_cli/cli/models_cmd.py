@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from clapsep_cli import store
+from clapsep_cli.architecture import ARCHITECTURES
 from clapsep_cli.cli.common import emit_json
-from clapsep_cli.config import ARCHITECTURES
 
 
 def _log(msg: str) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from clapsep_cli import store
+from clapsep_cli.architecture import ARCHITECTURES
 from clapsep_cli.cli.common import emit_json
-from clapsep_cli.config import ARCHITECTURES
 from clapsep_cli.errors import ClapsepError
 
 
@@ -45,7 +45,8 @@ from clapsep_cli.errors import ClapsepError
 @click.option("--overwrite", is_flag=True, help="Replace an installed model named --name.")
 @click.option("--json", "json_output", is_flag=True, help="Print the training history as JSON.")
 def train(data_dir: Path, captions: Path, out_name: str, base: str | None, architecture: str | None,
-          tokenizer_dir: Path | None, epochs: int, time_limit: float | None, steps_per_epoch: int | None, batch_size: int, lr: float,
+          tokenizer_dir: Path | None, epochs: int, time_limit: float | None, steps_per_epoch: int | None,
+          batch_size: int, lr: float,
           val_fraction: float, checkpoint_dir: Path | None, resume: bool, workers: int, seed: int, device: str,
           overwrite: bool, json_output: bool) -> None:
     """Fine-tune on the captioned clips in DATA_DIR; the result is an installed model.

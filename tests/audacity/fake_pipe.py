@@ -14,13 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Union
 
 from clapsep_cli.bridges.audacity_pipe import PipePaths
 
 CLOSE = object()
-Piece = Union[bytes, float, object]
-Answer = Union[str, list[Piece]]
+Piece = bytes | float | object
+Answer = str | list[Piece]
 
 
 def ok(output: str = "") -> str:
