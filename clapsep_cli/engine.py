@@ -36,7 +36,7 @@ import torch
 
 from clapsep_cli import dsp
 from clapsep_cli.architecture import SAMPLE_RATE, SEGMENT_SAMPLES
-from clapsep_cli.errors import ClapsepError
+from clapsep_cli.errors import SettingError
 
 DEFAULT_OVERLAP = 0.1
 DEFAULT_BATCH_SIZE = 2
@@ -58,11 +58,11 @@ class EngineOptions:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap <= MAX_OVERLAP:
-            raise ClapsepError(f"--overlap must be between 0 and {MAX_OVERLAP} (fraction of a 10 s segment)")
+            raise SettingError("overlap", f"must be between 0 and {MAX_OVERLAP} (fraction of a 10 s segment)")
         if self.batch_size < 1:
-            raise ClapsepError("--batch-size must be at least 1")
+            raise SettingError("batch_size", "must be at least 1")
         if self.prefetch < 0:
-            raise ClapsepError("prefetch must be at least 0")
+            raise SettingError("prefetch", "must be at least 0")
 
     @property
     def hop(self) -> int:

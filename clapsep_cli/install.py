@@ -36,8 +36,8 @@ def sha256_file(path: Path) -> str:
 def check_free(name: str, overwrite: bool) -> None:
     """Refuse to replace an installed model unless ``overwrite``."""
     if store.is_installed(name) and not overwrite:
-        raise ClapsepError(f"model {name!r} is already installed at {store.models_dir() / name}; "
-                           "pass --overwrite to replace it")
+        raise ClapsepError(f"model {name!r} is already installed at {store.models_dir() / name} "
+                           "({setting} replaces it)", setting="overwrite")
 
 
 def _write_tokenizer(src: Path | None, dest: Path) -> int | None:

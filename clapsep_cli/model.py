@@ -35,9 +35,9 @@ def resolve_device(name: str) -> torch.device:
     if kind not in ("cpu", "cuda", "mps"):
         raise ClapsepError(f"unknown device {name!r}: choose auto, cpu, cuda (or cuda:N) or mps")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ClapsepError("device cuda requested but no CUDA GPU is available (try --device cpu)")
+        raise ClapsepError("device cuda requested but no CUDA GPU is available (try {setting} cpu)", setting="device")
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise ClapsepError("device mps requested but Metal is not available (try --device cpu)")
+        raise ClapsepError("device mps requested but Metal is not available (try {setting} cpu)", setting="device")
     try:
         device = torch.device(name)
     except RuntimeError:

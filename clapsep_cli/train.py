@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clapsep_cli import dsp, lora, metrics, store
+from clapsep_cli import atomic, dsp, lora, metrics, store
 from clapsep_cli.architecture import ENCODER_RATE, QUERY_SECONDS, SAMPLE_RATE, SEGMENT_SAMPLES, ModelConfig
 from clapsep_cli.data import load_mono32, mix_at_0db, pad_or_trim
 from clapsep_cli.errors import ClapsepError
@@ -341,9 +341,8 @@ class Trainer:
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic.writing(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _world_size() -> int:

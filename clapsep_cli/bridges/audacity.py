@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import numpy as np
 import soundfile as sf
 
-from clapsep_cli import api
+from clapsep_cli import api, atomic
 from clapsep_cli.bridges.audacity_pipe import AudacityPipe, PipeError, PipePaths
 from clapsep_cli.bridges.audacity_setup import REQUEST_PREFIX, request_command
 from clapsep_cli.errors import ClapsepError
@@ -419,9 +419,7 @@ class WatcherStatus:
             self.write(state)
 
     def write(self, state: str) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "state": state, "time": time.time()}))
-        tmp.replace(self.path)
+        atomic.write_text(self.path, json.dumps({"pid": os.getpid(), "state": state, "time": time.time()}))
 
     def read(self) -> str | None:
         """A line on the running watcher, or None when none runs."""

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from clapsep_cli import resources
+from clapsep_cli import atomic, resources
 from clapsep_cli.errors import ClapsepError
 
 MODULE = "mod-script-pipe"
@@ -127,10 +127,7 @@ class ConfigText:
 
     def write(self, path: Path) -> None:
         """Replace the file atomically."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.clapsep-tmp")
-        tmp.write_text("\n".join(self.lines) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic.write_text(path, "\n".join(self.lines) + "\n")
 
     def _section(self, section: str) -> tuple[int, int]:
         """(first line after the header, end of the section), or (-1, -1) when absent."""

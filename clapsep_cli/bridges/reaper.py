@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from clapsep_cli import __version__, api, presets, resources, store
+from clapsep_cli import __version__, api, atomic, presets, resources, store
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.extract import FileResult, OutputPlan, Region
 from clapsep_cli.queries import Query
@@ -398,9 +398,7 @@ def write_result(path: Path, data: dict[str, Any]) -> None:
     """Write the result file under a temporary name and rename it into place: the action never
     sees half of one, and, as the name does not exist yet, the rename cannot collide with the
     action reading it (on Windows a rename onto a file open elsewhere fails)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("return " + lua_literal(data) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, "return " + lua_literal(data) + "\n")
 
 
 class Heartbeat:
