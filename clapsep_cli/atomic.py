@@ -1,7 +1,7 @@
 """Atomic file writes: a unique hidden temporary file beside the destination, renamed into place.
 
 A temporary file is named ``.<destination name>.clapsep-<pid>-<random>.part`` and is locked
-(``flock``) by the process writing it for as long as it exists. A killed job leaves such a file
+(``flock``, on POSIX systems) by the process writing it for as long as it exists. A killed job leaves such a file
 behind; :func:`remove_stale` deletes the ones no live process owns (lock free and the pid in the
 name not running here), and nothing else. Published files get the mode any new file gets under
 the user's umask, not the owner-only mode of :func:`tempfile.mkstemp`.
@@ -10,12 +10,16 @@ the user's umask, not the owner-only mode of :func:`tempfile.mkstemp`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: temporary files are not locked, and stale ones are left for the user
+    fcntl = None  # type: ignore[assignment]
 
 TEMP_RE = re.compile(r"^\..+\.clapsep-(\d+)-[A-Za-z0-9_]+\.part$")
 
@@ -51,8 +55,11 @@ class TempFile:
         fd, name = tempfile.mkstemp(prefix=f".{dest.name}.clapsep-{os.getpid()}-", suffix=".part", dir=dest.parent)
         self.path = Path(name)
         self._lock_fd = fd
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.fchmod(fd, default_mode())
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.fchmod(fd, default_mode())
+        else:
+            os.chmod(name, default_mode())
 
     def publish(self, overwrite: bool) -> None:
         """Move the finished file to ``dest``; without ``overwrite`` an existing ``dest`` is kept
@@ -111,7 +118,9 @@ def _alive(pid: int) -> bool:
 
 def remove_stale(folder: Path) -> list[Path]:
     """Delete our temporary files in ``folder`` that no live process owns; returns them."""
-    removed = []
+    removed: list[Path] = []
+    if fcntl is None:  # without locks a live writer cannot be told from a dead one
+        return removed
     try:
         entries = list(os.scandir(folder))
     except OSError:
