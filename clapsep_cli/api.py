@@ -262,8 +262,8 @@ class Separator:
         if len(bad):
             raise AudioError(f"audio has a non-finite sample at frame {bad[0]} ({bad[0] / rate:.3f} s)")
         cond = self.condition(req)
-        parts = [(t, s) for t, s in engine.separate_stream(self.model, cond, _blocks(frames), rate, self.options)]
-        target = np.concatenate([t for t, _ in parts]).reshape(wave.shape)
+        stream = engine.separate_stream(self.model, cond, _blocks(frames), rate, self.options)
+        target = np.concatenate([t for t, _ in stream]).reshape(wave.shape)
         stem = wave - target if req.invert else target
         return stem, wave - stem
 

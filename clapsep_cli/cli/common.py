@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from clapsep_cli.query_spec import parse_time
-
-if TYPE_CHECKING:
-    from clapsep_cli.engine import EngineOptions
 
 F = Callable[..., Any]
 
@@ -41,12 +38,6 @@ def engine_options(f: F) -> F:
     f = click.option("--overlap", type=click.FloatRange(0.0, 0.5), default=DEFAULT_OVERLAP, show_default=True,
                      help="Fraction of each 10 s segment shared with the next, crossfaded (0 = hard cuts).")(f)
     return f
-
-
-def engine_settings(overlap: float, batch_size: int) -> EngineOptions:
-    from clapsep_cli.engine import EngineOptions
-
-    return EngineOptions(overlap=overlap, batch_size=batch_size)
 
 
 class TimeType(click.ParamType):

@@ -13,8 +13,7 @@ from typing import Any
 import click
 
 from clapsep_cli import api, atomic
-from clapsep_cli.cli.common import TimeType, emit_json, engine_options, engine_settings, flag, model_options
-from clapsep_cli.engine import EngineOptions
+from clapsep_cli.cli.common import TimeType, emit_json, engine_options, flag, model_options
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.extract import DEFAULT_NAME, NAME_FIELDS, OutputPlan, Region
 
@@ -152,7 +151,8 @@ class JobOptions:
     """Everything about a run besides the query and the inputs, as the command line gave it."""
 
     plan: OutputPlan
-    engine: EngineOptions
+    overlap: float
+    batch_size: int
     region: Region
     pattern: str | None
     include_stems: bool
@@ -169,7 +169,7 @@ def job_options(residual: bool, output: Path | None, out_dir: Path | None, name_
                 model_name: str, device: str, precision: str, overlap: float, batch_size: int) -> JobOptions:
     plan = OutputPlan(name_template=name_template, out_dir=out_dir, output=output, residual=residual, fmt=fmt,
                       bit_depth=bit_depth, clip=clip, overwrite=overwrite)
-    return JobOptions(plan, engine_settings(overlap, batch_size), Region(start or 0.0, end), pattern, include_stems,
+    return JobOptions(plan, overlap, batch_size, Region(start or 0.0, end), pattern, include_stems,
                       json_output, report_file, model_name, device, precision)
 
 
@@ -189,7 +189,7 @@ def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
     from clapsep_cli.cli import progress as progress_mod
 
     separator = api.Separator(opts.model_name, device=opts.device, precision=opts.precision,
-                              overlap=opts.engine.overlap, batch_size=opts.engine.batch_size,
+                              overlap=opts.overlap, batch_size=opts.batch_size,
                               log=None if opts.json_output else lambda msg: click.echo(msg, err=True))
     job = separator.plan(files, req, opts.plan, opts.region, opts.pattern, opts.include_stems)
     bar = progress_mod.RichProgress(len(job.pending)) if job.pending and progress_mod.wanted(opts.json_output) else None
