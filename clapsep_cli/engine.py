@@ -7,12 +7,20 @@ Signal path for a source at rate ``sr`` with ``C`` channels:
    * 10 s``); the last segment is zero-padded, as in the official model;
 3. batches of segments go through the network: the mask comes from the mono downmix, and that
    one mask multiplies every channel's STFT, so each time-frequency cell keeps its inter-channel
-   level and phase differences (the spatial image);
+   level and phase differences (the spatial image). Every batch has ``batch_size`` rows, the
+   last one of a run filled with silent rows: kernels (matrix products, even vectorised
+   element-wise loops) may round differently by batch size, and a fixed size keeps a
+   segment's estimate the same whatever shares its batch;
 4. consecutive segment estimates are joined by an equal-gain raised-cosine crossfade over their
    overlap (no crossfade, hard cuts, at overlap 0); a source of one segment is one segment;
 5. the 32 kHz estimate is resampled back to ``sr`` and trimmed to the source's exact length.
 
 Memory holds a few segments at a time, whatever the file's length.
+
+Several sources (a folder of short clips) go through one :class:`Batcher`: their segments
+share batches, each estimate goes back to its own source's overlap-add and resampler, and each
+source's output is bit for bit what it gives alone (:func:`separate_stream` is the one-source
+case).
 
 Decoding, resampling to 32 kHz and cutting segments run in a background thread
 (:class:`ReadAhead`), a bounded amount ahead of the network, so that they overlap it; the
@@ -27,7 +35,7 @@ import contextlib
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -160,15 +168,31 @@ class SeparationModel(Protocol):
     def masks(self, mixture: torch.Tensor, condition: torch.Tensor, spec: torch.Tensor) -> torch.Tensor: ...
 
 
-def separate_batch(model: SeparationModel, segments: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-    """Estimates (B, C, L) on the CPU for 32 kHz segments (B, C, L): one downmix mask applied to
-    every channel. STFT, masking and iSTFT run on the model's device."""
-    segments = segments.to(model.device, non_blocking=True)
-    spec = dsp.stft(segments)  # (B, C, bins, frames)
-    mono_spec, mono = _downmix(spec), _downmix(segments)
-    cond = condition.to(model.device).expand(segments.shape[0], -1)
-    mask = model.masks(mono, cond, mono_spec)
-    return _to_host(dsp.istft(spec * mask.unsqueeze(1), segments.shape[-1]))
+def separate_batch(model: SeparationModel, segments: Sequence[torch.Tensor], condition: torch.Tensor,
+                   rows: int | None = None) -> list[torch.Tensor]:
+    """Estimates (C, L) on the CPU for 32 kHz segments (C, L), whose channel counts may differ:
+    each segment's downmix mask applied to each of its channels.
+
+    The network runs on ``rows`` rows (default: one per segment), those past the segments
+    silent. Some kernels round differently by batch size, never by a row's place in the batch or
+    its neighbours, so a fixed ``rows`` makes a segment's estimate independent of what shares its
+    batch; STFT and iSTFT run per segment for the same reason. ``condition`` is (1, D) or one row
+    per segment. STFT, masking and iSTFT run on the model's device.
+    """
+    rows = rows or len(segments)
+    staged = _staged(segments, model.device)
+    length = staged[0].shape[-1]
+    specs = [dsp.stft(x[None]) for x in staged]  # (1, C, bins, frames) each
+    mono = [_downmix(x[None]) for x in staged]
+    mono_spec = [_downmix(spec) for spec in specs]
+    silent = rows - len(segments)
+    if silent:
+        mono.append(mono[0].new_zeros((silent, length)))
+        mono_spec.append(mono_spec[0].new_zeros((silent, *mono_spec[0].shape[1:])))
+    cond = condition.to(model.device)
+    cond = cond.expand(rows, -1) if cond.shape[0] == 1 else torch.cat([cond, cond[:1].expand(silent, -1)])
+    mask = model.masks(torch.cat(mono), cond, torch.cat(mono_spec))
+    return _to_host([dsp.istft(spec * mask[i : i + 1].unsqueeze(1), length)[0] for i, spec in enumerate(specs)])
 
 
 def _downmix(x: torch.Tensor) -> torch.Tensor:
@@ -181,26 +205,34 @@ def _downmix(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=1)
 
 
-def _stacked(segments: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Segments as one (B, C, L) batch; page-locked when bound for a CUDA device, so that the
-    copy there is asynchronous (a fresh block from PyTorch's caching host allocator, which does
+def _staged(segments: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """``segments`` on ``device``. Bound for a CUDA device, they travel as one page-locked host
+    block copied asynchronously (a fresh block from PyTorch's caching host allocator, which does
     not hand it out again before that copy has finished)."""
+    if device.type == "cpu":
+        return list(segments)
+    sizes = [s.shape[0] for s in segments]
+    out = None
+    if device.type == "cuda":
+        out = torch.empty((sum(sizes), segments[0].shape[1]), dtype=segments[0].dtype, pin_memory=True)
+    host = torch.cat(list(segments), out=out)
+    return list(host.to(device, non_blocking=True).split(sizes))
+
+
+def _to_host(estimates: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``estimates`` on the CPU; from CUDA as one block through page-locked memory, waiting for
+    the copy to finish."""
+    device = estimates[0].device
+    if device.type == "cpu":
+        return estimates
+    sizes = [e.shape[0] for e in estimates]
+    x = torch.cat(estimates)
     if device.type != "cuda":
-        return torch.stack(segments)
-    out = torch.empty((len(segments), *segments[0].shape), dtype=segments[0].dtype, pin_memory=True)
-    return torch.stack(segments, out=out)
-
-
-def _to_host(x: torch.Tensor) -> torch.Tensor:
-    """``x`` on the CPU; from CUDA through page-locked memory, waiting for the copy to finish."""
-    if x.device.type == "cpu":
-        return x
-    if x.device.type != "cuda":
-        return x.cpu()
+        return list(x.cpu().split(sizes))
     out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
     out.copy_(x, non_blocking=True)
-    torch.cuda.current_stream(x.device).synchronize()
-    return out
+    torch.cuda.current_stream(device).synchronize()
+    return list(out.split(sizes))
 
 
 T = TypeVar("T")
@@ -284,13 +316,52 @@ class ReadAhead(Generic[T]):
         self.close()
 
 
-Segments = tuple[np.ndarray | None, list[torch.Tensor]]
+@dataclass(frozen=True)
+class Source:
+    """A stream to separate: float32 blocks (n, channels) at ``rate``. ``blocks`` is first
+    iterated (and closed) in the reader thread, so a generator opens its file there."""
+
+    blocks: Iterable[np.ndarray]
+    rate: int
 
 
-def _segmented(blocks: Iterable[np.ndarray], rate: int, segmenter: Segmenter) -> Iterator[Segments]:
-    """(source block, the 32 kHz segments it completes) for each non-empty block, then, if there
-    was any input, (None, the last segments: those the resampler's remaining output completes
-    and the zero-padded last one)."""
+@dataclass
+class Output:
+    """What :class:`Batcher` gives a source in one step: aligned ``(target, source)`` blocks at the
+    source's rate (``source - target`` is the residual), the segments whose estimates they
+    complete, and whether the source is ``done`` or failed with ``error`` (its last Output)."""
+
+    index: int
+    pairs: list[tuple[np.ndarray, np.ndarray]]
+    segments: int = 0
+    done: bool = False
+    error: Exception | None = None
+
+
+@dataclass
+class _Piece:
+    """Reader output: a source block and the 32 kHz segments it completes; at the source's end
+    (``block`` None) its last segments and its 32 kHz length; or the error that ended it."""
+
+    index: int
+    rate: int
+    block: np.ndarray | None
+    segments: list[torch.Tensor]
+    total: int = 0
+    error: Exception | None = None
+
+    @property
+    def held(self) -> int:
+        """32 kHz samples the piece holds (its segments and its source block)."""
+        block = 0 if self.block is None else len(self.block) * SAMPLE_RATE // self.rate
+        return len(self.segments) * SEGMENT_SAMPLES + block
+
+
+def _segmented(blocks: Iterable[np.ndarray], rate: int, segmenter: Segmenter
+               ) -> Iterator[tuple[np.ndarray | None, list[torch.Tensor]]]:
+    """(source block, the 32 kHz segments it completes) for each non-empty block, then (None,
+    the last segments: those the resampler's remaining output completes and the zero-padded last
+    one; none if there was no input)."""
     to32 = dsp.SincResampler(rate, SAMPLE_RATE).stream()
     channels = 0
     try:
@@ -304,28 +375,38 @@ def _segmented(blocks: Iterable[np.ndarray], rate: int, segmenter: Segmenter) ->
         close = getattr(blocks, "close", None)
         if close is not None:
             close()
-    if channels:
-        yield None, [s for _, s in segmenter.push(to32.flush(channels))] + [s for _, s in segmenter.finish()]
+    last = [s for _, s in segmenter.push(to32.flush(channels))] + [s for _, s in segmenter.finish()] if channels else []
+    yield None, last
 
 
-def _held(item: Segments, rate: int) -> int:
-    """32 kHz samples an item holds (its segments and its source block)."""
-    block, segments = item
-    return len(segments) * SEGMENT_SAMPLES + (0 if block is None else len(block) * SAMPLE_RATE // rate)
+def _pieces(sources: Iterable[Source], hop: int, dropped: set[int]) -> Iterator[_Piece]:
+    """Every source's pieces in order; a source's failure (an :class:`Exception` from its blocks)
+    becomes its last piece and the next source follows. Sources in ``dropped`` are skipped or,
+    when dropped while read, closed at their next block."""
+    for index, source in enumerate(sources):
+        if index in dropped:
+            continue
+        segmenter = Segmenter(hop)
+        try:
+            with contextlib.closing(_segmented(source.blocks, source.rate, segmenter)) as items:
+                for block, segments in items:
+                    if index in dropped:
+                        break
+                    yield _Piece(index, source.rate, block, segments, segmenter.total)
+        except Exception as err:  # noqa: BLE001 - the source's own failure, handed to its consumer
+            yield _Piece(index, source.rate, None, [], error=err)
 
 
 @contextlib.contextmanager
-def _read(blocks: Iterable[np.ndarray], rate: int, segmenter: Segmenter, options: EngineOptions
-          ) -> Iterator[Iterable[Segments]]:
-    """Decoding, resampling and segmenting, read ahead in a background thread unless
-    ``options.prefetch`` is 0. ``segmenter.total`` is final once the block is left."""
-    items = _segmented(blocks, rate, segmenter)
+def _read(pieces: Iterator[_Piece], options: EngineOptions) -> Iterator[Iterable[_Piece]]:
+    """``pieces`` read ahead in a background thread, at most ``options.prefetch`` batches of
+    32 kHz input ahead, or in the caller's thread when ``prefetch`` is 0."""
     if not options.prefetch:
-        with contextlib.closing(items):
-            yield items
+        with contextlib.closing(pieces):
+            yield pieces
         return
     capacity = options.prefetch * options.batch_size * SEGMENT_SAMPLES
-    with ReadAhead(items, lambda item: _held(item, rate), capacity) as ahead:
+    with ReadAhead(pieces, lambda piece: piece.held, capacity) as ahead:
         yield ahead
 
 
@@ -354,56 +435,147 @@ class _SourceQueue:
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
+class _Joiner:
+    """One source's way back: overlap-add of its estimates one segment at a time, resampling
+    to its rate, alignment with its source blocks. Fed one estimate at a time, it gives the
+    same bits whatever the estimates shared their batches with."""
+
+    def __init__(self, rate: int, hop: int):
+        self.back = dsp.SincResampler(SAMPLE_RATE, rate).stream()
+        self.ola, self.queue = OverlapAdd(hop), _SourceQueue()
+        self.channels = self.received = self.emitted32 = self.emitted = 0
+        self.total: int | None = None  # 32 kHz length, known at the source's end
+        self.waiting = 0  # segments read but not yet estimated
+        self.error: Exception | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.total is not None and self.waiting == 0
+
+    def take(self, piece: _Piece) -> None:
+        if piece.block is None:
+            self.total = piece.total
+        else:
+            self.channels = piece.block.shape[1]
+            self.queue.push(piece.block)
+            self.received += len(piece.block)
+        self.waiting += len(piece.segments)
+
+    def add(self, estimate: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+        self.waiting -= 1
+        return self._pairs(self.ola.add(estimate), final=False)
+
+    def finish(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.received == 0:
+            return []
+        return self._pairs(self.ola.finish().reshape(self.channels, -1), final=True)
+
+    def _pairs(self, target32: torch.Tensor, final: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.total is not None:  # the zero-padded last segment reaches past the source
+            target32 = target32[:, : max(self.total - self.emitted32, 0)]
+        self.emitted32 += target32.shape[1]
+        target = self.back.push(target32) if target32.shape[1] else target32
+        if final:
+            target = torch.cat([target, self.back.flush(self.channels)], dim=1)[:, : self.received - self.emitted]
+        if not target.shape[1]:
+            return []
+        self.emitted += target.shape[1]
+        return [(target.T.numpy().astype(np.float32, copy=False), self.queue.pop(target.shape[1]))]
+
+
+class Batcher:
+    """Separates a sequence of sources whose segments share the network's batches.
+
+    Segments go to the network in source order, ``batch_size`` at a time: the last ones of one
+    source with the first ones of the next, so a folder of short clips fills whole batches.
+    Every batch has ``batch_size`` rows (the last one of a run padded with silent rows), and each
+    estimate goes back to its own source's overlap-add and resampler, so a source's output is
+    bit for bit the same whatever it was batched with, alone included.
+
+    Iterating gives :class:`Output` s source by source, in order: all of a source's output, then
+    its last Output (``done``, or its ``error``), then the next source's. A source is done as
+    soon as its last segment is back. Memory: the reader (see :func:`_read`) runs at most
+    ``prefetch`` batches of input ahead and sources are opened one at a time, so at most
+    ``(prefetch + 1) * batch_size + 2`` sources are open at once, whatever their number.
+    """
+
+    def __init__(self, model: SeparationModel, condition: torch.Tensor, sources: Iterable[Source],
+                 options: EngineOptions):
+        self.model, self.condition, self.sources, self.options = model, condition, sources, options
+        self._dropped: set[int] = set()  # read by the reader thread; adding is atomic
+        self._joiners: dict[int, _Joiner] = {}  # sources begun and not yet reported finished, in order
+        self._pending: deque[tuple[int, torch.Tensor]] = deque()
+
+    def drop(self, index: int) -> None:
+        """Give up source ``index`` (its consumer failed): nothing more is read, separated or
+        reported for it."""
+        self._dropped.add(index)
+        self._joiners.pop(index, None)
+        if any(i == index for i, _ in self._pending):
+            self._pending = deque(p for p in self._pending if p[0] != index)
+
+    def __iter__(self) -> Iterator[Output]:
+        size = self.options.batch_size
+        with _read(_pieces(self.sources, self.options.hop, self._dropped), self.options) as pieces:
+            for piece in pieces:
+                if piece.index in self._dropped:
+                    continue
+                joiner = self._joiners.setdefault(piece.index, _Joiner(piece.rate, self.options.hop))
+                if piece.error is not None:
+                    joiner.error = piece.error
+                    self._pending = deque(p for p in self._pending if p[0] != piece.index)
+                else:
+                    joiner.take(piece)
+                    self._pending.extend((piece.index, s) for s in piece.segments)
+                while len(self._pending) >= size:
+                    yield from self._run()
+                yield from self._release()
+            while self._pending:
+                yield from self._run()
+            yield from self._release()
+
+    def _run(self) -> Iterator[Output]:
+        """One batch through the network; each source's estimates to its joiner."""
+        size = self.options.batch_size
+        batch = [self._pending.popleft() for _ in range(min(size, len(self._pending)))]
+        estimates = separate_batch(self.model, [s for _, s in batch], self.condition, rows=size)
+        by_source: dict[int, list[torch.Tensor]] = {}
+        for (index, _), estimate in zip(batch, estimates):
+            by_source.setdefault(index, []).append(estimate)
+        for index, mine in by_source.items():
+            joiner = self._joiners.get(index)
+            if joiner is None:  # dropped meanwhile
+                continue
+            yield Output(index, [pair for e in mine for pair in joiner.add(e)], len(mine))
+            yield from self._release()
+
+    def _release(self) -> Iterator[Output]:
+        """The last Output of each finished or failed source at the head of the order."""
+        while self._joiners:
+            index, joiner = next(iter(self._joiners.items()))
+            if joiner.error is None and not joiner.finished:
+                return
+            del self._joiners[index]
+            if joiner.error is not None:
+                yield Output(index, [], error=joiner.error)
+            else:
+                yield Output(index, joiner.finish(), done=True)
+
+
 def separate_stream(model: SeparationModel, condition: torch.Tensor, blocks: Iterable[np.ndarray], rate: int,
                     options: EngineOptions, on_segments: Callable[[int], None] | None = None,
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Separate a stream of float32 source blocks (n, channels) at ``rate``.
+    """Separate a stream of float32 source blocks (n, channels) at ``rate``: a :class:`Batcher`
+    of one source.
 
     Yields aligned ``(target, source)`` blocks at ``rate`` that together cover the source
-    exactly; ``source - target`` is the residual. ``on_segments(k)`` reports progress.
+    exactly; ``source - target`` is the residual. ``on_segments(k)`` reports progress; an error
+    of ``blocks`` is raised after the output that came before it.
     """
-    back = dsp.SincResampler(SAMPLE_RATE, rate).stream()
-    segmenter, ola, queue = Segmenter(options.hop), OverlapAdd(options.hop), _SourceQueue()
-    pending: list[torch.Tensor] = []
-    received = emitted32 = emitted = 0
-    channels = 0
-
-    def run(batch: list[torch.Tensor]) -> torch.Tensor:
-        estimates = separate_batch(model, _stacked(batch, model.device), condition)
-        if on_segments:
-            on_segments(len(batch))
-        return torch.cat([ola.add(e) for e in estimates], dim=1)
-
-    def pair(target32: torch.Tensor, final: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        nonlocal emitted32, emitted
-        if final:
-            target32 = target32[:, : max(segmenter.total - emitted32, 0)]
-        emitted32 += target32.shape[1]
-        target = back.push(target32) if target32.shape[1] else target32
-        if final:
-            target = torch.cat([target, back.flush(channels)], dim=1)
-            target = target[:, : received - emitted]
-        if target.shape[1]:
-            emitted += target.shape[1]
-            yield target.T.numpy().astype(np.float32, copy=False), queue.pop(target.shape[1])
-
-    with _read(blocks, rate, segmenter, options) as items:
-        for block, segments in items:
-            if block is None:  # the stream's last segments, trimmed to its end below
-                pending.extend(segments)
-                break
-            channels = block.shape[1]
-            queue.push(block)
-            received += len(block)
-            for segment in segments:
-                pending.append(segment)
-                if len(pending) == options.batch_size:
-                    yield from pair(run(pending), final=False)
-                    pending = []
-    if received == 0:
-        return
-    out = []
-    for i in range(0, len(pending), options.batch_size):
-        out.append(run(pending[i : i + options.batch_size]))
-    out.append(ola.finish())
-    yield from pair(torch.cat([o.reshape(channels, -1) for o in out], dim=1), final=True)
+    with contextlib.closing(iter(Batcher(model, condition, [Source(blocks, rate)], options))) as outputs:
+        for out in outputs:
+            if out.error is not None:
+                raise out.error
+            if on_segments and out.segments:
+                on_segments(out.segments)
+            yield from out.pairs

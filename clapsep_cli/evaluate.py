@@ -151,7 +151,7 @@ class Evaluator:
     def _separate(self, mixtures: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
         """Estimates for 10 s clips (one segment each, batched) or one long pair (streamed)."""
         if mixtures.shape[-1] == SEGMENT_SAMPLES:
-            return engine.separate_batch(self.model, mixtures[:, None], conds)[:, 0]
+            return torch.cat(engine.separate_batch(self.model, list(mixtures[:, None]), conds))
         blocks = [mixtures[0, i : i + 65536].numpy()[:, None] for i in range(0, mixtures.shape[-1], 65536)]
         out = engine.separate_stream(self.model, conds, blocks, SAMPLE_RATE, self.separator.options)
         return torch.from_numpy(np.concatenate([t for t, _ in out])[:, 0])[None]

@@ -2,8 +2,9 @@
 
 Planning comes first and needs no model: every file is probed, its stem (and residual) paths
 planned, existing stems marked skipped unless overwriting, and the whole job refused if two
-inputs would write one path or a stem would land on an input. Then each planned file is
-separated by the streaming engine into temporary files renamed into place only when complete.
+inputs would write one path or a stem would land on an input. Then the planned files are
+separated by the streaming engine, short files sharing the network's batches, into temporary
+files renamed into place only when complete.
 A failing file (unreadable, a write error such as a full disk) is recorded and the job goes on.
 """
 
@@ -298,10 +299,49 @@ class Extractor:
         self.query_seconds = time.perf_counter() - t0
 
     def run(self, planned: list[FileResult]) -> list[FileResult]:
-        """Separate every pending result of :func:`plan_job` (in place); returns them all."""
-        for result in planned:
-            if result.status == "pending" and result.planned is not None:
-                self._run_planned(result, result.planned)
+        """Separate every pending result of :func:`plan_job` (in place); returns them all.
+
+        The files' segments share the network's batches (see :class:`engine.Batcher`): each
+        stem is bit for bit what a run on its file alone writes. Files are reported to the
+        progress one after another, in order; a file's ``processing_seconds`` run from the end of
+        the one before it (or the start) to its own end, so together they add up to the run's.
+        """
+        todo = [r for r in planned if r.status == "pending" and r.planned is not None]
+        if not todo:
+            return planned
+        stop = self.region.end is not None  # to the real end (ffmpeg lengths may be estimates)
+        sources = (engine.Source(audio_io.read_blocks(p.info, p.first, p.last if stop else None), p.info.rate)
+                   for p in (r.planned for r in todo if r.planned is not None))
+        batcher = engine.Batcher(self.model, self.condition, sources, self.options)
+        last_end = time.perf_counter()
+        with contextlib.closing(iter(batcher)) as outputs:
+            index, current = self._begin(todo, 0, batcher)
+            try:
+                for out in outputs:
+                    assert current is not None and out.index == index, "outputs come file by file"
+                    try:
+                        if out.error is not None:
+                            raise out.error
+                        current.write(out.pairs)
+                        self.progress.advance(out.segments)
+                        if not out.done:
+                            continue
+                        current.commit(todo[index])
+                    except ClapsepError as err:  # this file fails, the others go on
+                        current.abort()
+                        todo[index].settle("failed", err)
+                        batcher.drop(index)
+                    self.progress.end_file()
+                    now = time.perf_counter()
+                    if todo[index].status == "ok":
+                        todo[index].seconds = now - last_end
+                    last_end = now
+                    index, current = self._begin(todo, index + 1, batcher)
+            except BaseException:
+                if current is not None:
+                    current.abort()
+                    self.progress.end_file()
+                raise
         return planned
 
     def run_one(self, source: Path) -> FileResult:
@@ -314,53 +354,68 @@ class Extractor:
             return result
         return self.run([result])[0]
 
-    def _run_planned(self, result: FileResult, planned: Planned) -> None:
-        try:
-            self._separate(result, planned)
-        except ClapsepError as err:
-            result.settle("failed", err)
+    def _begin(self, todo: list[FileResult], index: int, batcher: engine.Batcher) -> tuple[int, _FileRun | None]:
+        """Open the stems of ``todo[index]`` (or, where that fails, of the next file that can)."""
+        while index < len(todo):
+            result = todo[index]
+            p = result.planned
+            assert p is not None
+            samples32 = -(-(p.last - p.first) * SAMPLE_RATE // p.info.rate)
+            self.progress.start_file(result.input, engine.segment_count(samples32, self.options),
+                                     (p.last - p.first) / p.info.rate)
+            try:
+                return index, _FileRun(result.input, p, self.plan.overwrite, self.query.slug(), self.invert)
+            except ClapsepError as err:
+                result.settle("failed", err)
+                batcher.drop(index)
+                self.progress.end_file()
+            index += 1
+        return index, None
 
-    def _separate(self, result: FileResult, p: Planned) -> None:
-        source, info = result.input, p.info
-        label = self.query.slug()
-        writers = [audio_io.StemWriter(p.target, info.rate, info.channels, p.fmt, p.clip, self.plan.overwrite, label)]
+
+class _FileRun:
+    """One file's stems being written: atomic writers, the source's peak and length."""
+
+    def __init__(self, source: Path, p: Planned, overwrite: bool, label: str, invert: bool):
+        self.source, self.invert = source, invert
+        info = p.info
+        self.writers = [audio_io.StemWriter(p.target, info.rate, info.channels, p.fmt, p.clip, overwrite, label)]
         if p.residual is not None:
-            writers.append(audio_io.StemWriter(p.residual, info.rate, info.channels, p.fmt, p.clip,
-                                               self.plan.overwrite, f"{label} residual"))
-        start = time.perf_counter()
-        samples32 = -(-(p.last - p.first) * SAMPLE_RATE // info.rate)
-        self.progress.start_file(source, engine.segment_count(samples32, self.options), (p.last - p.first) / info.rate)
-        try:
-            peak = 0.0
-            frames = 0
-            stop = None if self.region.end is None else p.last  # to the real end (ffmpeg lengths may be estimates)
-            stream = engine.separate_stream(self.model, self.condition, audio_io.read_blocks(info, p.first, stop),
-                                            info.rate, self.options, self.progress.advance)
-            with contextlib.closing(stream):  # a failed write stops the read-ahead thread at once
-                for target, src in stream:
-                    peak = max(peak, float(np.max(np.abs(src))))
-                    frames += len(target)
-                    stem = src - target if self.invert else target
-                    writers[0].write(stem)
-                    if p.residual is not None:
-                        writers[1].write(src - stem)
-            if frames == 0:
-                raise AudioError(f"{source}: contains no audio")
-            if peak == 0.0:
-                raise AudioError(f"{source}: is digital silence; there is nothing to extract")
-            for w in writers:
-                w.commit()
-        except BaseException:
-            for w in writers:
-                w.abort()
-            raise
-        finally:
-            self.progress.end_file()
+            try:
+                self.writers.append(audio_io.StemWriter(p.residual, info.rate, info.channels, p.fmt, p.clip,
+                                                        overwrite, f"{label} residual"))
+            except BaseException:
+                self.abort()
+                raise
+        self.peak = 0.0
+        self.frames = 0
+
+    def write(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for target, src in pairs:
+            self.peak = max(self.peak, float(np.max(np.abs(src))))
+            self.frames += len(target)
+            stem = src - target if self.invert else target
+            self.writers[0].write(stem)
+            if len(self.writers) > 1:
+                self.writers[1].write(src - stem)
+
+    def commit(self, result: FileResult) -> None:
+        """Check what was written and rename the stems into place; record the outcome."""
+        if self.frames == 0:
+            raise AudioError(f"{self.source}: contains no audio")
+        if self.peak == 0.0:
+            raise AudioError(f"{self.source}: is digital silence; there is nothing to extract")
+        for w in self.writers:
+            w.commit()
         result.status = "ok"
-        result.frames, result.seconds = frames, time.perf_counter() - start
-        result.clipped_samples = sum(w.clipped for w in writers)
-        if any(w.gain != 1.0 for w in writers):
-            result.extra["rescale_gain"] = [w.gain for w in writers]
+        result.frames = self.frames
+        result.clipped_samples = sum(w.clipped for w in self.writers)
+        if any(w.gain != 1.0 for w in self.writers):
+            result.extra["rescale_gain"] = [w.gain for w in self.writers]
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.abort()
 
 
 def _refuse_source_overwrite(source: Path, outputs: list[Path | None]) -> None:
