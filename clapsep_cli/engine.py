@@ -7,20 +7,19 @@ Signal path for a source at rate ``sr`` with ``C`` channels:
    * 10 s``); the last segment is zero-padded, as in the official model;
 3. batches of segments go through the network: the mask comes from the mono downmix, and that
    one mask multiplies every channel's STFT, so each time-frequency cell keeps its inter-channel
-   level and phase differences (the spatial image). Every batch has ``batch_size`` rows, the
-   last one of a run filled with silent rows: kernels (matrix products, even vectorised
-   element-wise loops) may round differently by batch size, and a fixed size keeps a
-   segment's estimate the same whatever shares its batch;
+   level and phase differences (the spatial image). On a CUDA device several sources' segments
+   share batches of a fixed ``batch_size`` rows, the last one filled with silent rows; on the
+   CPU a batch holds one source's segments (see :func:`shared_rows`);
 4. consecutive segment estimates are joined by an equal-gain raised-cosine crossfade over their
    overlap (no crossfade, hard cuts, at overlap 0); a source of one segment is one segment;
 5. the 32 kHz estimate is resampled back to ``sr`` and trimmed to the source's exact length.
 
 Memory holds a few segments at a time, whatever the file's length.
 
-Several sources (a folder of short clips) go through one :class:`Batcher`: their segments
-share batches, each estimate goes back to its own source's overlap-add and resampler, and each
-source's output is bit for bit what it gives alone (:func:`separate_stream` is the one-source
-case).
+Several sources (a folder of short clips) go through one :class:`Batcher`, read ahead across
+files; on CUDA their segments share batches. Each estimate goes back to its own source's
+overlap-add and resampler, and each source's output is bit for bit what it gives alone
+(:func:`separate_stream` is the one-source case).
 
 Decoding, resampling to 32 kHz and cutting segments run in a background thread
 (:class:`ReadAhead`), a bounded amount ahead of the network, so that they overlap it; the
@@ -168,31 +167,54 @@ class SeparationModel(Protocol):
     def masks(self, mixture: torch.Tensor, condition: torch.Tensor, spec: torch.Tensor) -> torch.Tensor: ...
 
 
+def shared_rows(device: torch.device, batch_size: int) -> int | None:
+    """Rows of every network call when sources share batches, or None where they must not.
+
+    A segment's estimate must not depend on what shares its batch. On CUDA every element of an
+    element-wise kernel is computed alike and matrix kernels are chosen by shape, so calls of a
+    fixed ``batch_size`` rows (the last one filled with silent rows) are enough. On the CPU (and
+    elsewhere, unmeasured) they are not: element-wise kernels compute the few elements where
+    they split work between threads by a scalar path that rounds differently from the vector
+    one, so a segment's row changes its last bits; there a batch holds one source's segments
+    only, as it would alone.
+    """
+    return batch_size if device.type == "cuda" else None
+
+
 def separate_batch(model: SeparationModel, segments: Sequence[torch.Tensor], condition: torch.Tensor,
                    rows: int | None = None) -> list[torch.Tensor]:
     """Estimates (C, L) on the CPU for 32 kHz segments (C, L), whose channel counts may differ:
     each segment's downmix mask applied to each of its channels.
 
-    The network runs on ``rows`` rows (default: one per segment), those past the segments
-    silent. Some kernels round differently by batch size, never by a row's place in the batch or
-    its neighbours, so a fixed ``rows`` makes a segment's estimate independent of what shares its
-    batch; STFT and iSTFT run per segment for the same reason. ``condition`` is (1, D) or one row
-    per segment. STFT, masking and iSTFT run on the model's device.
+    The network runs in calls of ``rows`` rows (default: all segments in one call), the last
+    call's rows past the segments silent; STFT and iSTFT run per segment, so that a segment's
+    numbers depend on nothing else (see :func:`shared_rows`). ``condition`` is (1, D) or one
+    row per segment. STFT, masking and iSTFT run on the model's device.
     """
     rows = rows or len(segments)
     staged = _staged(segments, model.device)
     length = staged[0].shape[-1]
     specs = [dsp.stft(x[None]) for x in staged]  # (1, C, bins, frames) each
-    mono = [_downmix(x[None]) for x in staged]
-    mono_spec = [_downmix(spec) for spec in specs]
-    silent = rows - len(segments)
-    if silent:
-        mono.append(mono[0].new_zeros((silent, length)))
-        mono_spec.append(mono_spec[0].new_zeros((silent, *mono_spec[0].shape[1:])))
+    mono = torch.cat([_downmix(x[None]) for x in staged])
+    mono_spec = torch.cat([_downmix(spec) for spec in specs])
     cond = condition.to(model.device)
-    cond = cond.expand(rows, -1) if cond.shape[0] == 1 else torch.cat([cond, cond[:1].expand(silent, -1)])
-    mask = model.masks(torch.cat(mono), cond, torch.cat(mono_spec))
+    masks = []
+    for i in range(0, len(segments), rows):
+        n = min(rows, len(segments) - i)
+        part = cond if cond.shape[0] == 1 else cond[i : i + n]
+        masks.append(model.masks(_filled(mono[i : i + n], rows), _filled(part, rows, repeat=True),
+                                 _filled(mono_spec[i : i + n], rows))[:n])
+    mask = torch.cat(masks)
     return _to_host([dsp.istft(spec * mask[i : i + 1].unsqueeze(1), length)[0] for i, spec in enumerate(specs)])
+
+
+def _filled(x: torch.Tensor, rows: int, repeat: bool = False) -> torch.Tensor:
+    """``x`` (n, ...) made ``rows`` rows long: silent rows appended, or with ``repeat`` its first row."""
+    if len(x) == rows:
+        return x
+    if repeat:
+        return x[:1].expand(rows, *x.shape[1:]) if len(x) == 1 else torch.cat([x, x[:1].expand(rows - len(x), -1)])
+    return torch.cat([x, x.new_zeros((rows - len(x), *x.shape[1:]))])
 
 
 def _downmix(x: torch.Tensor) -> torch.Tensor:
@@ -486,11 +508,11 @@ class _Joiner:
 class Batcher:
     """Separates a sequence of sources whose segments share the network's batches.
 
-    Segments go to the network in source order, ``batch_size`` at a time: the last ones of one
-    source with the first ones of the next, so a folder of short clips fills whole batches.
-    Every batch has ``batch_size`` rows (the last one of a run padded with silent rows), and each
-    estimate goes back to its own source's overlap-add and resampler, so a source's output is
-    bit for bit the same whatever it was batched with, alone included.
+    Segments go to the network in source order, ``batch_size`` at a time. On a CUDA device the
+    last ones of one source share a batch with the first ones of the next, so a folder of short
+    clips fills whole batches; every call there has ``batch_size`` rows (see
+    :func:`shared_rows`). Each estimate goes back to its own source's overlap-add and resampler,
+    so a source's output is bit for bit what it gives alone.
 
     Iterating gives :class:`Output` s source by source, in order: all of a source's output, then
     its last Output (``done``, or its ``error``), then the next source's. A source is done as
@@ -505,6 +527,7 @@ class Batcher:
         self._dropped: set[int] = set()  # read by the reader thread; adding is atomic
         self._joiners: dict[int, _Joiner] = {}  # sources begun and not yet reported finished, in order
         self._pending: deque[tuple[int, torch.Tensor]] = deque()
+        self._rows = shared_rows(model.device, options.batch_size)
 
     def drop(self, index: int) -> None:
         """Give up source ``index`` (its consumer failed): nothing more is read, separated or
@@ -515,7 +538,6 @@ class Batcher:
             self._pending = deque(p for p in self._pending if p[0] != index)
 
     def __iter__(self) -> Iterator[Output]:
-        size = self.options.batch_size
         with _read(_pieces(self.sources, self.options.hop, self._dropped), self.options) as pieces:
             for piece in pieces:
                 if piece.index in self._dropped:
@@ -527,18 +549,30 @@ class Batcher:
                 else:
                     joiner.take(piece)
                     self._pending.extend((piece.index, s) for s in piece.segments)
-                while len(self._pending) >= size:
-                    yield from self._run()
+                while batch := self._next_batch(end=False):
+                    yield from self._run(batch)
                 yield from self._release()
-            while self._pending:
-                yield from self._run()
+            while batch := self._next_batch(end=True):
+                yield from self._run(batch)
             yield from self._release()
 
-    def _run(self) -> Iterator[Output]:
+    def _next_batch(self, end: bool) -> list[tuple[int, torch.Tensor]]:
+        """The next batch, if one is ready: ``batch_size`` segments, or fewer at the end (of the
+        sources, or of the source when sources do not share batches)."""
+        size, pending = self.options.batch_size, self._pending
+        if self._rows is None and pending:  # the head source's segments, which lead the queue
+            head = pending[0][0]
+            count = next((i for i, (index, _) in enumerate(pending) if index != head), len(pending))
+            if count < size and not end and self._joiners[head].total is None:
+                return []
+            return [pending.popleft() for _ in range(min(size, count))]
+        if len(pending) < size and not end:
+            return []
+        return [pending.popleft() for _ in range(min(size, len(pending)))]
+
+    def _run(self, batch: list[tuple[int, torch.Tensor]]) -> Iterator[Output]:
         """One batch through the network; each source's estimates to its joiner."""
-        size = self.options.batch_size
-        batch = [self._pending.popleft() for _ in range(min(size, len(self._pending)))]
-        estimates = separate_batch(self.model, [s for _, s in batch], self.condition, rows=size)
+        estimates = separate_batch(self.model, [s for _, s in batch], self.condition, self._rows)
         by_source: dict[int, list[torch.Tensor]] = {}
         for (index, _), estimate in zip(batch, estimates):
             by_source.setdefault(index, []).append(estimate)

@@ -323,7 +323,8 @@ class Extractor:
                         if out.error is not None:
                             raise out.error
                         current.write(out.pairs)
-                        self.progress.advance(out.segments)
+                        if out.segments:
+                            self.progress.advance(out.segments)
                         if not out.done:
                             continue
                         current.commit(todo[index])

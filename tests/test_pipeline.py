@@ -71,8 +71,7 @@ def test_read_ahead_gives_the_same_bits_as_one_thread(rate: int, channels: int, 
 
 def _reference_32k(x: np.ndarray, options: EngineOptions) -> np.ndarray:
     """The engine's definition at 32 kHz written out whole, with torch's own STFT pair:
-    zero-padded 10 s segments every hop, downmix mask from batches of ``batch_size`` rows (the
-    last one filled with silent rows), crossfaded joins."""
+    zero-padded 10 s segments every hop, downmix mask, crossfaded joins."""
     wave = torch.from_numpy(x.T.copy())
     n, hop = wave.shape[1], options.hop
     starts = [0] if n <= SEGMENT_SAMPLES else list(range(0, n - SEGMENT_SAMPLES, hop)) + [None]
@@ -84,10 +83,7 @@ def _reference_32k(x: np.ndarray, options: EngineOptions) -> np.ndarray:
         batch = torch.stack(segments[i : i + options.batch_size])
         spec = torch.stft(batch.reshape(-1, SEGMENT_SAMPLES), 1024, 320, 1024, HANN, center=True,
                           pad_mode="reflect", return_complex=True).reshape(*batch.shape[:2], 513, -1)
-        silent = options.batch_size - len(batch)  # every batch has batch_size rows, the last padded
-        mono, mono_spec = (torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, silent))
-                           for t in (batch.mean(dim=1), spec.mean(dim=1)))
-        mask = SpectralMask().masks(mono, torch.zeros(1, 4), mono_spec)[: len(batch)]
+        mask = SpectralMask().masks(batch.mean(dim=1), torch.zeros(1, 4), spec.mean(dim=1))
         out = torch.istft((spec * mask.unsqueeze(1)).reshape(-1, 513, spec.shape[-1]), 1024, 320, 1024, HANN,
                           center=True, length=SEGMENT_SAMPLES)
         estimates.extend(out.reshape(batch.shape))
