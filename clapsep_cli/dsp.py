@@ -24,7 +24,11 @@ def stft(x: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
     """Complex STFT of ``x`` (..., time) -> (..., n_fft // 2 + 1, frames).
 
     Hann window (periodic), centred frames with reflect padding: the released model's settings.
+    Half-precision input (from autocast) is transformed in float32: cuFFT has no bf16, and a
+    bf16 window would round the analysis itself.
     """
+    if x.dtype in (torch.bfloat16, torch.float16):
+        x = x.float()
     shape = x.shape
     spec = torch.stft(
         x.reshape(-1, shape[-1]),
