@@ -298,7 +298,7 @@ def _segmented(blocks: Iterable[np.ndarray], rate: int, segmenter: Segmenter) ->
             if block.ndim != 2 or len(block) == 0:
                 continue
             channels = block.shape[1]
-            block32 = to32.push(torch.from_numpy(np.ascontiguousarray(block.T)))
+            block32 = to32.push(torch.from_numpy(block).T)  # a view; the resampler's buffer copies it once
             yield block, [s for _, s in segmenter.push(block32)]
     finally:
         close = getattr(blocks, "close", None)
