@@ -154,7 +154,11 @@ def read_blocks(info: AudioInfo, start: int = 0, stop: int | None = None, block:
 
 def _sf_blocks(info: AudioInfo, start: int, stop: int, block: int) -> Iterator[np.ndarray]:
     with sf.SoundFile(str(info.path)) as f:
-        f.seek(start)
+        if start and f.seekable():
+            f.seek(start)
+        else:  # some codecs (GSM 6.10) cannot seek, not even to 0: read up to the start instead
+            for _ in f.blocks(blocksize=block, frames=start, dtype="float32"):
+                pass
         remaining = stop - start
         while remaining > 0:
             data = f.read(min(block, remaining), dtype="float32", always_2d=True)
