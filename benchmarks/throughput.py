@@ -105,14 +105,15 @@ def ours(sources: list[Path], out_dir: Path, device: str, env: dict[str, str]) -
             "precision": report["precision"]}
 
 
-def baseline(source: Path, out_dir: Path, env: dict[str, str]) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--baseline-worker", str(source), str(out_dir / "baseline.wav")]
+def baseline(source: Path, out_dir: Path, device: str, env: dict[str, str]) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--baseline-worker", str(source), str(out_dir / "baseline.wav"),
+           "--device", device]
     wall, peak, out = spawn(cmd, env)
     return {"wall_s": wall, "process_s": float(out.strip()), "peak_mib": peak}
 
 
-def baseline_worker(source: Path, target: Path) -> None:
-    """The naive pipeline; prints its processing seconds (after model construction)."""
+def baseline_worker(source: Path, target: Path, device: torch.device) -> None:
+    """The naive pipeline on ``device``; prints its processing seconds (after model construction)."""
     from clapsep_cli.architecture import RELEASED, SEGMENT_SAMPLES
     from clapsep_cli.dsp import SincResampler
     from clapsep_cli.separator import Separator
@@ -121,12 +122,14 @@ def baseline_worker(source: Path, target: Path) -> None:
     torch.manual_seed(0)
     clap = {k: v for k, v in Separator(RELEASED).state_dict().items() if k.startswith("audio_branch.")}
     path = OfficialPath(RELEASED, random_clapsep_training_state(RELEASED, clap))
-    condition = torch.nn.functional.normalize(torch.randn(2, 512), dim=-1).reshape(1, 1024)
+    for module in (path.encoder, path.decoder, path.stft, path.istft):
+        module.to(device)
+    condition = torch.nn.functional.normalize(torch.randn(2, 512), dim=-1).reshape(1, 1024).to(device)
     start = time.perf_counter()
     data, rate = sf.read(str(source), dtype="float32", always_2d=True)
     mono = SincResampler(rate, 32000)(torch.from_numpy(data.mean(axis=1)))
     padded = torch.nn.functional.pad(mono, (0, -len(mono) % SEGMENT_SAMPLES))
-    chunks = [path(chunk[None], condition)[0] for chunk in padded.split(SEGMENT_SAMPLES)]
+    chunks = [path(chunk[None].to(device), condition)[0].cpu() for chunk in padded.split(SEGMENT_SAMPLES)]
     out = torch.cat(chunks)[: len(mono)]
     sf.write(str(target), out.numpy(), 32000, subtype="PCM_16")
     print(time.perf_counter() - start)
@@ -167,7 +170,7 @@ def run_default(args: argparse.Namespace, env: dict[str, str]) -> list[dict[str,
                      "audio_s": minutes * 60, **mine})
         if not args.skip_baseline:
             rows.append({"case": f"{minutes:g} min stereo 44.1 kHz", "pipeline": "released recipe (fp32)",
-                         "audio_s": minutes * 60, **baseline(source, args.out, env)})
+                         "audio_s": minutes * 60, **baseline(source, args.out, args.device, env)})
     print("\n| audio | pipeline | whole process | audio s / s | peak RSS |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['pipeline']} | {r['wall_s']:.1f} s | {r['audio_s'] / r['wall_s']:.1f} | "
@@ -224,7 +227,7 @@ def main() -> None:
     parser.add_argument("--baseline-worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_worker:
-        baseline_worker(*args.baseline_worker)
+        baseline_worker(*args.baseline_worker, torch.device(args.device))
         return
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +236,8 @@ def main() -> None:
         rows += run_free(args)
     if {"default", "clips"} & set(args.only):
         make_store(args.out / "store")
-        env = {**os.environ, "CLAPSEP_HOME": str(args.out / "store"), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+        path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+        env = {**os.environ, "CLAPSEP_HOME": str(args.out / "store"), "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
         ours([make_source(args.out / "warmup.wav", 0.2)], args.out, args.device, env)  # caches the query embedding
         if "default" in args.only:
             rows += run_default(args, env)

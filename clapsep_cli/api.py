@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from clapsep_cli import audio_io, engine, presets, store
-from clapsep_cli.engine import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, EngineOptions
+from clapsep_cli.engine import DEFAULT_OVERLAP, EngineOptions
 from clapsep_cli.errors import AudioError, ClapsepError, SettingError
 from clapsep_cli.extract import (
     Extractor,
@@ -160,12 +160,12 @@ class Separator:
 
     def __init__(self, model: str = store.DEFAULT_MODEL, *, device: str = "auto",
                  precision: str = DEFAULT_PRECISION, overlap: float = DEFAULT_OVERLAP,
-                 batch_size: int = DEFAULT_BATCH_SIZE, log: Callable[[str], None] | None = None):
+                 batch_size: int | None = None, log: Callable[[str], None] | None = None):
         from clapsep_cli.model import resolve_device, resolve_precision
 
-        self.options = EngineOptions(overlap=overlap, batch_size=batch_size)
         self.model_name = model
         self.device = resolve_device(device)
+        self.options = EngineOptions(overlap=overlap, batch_size=batch_size or engine.default_batch_size(self.device))
         self.precision = resolve_precision(precision, self.device)  # "auto" becomes what this device runs
         self.log = log or (lambda _msg: None)
         self._model: Any = None

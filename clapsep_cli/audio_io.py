@@ -116,6 +116,13 @@ def is_stem(path: Path) -> bool:
         return False
 
 
+# libsndfile subtypes that store integer codes (PCM, companded, ADPCM): no NaN or infinity.
+INTEGER_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW", "IMA_ADPCM",
+                              "MS_ADPCM", "VOX_ADPCM", "GSM610", "G721_32", "G723_24", "G723_40", "DWVW_12",
+                              "DWVW_16", "DWVW_24", "DPCM_8", "DPCM_16", "NMS_ADPCM_16", "NMS_ADPCM_24",
+                              "NMS_ADPCM_32", "ALAC_16", "ALAC_20", "ALAC_24", "ALAC_32"})
+
+
 def _finite(path: Path, rate: int, start: int, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """Pass blocks through, refusing the first NaN or infinite sample with one line saying where."""
     position = start
@@ -139,12 +146,19 @@ def read_blocks(info: AudioInfo, start: int = 0, stop: int | None = None, block:
         blocks = _ffmpeg_blocks(info, start, stop, block)
     else:
         blocks = _sf_blocks(info, start, info.frames if stop is None else stop, block)
-    yield from _finite(info.path, info.rate, start, blocks)
+    if info.subtype in INTEGER_SUBTYPES:  # every integer code decodes to a finite number
+        yield from blocks
+    else:
+        yield from _finite(info.path, info.rate, start, blocks)
 
 
 def _sf_blocks(info: AudioInfo, start: int, stop: int, block: int) -> Iterator[np.ndarray]:
     with sf.SoundFile(str(info.path)) as f:
-        f.seek(start)
+        if start and f.seekable():
+            f.seek(start)
+        else:  # some codecs (GSM 6.10) cannot seek, not even to 0: read up to the start instead
+            for _ in f.blocks(blocksize=block, frames=start, dtype="float32"):
+                pass
         remaining = stop - start
         while remaining > 0:
             data = f.read(min(block, remaining), dtype="float32", always_2d=True)
@@ -327,12 +341,11 @@ class StemWriter:
     def write(self, block: np.ndarray) -> None:
         if len(block) == 0:
             return
-        self.peak = max(self.peak, float(np.max(np.abs(block))))
-        if self.clip == "clamp":
-            over = np.abs(block) > 1.0
-            if over.any():
-                self.clipped += int(over.sum())
-                block = np.clip(block, -1.0, 1.0)
+        peak = max(float(block.max()), -float(block.min()))  # two reductions, no |block| copy
+        self.peak = max(self.peak, peak)
+        if self.clip == "clamp" and peak > 1.0:
+            self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
+            block = np.clip(block, -1.0, 1.0)
         try:
             self._file.write(block)
         except (sf.LibsndfileError, RuntimeError, OSError) as err:

@@ -24,7 +24,11 @@ def stft(x: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
     """Complex STFT of ``x`` (..., time) -> (..., n_fft // 2 + 1, frames).
 
     Hann window (periodic), centred frames with reflect padding: the released model's settings.
+    Half-precision input (from autocast) is transformed in float32: cuFFT has no bf16, and a
+    bf16 window would round the analysis itself.
     """
+    if x.dtype in (torch.bfloat16, torch.float16):
+        x = x.float()
     shape = x.shape
     spec = torch.stft(
         x.reshape(-1, shape[-1]),
@@ -50,7 +54,7 @@ def istft(spec: torch.Tensor, length: int, n_fft: int = N_FFT, hop: int = HOP) -
     shape = spec.shape
     frames = shape[-1]
     window = _hann(n_fft, spec.device, spec.real.dtype)
-    pieces = torch.fft.irfft(spec.reshape(-1, *shape[-2:]).transpose(1, 2), n=n_fft, dim=-1) * window
+    pieces = torch.fft.irfft(spec.reshape(-1, *shape[-2:]).transpose(1, 2), n=n_fft, dim=-1).mul_(window)
     envelope = _window_envelope(n_fft, hop, frames, spec.device, spec.real.dtype)
     start = n_fft // 2
     if start + length > envelope.shape[-1]:
@@ -103,7 +107,8 @@ class SincResampler:
         self.orig_rate, self.new_rate = int(orig_rate), int(new_rate)
         self.down, self.up = self.orig_rate // g, self.new_rate // g
         self.width, self.kernel = _sinc_kernel(self.down, self.up, zero_crossings, rolloff)
-        self._kernels: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self.groups = _phase_groups(self.kernel, self.down, self.up)
+        self._kernels: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
 
     @property
     def identity(self) -> bool:
@@ -113,16 +118,35 @@ class SincResampler:
         """Samples produced for ``n`` input samples."""
         return -(-self.up * n // self.down)
 
-    def _kernel(self, like: torch.Tensor) -> torch.Tensor:
+    def _kernels_for(self, like: torch.Tensor) -> list[torch.Tensor]:
+        """The kernel on ``like``'s device and dtype: whole (up, 1, taps) for one group, else
+        each group's taps as a (taps, phases) matrix."""
         key = (like.device, like.dtype)
         if key not in self._kernels:
-            self._kernels[key] = self.kernel.to(device=like.device, dtype=like.dtype)
+            kernel = self.kernel.to(device=like.device, dtype=like.dtype)
+            if len(self.groups) == 1:
+                self._kernels[key] = [kernel]
+            else:
+                self._kernels[key] = [kernel[p0:p1, 0, lo:hi].T.contiguous() for p0, p1, lo, hi in self.groups]
         return self._kernels[key]
 
     def _frames(self, padded: torch.Tensor) -> torch.Tensor:
-        """Run the polyphase filter over already padded input (rows, samples)."""
-        out = F.conv1d(padded[:, None, :], self._kernel(padded), stride=self.down)
-        return out.transpose(1, 2).reshape(padded.shape[0], -1)
+        """Run the polyphase filter over already padded input (rows, samples): output frame
+        ``i`` (``up`` samples) reads ``padded[i * down : i * down + kernel length]``.
+
+        With several phase groups, each group's taps multiply strided windows of the input (a
+        matrix product over the group's non-zero taps only); with one, a strided convolution.
+        """
+        kernels = self._kernels_for(padded)
+        if len(self.groups) == 1:
+            out = F.conv1d(padded[:, None, :], kernels[0], stride=self.down)
+            return out.transpose(1, 2).reshape(padded.shape[0], -1)
+        rows, length = padded.shape
+        padded = padded.contiguous()
+        frames = (length - self.kernel.shape[-1]) // self.down + 1
+        parts = [padded.as_strided((rows, frames, hi - lo), (length, self.down, 1), padded.storage_offset() + lo)
+                 @ kernel for (_, _, lo, hi), kernel in zip(self.groups, kernels)]
+        return torch.cat(parts, dim=2).reshape(rows, -1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Resample a whole signal (..., time)."""
@@ -152,6 +176,26 @@ def _sinc_kernel(down: int, up: int, zero_crossings: int, rolloff: float) -> tup
     t = t * math.pi
     sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / torch.where(t == 0, torch.ones_like(t), t))
     return width, (sinc * window * (base / down)).to(torch.float32)[:, None, :]
+
+
+def _phase_groups(kernel: torch.Tensor, down: int, up: int) -> list[tuple[int, int, int, int]]:
+    """Runs of consecutive phases ``(first, end, first tap, end tap)`` that together cover every
+    non-zero tap of ``kernel`` (up, 1, taps).
+
+    Each phase is non-zero over about ``2 * zero_crossings * down / base`` taps, a window that
+    slides across the kernel as the phase grows, so one convolution over all taps mostly
+    multiplies zeros when ``down`` is large (441 taps per output sample for 44.1 -> 32 kHz,
+    17 of them non-zero). Groups of phases small enough that their windows overlap mostly
+    skip those zeros; dropping exact zeros from a sum leaves its terms unchanged.
+    """
+    nonzero = kernel[:, 0, :] != 0
+    first = nonzero.int().argmax(dim=1).tolist()
+    end = (kernel.shape[-1] - nonzero.flip(1).int().argmax(dim=1)).tolist()
+    span = max(e - f for f, e in zip(first, end))
+    size = max(1, -(-span * up // down))  # phases whose windows slide by about one span
+    if size >= up:
+        return [(0, up, 0, kernel.shape[-1])]
+    return [(p, min(p + size, up), min(first[p:p + size]), max(end[p:p + size])) for p in range(0, up, size)]
 
 
 class ResampleStream:

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
-from clapsep_cli import api, presets
+from clapsep_cli import api, engine, presets
 from clapsep_cli.errors import AudioError, ClapsepError, SettingError
 from clapsep_cli.extract import OutputPlan
 from tests.conftest import tone, write_audio
@@ -99,3 +100,10 @@ def test_nothing_below_the_cli_imports_from_it() -> None:
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             offenders += [f"{file.name}: {n}" for n in names if n.startswith("clapsep_cli.cli")]
     assert offenders == []
+
+
+def test_batch_size_defaults_to_the_devices_and_an_explicit_one_wins() -> None:
+    assert api.Separator(device="cpu").options.batch_size == engine.DEFAULT_BATCH_SIZE
+    assert api.Separator(device="cpu", batch_size=5).options.batch_size == 5
+    assert engine.default_batch_size(torch.device("cuda", 0)) == engine.CUDA_BATCH_SIZE > engine.DEFAULT_BATCH_SIZE
+    assert engine.default_batch_size(torch.device("mps")) == engine.DEFAULT_BATCH_SIZE

@@ -97,3 +97,12 @@ def test_istft_is_torch_istft_bit_for_bit(length: int) -> None:
     window = torch.hann_window(1024)
     ref = torch.istft(spec.reshape(6, 513, -1), 1024, 320, 1024, window, center=True, length=length)
     assert torch.equal(dsp.istft(spec, length), ref.reshape(2, 3, length))
+
+
+def test_half_precision_input_is_transformed_in_float32() -> None:
+    """Under autocast the encoder's input arrives in bf16; cuFFT has no bf16, and a bf16 window
+    would round the analysis: the transform must be the float32 one of the same samples."""
+    x = torch.randn(2, 32000).bfloat16()
+    spec = dsp.stft(x)
+    assert spec.dtype == torch.complex64
+    assert torch.equal(spec, dsp.stft(x.float()))

@@ -125,6 +125,31 @@ def test_non_finite_samples_are_refused_naming_the_first(home: Path, tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.wav"]  # no stem, no temporary file
 
 
+def test_integer_subtypes_skip_the_check_because_they_cannot_hold_non_finite_samples(tmp_path: Path) -> None:
+    """The finiteness check is skipped for integer codes: libsndfile itself turns any float,
+    infinite or NaN, into a finite code when it writes one, and reads codes back finite."""
+    assert audio_io.INTEGER_SUBTYPES <= set(sf.available_subtypes())
+    data = np.array([np.inf, -np.inf, np.nan, 0.5], dtype=np.float32)
+    for subtype in ("PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM", "GSM610"):
+        if subtype not in audio_io.INTEGER_SUBTYPES or not sf.check_format("WAV", subtype):
+            continue
+        path = tmp_path / f"{subtype}.wav"
+        sf.write(str(path), np.tile(data, 320), 8000, subtype=subtype, format="WAV")
+        info = audio_io.probe(path)
+        assert info.subtype == subtype
+        assert all(np.isfinite(block).all() for block in audio_io.read_blocks(info)), subtype
+
+
+def test_a_codec_that_cannot_seek_is_read_from_any_offset(tmp_path: Path) -> None:
+    """GSM 6.10 WAVs refuse every seek, even to 0; a region is read up to instead."""
+    path = tmp_path / "gsm.wav"
+    sf.write(str(path), tone(1.0, 8000)[:, 0], 8000, subtype="GSM610", format="WAV")
+    info = audio_io.probe(path)
+    whole = np.concatenate(list(audio_io.read_blocks(info, block=1000)))
+    part = np.concatenate(list(audio_io.read_blocks(info, 2345, 7000, block=1000)))
+    assert len(whole) == info.frames and np.array_equal(part, whole[2345:7000])
+
+
 # --- 3. a full disk ----------------------------------------------------------------------------
 
 @pytest.fixture

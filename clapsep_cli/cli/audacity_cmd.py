@@ -24,7 +24,7 @@ def audacity() -> None:
     """
 
 
-def _stem_maker(model_name: str, device: str, precision: str, overlap: float, batch_size: int) -> Any:
+def _stem_maker(model_name: str, device: str, precision: str, overlap: float, batch_size: int | None) -> Any:
     from clapsep_cli.bridges.audacity import StemMaker
 
     return StemMaker(separator(model_name, device, precision, quiet=False, overlap=overlap, batch_size=batch_size))
@@ -39,7 +39,7 @@ def _stem_maker(model_name: str, device: str, precision: str, overlap: float, ba
 @model_options
 @engine_options
 def extract(query: str | None, preset: str | None, negative: tuple[str, ...], residual: bool | None,
-            model_name: str, device: str, precision: str, overlap: float, batch_size: int) -> None:
+            model_name: str, device: str, precision: str, overlap: float, batch_size: int | None) -> None:
     """Extract QUERY (or a preset) from the audio selected in Audacity, as new tracks.
 
     The selection is marked with a label `clapsep:<query> #<id>` that shows the progress and
@@ -71,7 +71,7 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
 @model_options
 @engine_options
 def watch(poll: float, once: bool, show_status: bool, residual: bool | None, model_name: str, device: str,
-          precision: str, overlap: float, batch_size: int) -> None:
+          precision: str, overlap: float, batch_size: int | None) -> None:
     """Serve the requests Audacity's clapsep macros make (Ctrl-C stops).
 
     Select audio in Audacity, then Tools > Apply Macro > clapsep-<preset>: the macro marks the

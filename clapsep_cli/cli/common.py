@@ -31,10 +31,11 @@ def model_options(f: F) -> F:
 
 def engine_options(f: F) -> F:
     """--overlap and --batch-size."""
-    from clapsep_cli.engine import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP
+    from clapsep_cli.engine import CUDA_BATCH_SIZE, DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP
 
-    f = click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
-                     help="10 s segments per network call.")(f)
+    f = click.option("--batch-size", type=click.IntRange(min=1),
+                     help=f"10 s segments per network call (default: {CUDA_BATCH_SIZE} on a CUDA GPU, "
+                          f"{DEFAULT_BATCH_SIZE} elsewhere).")(f)
     f = click.option("--overlap", type=click.FloatRange(0.0, 0.5), default=DEFAULT_OVERLAP, show_default=True,
                      help="Fraction of each 10 s segment shared with the next, crossfaded (0 = hard cuts).")(f)
     return f

@@ -152,7 +152,7 @@ class JobOptions:
 
     plan: OutputPlan
     overlap: float
-    batch_size: int
+    batch_size: int | None
     region: Region
     pattern: str | None
     include_stems: bool
@@ -166,7 +166,7 @@ class JobOptions:
 def job_options(residual: bool, output: Path | None, out_dir: Path | None, name_template: str, fmt: str | None,
                 bit_depth: str | None, clip: str | None, overwrite: bool, start: float | None, end: float | None,
                 pattern: str | None, include_stems: bool, json_output: bool, report_file: Path | None,
-                model_name: str, device: str, precision: str, overlap: float, batch_size: int) -> JobOptions:
+                model_name: str, device: str, precision: str, overlap: float, batch_size: int | None) -> JobOptions:
     plan = OutputPlan(name_template=name_template, out_dir=out_dir, output=output, residual=residual, fmt=fmt,
                       bit_depth=bit_depth, clip=clip, overwrite=overwrite)
     return JobOptions(plan, overlap, batch_size, Region(start or 0.0, end), pattern, include_stems,
