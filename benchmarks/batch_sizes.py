@@ -31,7 +31,7 @@ def timed_pass(model: object, segments: torch.Tensor, condition: torch.Tensor, b
 
     start = time.perf_counter()
     for i in range(0, len(segments), batch):
-        engine.separate_batch(model, engine._stacked(list(segments[i:i + batch]), device), condition)
+        engine.separate_batch(model, list(segments[i:i + batch]), condition)  # staged for the device inside
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start

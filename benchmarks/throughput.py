@@ -13,7 +13,8 @@ same run; full-size released architecture, random weights.
   time factors, for stereo 44.1 kHz WAV and 32 kHz mono, with the read-ahead thread (the
   default) and without it (``prefetch=0``, everything in one thread).
 * ``clips``: a folder of short stereo clips (``--clips`` of ``--clip-seconds``) against one file
-  of the same total length, both by one `clapsep extract` at default settings.
+  of the same total length, both by one `clapsep extract` at default settings: one job, its
+  files read ahead, on CUDA their segments sharing batches (see ``engine.Batcher``).
 
     python benchmarks/throughput.py --out bench-out                      # all of it, on the CPU
     python benchmarks/throughput.py --device cuda --minutes 1 60         # on a GPU
