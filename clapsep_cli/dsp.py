@@ -107,7 +107,7 @@ class SincResampler:
         self.orig_rate, self.new_rate = int(orig_rate), int(new_rate)
         self.down, self.up = self.orig_rate // g, self.new_rate // g
         self.width, self.kernel = _sinc_kernel(self.down, self.up, zero_crossings, rolloff)
-        self.groups = _phase_groups(self.kernel, self.down, self.up)
+        self.groups = _phase_groups(self.down, self.up, zero_crossings, rolloff)
         self._kernels: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
 
     @property
@@ -178,9 +178,10 @@ def _sinc_kernel(down: int, up: int, zero_crossings: int, rolloff: float) -> tup
     return width, (sinc * window * (base / down)).to(torch.float32)[:, None, :]
 
 
-def _phase_groups(kernel: torch.Tensor, down: int, up: int) -> list[tuple[int, int, int, int]]:
+@cache
+def _phase_groups(down: int, up: int, zero_crossings: int, rolloff: float) -> tuple[tuple[int, int, int, int], ...]:
     """Runs of consecutive phases ``(first, end, first tap, end tap)`` that together cover every
-    non-zero tap of ``kernel`` (up, 1, taps).
+    non-zero tap of the ratio's polyphase kernel (up, 1, taps); computed once per ratio.
 
     Each phase is non-zero over about ``2 * zero_crossings * down / base`` taps, a window that
     slides across the kernel as the phase grows, so one convolution over all taps mostly
@@ -188,14 +189,15 @@ def _phase_groups(kernel: torch.Tensor, down: int, up: int) -> list[tuple[int, i
     17 of them non-zero). Groups of phases small enough that their windows overlap mostly
     skip those zeros; dropping exact zeros from a sum leaves its terms unchanged.
     """
+    kernel = _sinc_kernel(down, up, zero_crossings, rolloff)[1]
     nonzero = kernel[:, 0, :] != 0
     first = nonzero.int().argmax(dim=1).tolist()
     end = (kernel.shape[-1] - nonzero.flip(1).int().argmax(dim=1)).tolist()
     span = max(e - f for f, e in zip(first, end))
     size = max(1, -(-span * up // down))  # phases whose windows slide by about one span
     if size >= up:
-        return [(0, up, 0, kernel.shape[-1])]
-    return [(p, min(p + size, up), min(first[p:p + size]), max(end[p:p + size])) for p in range(0, up, size)]
+        return ((0, up, 0, kernel.shape[-1]),)
+    return tuple((p, min(p + size, up), min(first[p:p + size]), max(end[p:p + size])) for p in range(0, up, size))
 
 
 class ResampleStream:

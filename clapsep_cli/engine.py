@@ -551,7 +551,9 @@ class Batcher:
             for piece in pieces:
                 if piece.index in self._dropped:
                     continue
-                joiner = self._joiners.setdefault(piece.index, _Joiner(piece.rate, self.options.hop))
+                joiner = self._joiners.get(piece.index)
+                if joiner is None:
+                    joiner = self._joiners[piece.index] = _Joiner(piece.rate, self.options.hop)
                 if piece.error is not None:
                     joiner.error = piece.error
                     self._pending = deque(p for p in self._pending if p[0] != piece.index)
