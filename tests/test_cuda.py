@@ -5,6 +5,7 @@ asynchronous copies giving the same stems as the CPU's plain path over many batc
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from clapsep_cli.lora import merge_lora
 from clapsep_cli.separator import Separator
 from tests import official
 from tests.conftest import Artefacts, tone, write_audio
+from tests.test_batching import CLIPS, make_clip, stems
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -79,3 +81,25 @@ def test_full_size_fp32_on_cuda_equals_the_official_path(released_files: Artefac
     ref = official.reference_separate(RELEASED, training, x, cond)
     assert ref.abs().max() > 1e-3
     assert torch.max(torch.abs(ours - ref)) < 1e-4, torch.max(torch.abs(ours - ref))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_folder_whose_files_share_batches_writes_the_stems_of_solo_runs(home: Path, tmp_path: Path,
+                                                                        precision: str) -> None:
+    """On CUDA the files' segments share calls of 16 rows (the last filled with silence): every
+    stem must still be byte for byte what a run on its file alone writes, with the real kernels."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for seed, clip in enumerate(CLIPS):
+        if clip[4] != "mp3" or shutil.which("ffmpeg"):
+            make_clip(folder, *clip, seed=seed)
+    settings = ["--device", "cuda", "--precision", precision, "--residual"]
+    result = CliRunner().invoke(main, ["extract", "dog bark", str(folder), "--out-dir", str(tmp_path / "job"),
+                                       "--json", *settings])
+    assert result.exit_code == 0, result.output
+    for clip in sorted(folder.iterdir()):
+        alone = CliRunner().invoke(main, ["extract", "dog bark", str(clip), "--out-dir", str(tmp_path / "solo"),
+                                          "--json", *settings])
+        assert alone.exit_code == 0, alone.output
+    solo, batched = stems(tmp_path / "solo"), stems(tmp_path / "job")
+    assert len(solo) == 2 * len(list(folder.iterdir())) and batched == solo
