@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -38,6 +39,8 @@ from clapsep_cli.extract import FileResult, OutputPlan, Region
 EXTRA = "clapsep-cli[ray]"
 # How often Ray restarts a worker that died, and retries the file it held, before the file fails.
 RETRIES = 3
+# How long the driver waits for a cluster address to take a connection.
+CONNECT_SECONDS = 10
 
 
 def require_ray() -> Any:
@@ -124,17 +127,20 @@ class Cluster:
     @contextlib.contextmanager
     def _connected(self) -> Iterator[str]:
         ray = self.ray
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING)
         if self.address == "local":
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # the cluster started here reports nothing
             kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
         else:
             kwargs.update(address=self.address)
+        _check_reachable(self.address)
         try:
             context = ray.init(**kwargs)
-        except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError...
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ClapsepError(f"cannot reach the Ray cluster {self.address!r} ({{setting}}): {message}",
+        except ConnectionError:
+            raise ClapsepError("no Ray cluster found (start one with `ray start --head`, or give its address "
+                               "to {setting} or in RAY_ADDRESS)", setting="address") from None
+        except Exception as err:  # noqa: BLE001 - Ray raises ValueError, RuntimeError, its own errors...
+            raise ClapsepError(f"cannot reach the Ray cluster {self.address!r} ({{setting}}): {_first_line(err)}",
                                setting="address") from None
         try:
             yield context.address_info.get("gcs_address") or self.address
@@ -164,7 +170,10 @@ class Cluster:
         req = job.request
         actors = [worker_class.remote(self.model, device, self.precision, self.overlap, self.batch_size,
                                       req.query, req.invert, job.plan, job.region) for _ in range(count)]
-        states = ray.get([a.ready.remote() for a in actors])
+        try:
+            states = ray.get([a.ready.remote() for a in actors])
+        except ray.exceptions.RayError as err:
+            raise ClapsepError(f"a Ray worker could not start: {_first_line(err)}") from None
         for state in states:
             if "error" in state:
                 raise ClapsepError(state["error"], setting=state.get("setting"))
@@ -268,6 +277,22 @@ def _settle(result: FileResult, outcome: dict[str, Any]) -> None:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse at once a ``HOST:PORT`` (given, or ``auto``'s RAY_ADDRESS) that takes no connection:
+    Ray itself retries an unreachable cluster for minutes."""
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    if not target or target in ("auto", "local") or "://" in target:
+        return
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SettingError("address", f"must be auto, local, HOST:PORT or ray://HOST:PORT (got {target!r})")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as err:
+        raise ClapsepError(f"cannot reach the Ray cluster at {target} ({{setting}}): {err.strerror or err}",
+                           setting="address") from None
 
 
 def _remove_abandoned(results: list[FileResult]) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -168,13 +170,20 @@ def test_cluster_stems_are_byte_identical_to_a_local_run(cluster: LocalCluster, 
 
 
 def test_remove_on_the_cluster_matches_a_local_remove(cluster: LocalCluster, sources: Path, tmp_path: Path) -> None:
+    """Without --json and not on a terminal: the local run's lines on stdout, no bar; --report."""
     files = [sources / n for n in ("a02.wav", "a08.ogg", "a16.flac")]
-    args = ["remove", "dog barking", *files, "--method", "subtract", "--residual", "--json"]
+    args = ["remove", "dog barking", *files, "--method", "subtract", "--residual"]
     rc, _, err = finish(clapsep(cluster, *args, "--out-dir", tmp_path / "local", "--device", "cpu"))
     assert rc == 0, err
-    rc, stdout, err = finish(clapsep(cluster, *args, "--out-dir", tmp_path / "ray", "--ray", cluster.address))
+    out = tmp_path / "ray"
+    rc, stdout, err = finish(clapsep(cluster, *args, "--out-dir", out, "--ray", cluster.address,
+                                     "--report", tmp_path / "report.json"))
     assert rc == 0, err
-    assert json.loads(stdout)["method"] == "subtract"
+    name = "{}.without_dog_barking{}"
+    assert stdout.splitlines() == [f"{f} -> {out / name.format(f.stem, f.suffix)} + "
+                                   f"{out / name.format(f.stem, '.residual' + f.suffix)}" for f in files]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["method"] == "subtract" and report["ray"]["workers"] == 2
     assert len(stems(tmp_path / "local")) == 6
     assert_same_stems(tmp_path / "ray", tmp_path / "local")
 
@@ -201,6 +210,7 @@ def test_a_worker_killed_mid_file_is_replaced_and_the_job_completes(cluster: Loc
     assert killed is not None, "no worker was caught writing: the job ended first"
     assert rc == 0, err
     report = json.loads(stdout)
+    assert "A worker died" in err  # Ray's notice, which it prints on the driver's stdout, went to stderr
     assert [r["status"] for r in report["results"]] == ["ok"] * 20
     assert_same_stems(out, local[0])
     assert temp_files(out) == [], f"{half_written} or another temporary file was left"
@@ -261,9 +271,49 @@ def test_local_starts_a_cluster_of_its_own_and_ends_it(cluster: LocalCluster, so
     assert_same_stems(out, local[0], {n for n in stems(local[0]) if n.startswith(("a01.", "a06."))})
 
 
+def test_on_a_terminal_the_driver_shows_files_audio_and_throughput(cluster: LocalCluster, sources: Path,
+                                                                    tmp_path: Path) -> None:
+    reader, writer = pty.openpty()
+    files = [sources / n for n in ("a15.wav", "z18.wav", "z19.flac", "z20.wav")]
+    proc = cluster.popen([sys.executable, "-m", "clapsep_cli", "extract", "dog barking", *files, "--out-dir",
+                          tmp_path, "--ray", cluster.address], stdout=writer, stderr=subprocess.DEVNULL)
+    os.close(writer)
+    shown = b""
+    deadline = time.monotonic() + RUN_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(reader, 65536)
+        except OSError:  # the driver closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(reader)
+    assert proc.wait(timeout=RUN_SECONDS) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
+    assert "files on 2 Ray workers" in text
+    assert re.search(r"\d+/4 .*[0-9.]+ audio h, [0-9.]+ files/s, [0-9.]+ audio s/s", text), text[-2000:]
+    assert f"{files[0]} -> {tmp_path / 'a15.dog_barking.wav'}" in text
+
+
 def test_without_ray_the_flag_names_the_extra(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` does where it is not installed
     result = CliRunner().invoke(main, ["extract", "dog", str(tmp_path / "missing.wav"), "--ray", "auto"])
     assert result.exit_code != 0
     assert result.output.strip().splitlines() == [
         "clapsep: error: --ray needs Ray, which is not installed: pip install 'clapsep-cli[ray]'"]
+
+
+def test_an_address_that_takes_no_connection_fails_at_once(home: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    src = write_audio(tmp_path / "a.wav", tone(1.0, 16000), 16000)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        started = time.monotonic()
+        result = CliRunner().invoke(main, ["extract", "dog", str(src), "--ray", f"127.0.0.1:{port}"])
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"clapsep: error: cannot reach the Ray cluster at 127.0.0.1:{port} (--ray): Connection refused"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
