@@ -25,7 +25,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,7 +67,7 @@ class ClusterJob(Job):
 
     ray: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self, name: Any = str) -> dict[str, Any]:
+    def to_json(self, name: Callable[[str], str] = str) -> dict[str, Any]:
         data = super().to_json(name)
         if self.ray:
             data["ray"] = self.ray
@@ -199,9 +199,9 @@ class Cluster:
             try:
                 _settle(result, ray.get(done[0]))
                 idle.append(actor)
-            except ray.exceptions.RayActorError as err:  # it died more often than Ray restarts it
-                result.settle("failed", ClapsepError(f"{result.input}: the worker separating it was lost "
-                                                     f"{RETRIES + 1} times ({_first_line(err)})"))
+            except ray.exceptions.RayActorError as err:  # it died more often than Ray restarts a worker
+                result.settle("failed", ClapsepError(f"{result.input}: its Ray worker was lost for good "
+                                                     f"({_first_line(err)})"))
             except ray.exceptions.RayTaskError as err:  # an unexpected error; the worker goes on
                 result.settle("failed", ClapsepError(f"{result.input}: {_first_line(err.cause or err)}"))
                 idle.append(actor)
