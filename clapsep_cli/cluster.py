@@ -75,8 +75,8 @@ class ClusterJob(Job):
 
 
 class Cluster:
-    """Runs jobs on the Ray cluster at ``address``: ``auto`` (the cluster this process belongs
-    to, or ``RAY_ADDRESS``), ``local`` (start one on this machine, on 127.0.0.1 only) or a
+    """Runs jobs on the Ray cluster at ``address``: ``auto`` (the one ``RAY_ADDRESS`` names, else
+    one Ray finds on this machine), ``local`` (start one on this machine, on 127.0.0.1 only) or a
     cluster address (``host:port``, ``ray://host:port``).
 
     ``device``, ``precision``, ``overlap`` and ``batch_size`` mean what they mean locally and
