@@ -103,10 +103,11 @@ def cluster_options(f: F) -> F:
     """--ray, --ray-cpus and --ray-workers."""
     return _apply([
         click.option("--ray", "ray_address", metavar="ADDRESS",
-                     help="Run on a Ray cluster: auto (the one RAY_ADDRESS names, else one Ray finds on this machine), "
-                          "local (start one here for this job) or HOST:PORT. Needs the ray extra: pip install 'clapsep-cli[ray]'."),
+                     help="Run on a Ray cluster: auto (the one RAY_ADDRESS names, else one Ray finds on this "
+                          "machine), local (start one here for this job) or HOST:PORT. Needs the ray extra: "
+                          "pip install 'clapsep-cli[ray]'."),
         click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="CPUs each CPU worker takes (and its threads); GPU workers take one GPU and one CPU."),
+                     help="CPUs each CPU worker takes; GPU workers take one GPU and one CPU."),
         click.option("--ray-workers", type=click.IntRange(min=1),
                      help="At most this many workers (default: one per GPU, else as many as the CPUs hold)."),
     ], f)
