@@ -323,3 +323,13 @@ def test_an_address_that_takes_no_connection_fails_at_once(home: Path, tmp_path:
     assert result.output.strip().splitlines() == [
         f"clapsep: error: cannot reach the Ray cluster at 127.0.0.1:{port} (--ray): Connection refused"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
+
+
+@pytest.mark.parametrize("option", [("--ray-workers", "2"), ("--ray-cpus", "4")])
+def test_worker_options_without_ray_are_refused(home: Path, tmp_path: Path, option: tuple[str, str]) -> None:
+    src = write_audio(tmp_path / "a.wav", tone(1.0, 16000), 16000)
+    result = CliRunner().invoke(main, ["extract", "dog", str(src), *option])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "clapsep: error: --ray-cpus and --ray-workers shape the workers of a Ray cluster: give --ray too"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]

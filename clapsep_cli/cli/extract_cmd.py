@@ -210,6 +210,8 @@ def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
 
     if opts.ray_address is not None:
         return _run_on_cluster(req, files, opts)
+    if opts.ray_workers is not None or opts.ray_cpus != 1:
+        raise ClapsepError("--ray-cpus and --ray-workers shape the workers of a Ray cluster: give --ray too")
     separator = api.Separator(opts.model_name, device=opts.device, precision=opts.precision,
                               overlap=opts.overlap, batch_size=opts.batch_size,
                               log=None if opts.json_output else lambda msg: click.echo(msg, err=True))
@@ -223,7 +225,7 @@ def _run_on_cluster(req: api.Request, files: list[Path], opts: JobOptions) -> ap
     from clapsep_cli import cluster
     from clapsep_cli.cli import progress as progress_mod
 
-    runner = cluster.Cluster(opts.ray_address or "", opts.model_name, device=opts.device, precision=opts.precision,
+    runner = cluster.Cluster(opts.ray_address, opts.model_name, device=opts.device, precision=opts.precision,
                              overlap=opts.overlap, batch_size=opts.batch_size, worker_cpus=opts.ray_cpus,
                              max_workers=opts.ray_workers)
     job = runner.plan(files, req, opts.plan, opts.region, opts.pattern, opts.include_stems)
