@@ -71,9 +71,10 @@ class LocalCluster:
 
     def __init__(self, nodes: int = 2, cpus: int = 1, env: dict[str, str] | None = None):
         self.temp = Path(tempfile.mkdtemp(prefix="/tmp/clapsep-ray-"))  # unix socket paths must stay short
-        # A token of this cluster's own (Ray would otherwise make one in ~/.ray), for nodes and drivers alike.
+        # A token of this cluster's own (Ray would otherwise make one in ~/.ray), for nodes and drivers alike;
+        # Ray's files, a driver's own `--ray local` instance's too, under the cluster's folder (not /tmp/ray).
         self.env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-                    "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+                    "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_TMPDIR": str(self.temp)}
         self.env.pop("RAY_ADDRESS", None)
         self.nodes, self.cpus = nodes, cpus
         self.port = _free_port()
