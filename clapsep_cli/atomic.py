@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 try:
@@ -118,6 +118,18 @@ def _alive(pid: int) -> bool:
 
 def remove_stale(folder: Path) -> list[Path]:
     """Delete our temporary files in ``folder`` that no live process owns; returns them."""
+    return _remove_unlocked(folder, lambda match: not _alive(int(match.group(1))))
+
+
+def remove_abandoned(dest: Path) -> list[Path]:
+    """Delete the temporary files of ``dest`` that no process holds locked, whichever process
+    (on whichever machine) wrote them: for a job whose writers have all finished, such as one
+    whose workers ran elsewhere and a killed one left its file. Returns them."""
+    prefix = f".{dest.name}.clapsep-"
+    return _remove_unlocked(dest.parent, lambda match: match.string.startswith(prefix))
+
+
+def _remove_unlocked(folder: Path, wanted: Callable[[re.Match[str]], bool]) -> list[Path]:
     removed: list[Path] = []
     if fcntl is None:  # without locks a live writer cannot be told from a dead one
         return removed
@@ -127,7 +139,7 @@ def remove_stale(folder: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = TEMP_RE.match(entry.name)
-        if not match or not entry.is_file(follow_symlinks=False) or _alive(int(match.group(1))):
+        if not match or not entry.is_file(follow_symlinks=False) or not wanted(match):
             continue
         try:
             fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)

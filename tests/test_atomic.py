@@ -29,3 +29,20 @@ def test_without_file_locks_writes_work_and_nothing_is_cleaned(tmp_path: Path,
     dead = tmp_path / ".stem.wav.clapsep-999999999-abc.part"
     dead.write_text("left by a killed run")
     assert atomic.remove_stale(tmp_path) == [] and dead.exists()
+
+
+@pytest.mark.skipif(atomic.fcntl is None, reason="no file locks here")
+def test_abandoned_temp_files_of_a_destination_go_whoever_wrote_them(tmp_path: Path) -> None:
+    """A writer on another machine has a pid that means nothing here: only its lock tells."""
+    target = tmp_path / "a.wav"
+    live_pid = tmp_path / f".a.wav.clapsep-{os.getpid()}-x1.part"  # this pid runs, but nobody holds the file
+    live_pid.write_text("left by a worker elsewhere")
+    other = tmp_path / f".b.wav.clapsep-{os.getpid()}-x2.part"
+    other.write_text("another destination's")
+    held = atomic.TempFile(target)  # a writer still at work
+    try:
+        assert atomic.remove_stale(tmp_path) == []  # the pids look alive
+        assert atomic.remove_abandoned(target) == [live_pid]
+        assert held.path.exists() and other.exists()
+    finally:
+        held.discard()

@@ -56,7 +56,8 @@ class TimeType(click.ParamType):
 
 
 # Settings whose command-line option is not simply --<setting with dashes>.
-_FLAGS = {"name_template": "--name", "fmt": "--format", "pattern": "--glob", "model": "--model"}
+_FLAGS = {"name_template": "--name", "fmt": "--format", "pattern": "--glob", "model": "--model",
+          "address": "--ray", "worker_cpus": "--ray-cpus", "max_workers": "--ray-workers"}
 
 
 def flag(setting: str) -> str:

@@ -99,12 +99,27 @@ def resolve_request(args: tuple[str, ...], texts: tuple[str, ...], preset: str |
     return req, [Path(a) for a in args]
 
 
+def cluster_options(f: F) -> F:
+    """--ray, --ray-cpus and --ray-workers."""
+    return _apply([
+        click.option("--ray", "ray_address", metavar="ADDRESS",
+                     help="Run on a Ray cluster: auto (the one RAY_ADDRESS names, else one Ray finds on this "
+                          "machine), local (start one here for this job) or HOST:PORT. Needs the ray extra: "
+                          "pip install 'clapsep-cli[ray]'."),
+        click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="CPUs each CPU worker takes; GPU workers take one GPU and one CPU."),
+        click.option("--ray-workers", type=click.IntRange(min=1),
+                     help="At most this many workers (default: one per GPU, else as many as the CPUs hold)."),
+    ], f)
+
+
 @click.command()
 @click.argument("args", nargs=-1, required=True, metavar="[QUERY] FILE...")
 @query_options
 @output_options
 @model_options
 @engine_options
+@cluster_options
 def extract(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
             query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None,
             residual: bool | None, **kwargs: Any) -> None:
@@ -131,6 +146,7 @@ def extract(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, n
 @output_options
 @model_options
 @engine_options
+@cluster_options
 def remove(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
            query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None,
            method: str, residual: bool | None, **kwargs: Any) -> None:
@@ -161,16 +177,20 @@ class JobOptions:
     model_name: str
     device: str
     precision: str
+    ray_address: str | None
+    ray_cpus: int
+    ray_workers: int | None
 
 
 def job_options(residual: bool, output: Path | None, out_dir: Path | None, name_template: str, fmt: str | None,
                 bit_depth: str | None, clip: str | None, overwrite: bool, start: float | None, end: float | None,
                 pattern: str | None, include_stems: bool, json_output: bool, report_file: Path | None,
-                model_name: str, device: str, precision: str, overlap: float, batch_size: int | None) -> JobOptions:
+                model_name: str, device: str, precision: str, overlap: float, batch_size: int | None,
+                ray_address: str | None, ray_cpus: int, ray_workers: int | None) -> JobOptions:
     plan = OutputPlan(name_template=name_template, out_dir=out_dir, output=output, residual=residual, fmt=fmt,
                       bit_depth=bit_depth, clip=clip, overwrite=overwrite)
     return JobOptions(plan, overlap, batch_size, Region(start or 0.0, end), pattern, include_stems,
-                      json_output, report_file, model_name, device, precision)
+                      json_output, report_file, model_name, device, precision, ray_address, ray_cpus, ray_workers)
 
 
 def run_job(req: api.Request, files: list[Path], opts: JobOptions) -> None:
@@ -188,6 +208,10 @@ def run_job(req: api.Request, files: list[Path], opts: JobOptions) -> None:
 def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
     from clapsep_cli.cli import progress as progress_mod
 
+    if opts.ray_address is not None:
+        return _run_on_cluster(req, files, opts)
+    if opts.ray_workers is not None or opts.ray_cpus != 1:
+        raise ClapsepError("--ray-cpus and --ray-workers shape the workers of a Ray cluster: give --ray too")
     separator = api.Separator(opts.model_name, device=opts.device, precision=opts.precision,
                               overlap=opts.overlap, batch_size=opts.batch_size,
                               log=None if opts.json_output else lambda msg: click.echo(msg, err=True))
@@ -195,6 +219,19 @@ def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
     bar = progress_mod.RichProgress(len(job.pending)) if job.pending and progress_mod.wanted(opts.json_output) else None
     with bar if bar else contextlib.nullcontext():
         return separator.run(job, bar)
+
+
+def _run_on_cluster(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
+    from clapsep_cli import cluster
+    from clapsep_cli.cli import progress as progress_mod
+
+    runner = cluster.Cluster(opts.ray_address, opts.model_name, device=opts.device, precision=opts.precision,
+                             overlap=opts.overlap, batch_size=opts.batch_size, worker_cpus=opts.ray_cpus,
+                             max_workers=opts.ray_workers)
+    job = runner.plan(files, req, opts.plan, opts.region, opts.pattern, opts.include_stems)
+    bar = progress_mod.ClusterBar() if job.pending and progress_mod.wanted(opts.json_output) else None
+    with bar if bar else contextlib.nullcontext():
+        return runner.run(job, bar)
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -9,6 +10,8 @@ from types import TracebackType
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from clapsep_cli.extract import FileResult
 
 
 def wanted(json_output: bool) -> bool:
@@ -60,3 +63,41 @@ class RichProgress:
             self._file = None
         if self._overall is not None:
             self._progress.advance(self._overall, 1)
+
+
+class ClusterBar:
+    """Files done on a cluster, with audio hours done and throughput (files and audio per second).
+
+    Drawn on a copy of the terminal's stdout taken when it is made: while the job runs, the
+    library sends file descriptor 1 (Ray's notices) to stderr."""
+
+    def __init__(self) -> None:
+        self._out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(), console=Console(file=self._out, force_terminal=True), transient=True)
+        self._task: TaskID | None = None
+        self._started = 0.0
+        self._audio = 0.0
+
+    def __enter__(self) -> ClusterBar:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        self._progress.__exit__(kind, err, tb)
+        self._out.close()
+
+    def start(self, files: int, workers: int) -> None:
+        self._started = time.perf_counter()
+        self._task = self._progress.add_task(f"files on {workers} Ray workers", total=files, stats="")
+
+    def file_done(self, result: FileResult) -> None:
+        if self._task is None:
+            return
+        if result.rate:
+            self._audio += result.frames / result.rate
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        done = self._progress.tasks[0].completed + 1
+        self._progress.update(self._task, advance=1, stats=f"{self._audio / 3600:.2f} audio h, "
+                              f"{done / elapsed:.2f} files/s, {self._audio / elapsed:.1f} audio s/s")
