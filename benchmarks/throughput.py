@@ -11,7 +11,8 @@ same run; full-size released architecture, random weights.
 * ``free``: the pipeline around the network with a network that costs nothing (mask = 1):
   decode, resample to 32 kHz, segment, STFT/iSTFT, crossfade, resample back, encode, in real
   time factors, for stereo 44.1 kHz WAV and 32 kHz mono, with the read-ahead thread (the
-  default) and without it (``prefetch=0``, everything in one thread).
+  default where the network runs on a GPU) and without it (``prefetch=0``, everything in one
+  thread: the default on the CPU).
 * ``clips``: a folder of short stereo clips (``--clips`` of ``--clip-seconds``) against one file
   of the same total length, both by one `clapsep extract` at default settings: one job, its
   files read ahead, on CUDA their segments sharing batches (see ``engine.Batcher``).
@@ -187,7 +188,7 @@ def run_free(args: argparse.Namespace) -> list[dict[str, Any]]:
     free_pipeline(sources["mono 32 kHz WAV"], args.out / "free-warmup.wav", 0, device)  # first-call costs
     rows = []
     for name, source in sources.items():
-        for label, prefetch in (("read-ahead thread (default)", 2), ("one thread", 0)):
+        for label, prefetch in (("read-ahead thread (default on a GPU)", 2), ("one thread (default on the CPU)", 0)):
             times = [free_pipeline(source, args.out / "free-stem.wav", prefetch, device) for _ in range(args.repeat)]
             rows.append({"case": name, "pipeline": label, "audio_s": args.free_seconds, "process_s": min(times)})
     print(f"\n| free model (mask = 1), {args.free_seconds:g} s | pipeline | real time factor (best of "

@@ -165,7 +165,8 @@ class Separator:
 
         self.model_name = model
         self.device = resolve_device(device)
-        self.options = EngineOptions(overlap=overlap, batch_size=batch_size or engine.default_batch_size(self.device))
+        self.options = EngineOptions(overlap=overlap, batch_size=batch_size or engine.default_batch_size(self.device),
+                                     prefetch=engine.default_prefetch(self.device))
         self.precision = resolve_precision(precision, self.device)  # "auto" becomes what this device runs
         self.log = log or (lambda _msg: None)
         self._model: Any = None

@@ -102,8 +102,10 @@ def test_nothing_below_the_cli_imports_from_it() -> None:
     assert offenders == []
 
 
-def test_batch_size_defaults_to_the_devices_and_an_explicit_one_wins() -> None:
+def test_batch_size_and_read_ahead_default_to_the_devices_and_an_explicit_batch_size_wins() -> None:
     assert api.Separator(device="cpu").options.batch_size == engine.DEFAULT_BATCH_SIZE
+    assert api.Separator(device="cpu").options.prefetch == 0  # the network's threads use every core
+    assert engine.default_prefetch(torch.device("cuda", 0)) == engine.DEFAULT_PREFETCH > 0
     assert api.Separator(device="cpu", batch_size=5).options.batch_size == 5
     assert engine.default_batch_size(torch.device("cuda", 0)) == engine.CUDA_BATCH_SIZE > engine.DEFAULT_BATCH_SIZE
     assert engine.default_batch_size(torch.device("mps")) == engine.DEFAULT_BATCH_SIZE
