@@ -33,11 +33,11 @@ def _extract(src: Path, out: Path, *args: str) -> dict:
 
 
 def test_fp32_on_cuda_gives_the_cpus_stem_through_many_batches(home: Path, tmp_path: Path) -> None:
-    """Stereo 44.1 kHz over 9 segments in batches of 2: each batch is staged in page-locked
+    """Stereo 44.1 kHz over 10 segments in batches of 2: each batch is staged in page-locked
     memory and copied asynchronously; a race there would corrupt whole segments."""
     src = write_audio(tmp_path / "in.wav", tone(85.0, 44100, channels=2), 44100)
     cpu = _extract(src, tmp_path / "cpu.wav", "--device", "cpu", "--precision", "fp32")
-    gpu = _extract(src, tmp_path / "gpu.wav", "--device", "cuda", "--precision", "fp32")
+    gpu = _extract(src, tmp_path / "gpu.wav", "--device", "cuda", "--precision", "fp32", "--batch-size", "2")
     assert gpu["device"].startswith("cuda") and gpu["precision"] == "fp32" and cpu["device"] == "cpu"
     a, _ = sf.read(str(tmp_path / "cpu.wav"), dtype="float32")
     b, _ = sf.read(str(tmp_path / "gpu.wav"), dtype="float32")
