@@ -88,9 +88,9 @@ def default_batch_size(device: torch.device) -> int:
 def default_prefetch(device: torch.device) -> int:
     """Read-ahead where none is asked for: :data:`DEFAULT_PREFETCH` batches when the network runs
     on an accelerator (decoding then overlaps it), none on the CPU, where the network's own
-    threads already use every core and a reader thread only competes with them (measured with
-    ``benchmarks/throughput.py``: a 60 s file 3 % slower with it on 2 cores, the free-model
-    pipeline 5 to 10 % slower)."""
+    threads already use every core and a reader thread only competes with them (on 2 cores a
+    60 s file separated about 12 % slower with it, the free-model pipeline of
+    ``benchmarks/throughput.py`` 8 to 20 % slower)."""
     return 0 if device.type == "cpu" else DEFAULT_PREFETCH
 
 
@@ -301,9 +301,6 @@ class ReadAhead(Generic[T]):
         self._thread.start()
 
     def _run(self) -> None:
-        # This thread's PyTorch operations run in it alone (the thread count is per thread under
-        # OpenMP): a second team of pool threads would compete with the consumer's for the cores.
-        torch.set_num_threads(1)
         try:
             try:
                 for item in self._items:

@@ -222,18 +222,3 @@ def test_read_ahead_queue_holds_at_most_its_capacity() -> None:
     with ReadAhead(iter([100, 1]), size=lambda i: i, capacity=10) as ahead:  # oversize items still pass
         assert list(ahead) == [100, 1]
 
-
-def test_the_reader_computes_on_its_own_thread_and_leaves_the_consumers_pool_alone() -> None:
-    """The reader's PyTorch operations must not start a second team of pool threads that fights
-    the network's for the cores; the consumer keeps its thread count."""
-    seen: list[int] = []
-
-    def items() -> Iterator[int]:
-        seen.append(torch.get_num_threads())
-        yield 1
-
-    before = torch.get_num_threads()
-    with ReadAhead(items(), size=lambda i: 1, capacity=4) as ahead:
-        assert list(ahead) == [1]
-    assert seen == [1]
-    assert torch.get_num_threads() == before
