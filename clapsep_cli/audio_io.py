@@ -116,6 +116,11 @@ def is_stem(path: Path) -> bool:
         return False
 
 
+def peak(block: np.ndarray) -> float:
+    """The largest absolute sample of ``block``: two reductions, without an ``abs`` copy."""
+    return max(float(block.max()), -float(block.min()))
+
+
 # libsndfile subtypes that store integer codes (PCM, companded, ADPCM): no NaN or infinity.
 INTEGER_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW", "IMA_ADPCM",
                               "MS_ADPCM", "VOX_ADPCM", "GSM610", "G721_32", "G723_24", "G723_40", "DWVW_12",
@@ -341,9 +346,9 @@ class StemWriter:
     def write(self, block: np.ndarray) -> None:
         if len(block) == 0:
             return
-        peak = max(float(block.max()), -float(block.min()))  # two reductions, no |block| copy
-        self.peak = max(self.peak, peak)
-        if self.clip == "clamp" and peak > 1.0:
+        block_peak = peak(block)
+        self.peak = max(self.peak, block_peak)
+        if self.clip == "clamp" and block_peak > 1.0:
             self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
             block = np.clip(block, -1.0, 1.0)
         try:

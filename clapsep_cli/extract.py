@@ -393,7 +393,7 @@ class _FileRun:
 
     def write(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
         for target, src in pairs:
-            self.peak = max(self.peak, float(np.max(np.abs(src))))
+            self.peak = max(self.peak, audio_io.peak(src))
             self.frames += len(target)
             stem = src - target if self.invert else target
             self.writers[0].write(stem)
