@@ -23,15 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.throughput import make_store  # noqa: E402
+from clapsep_cli.engine.batch import separate_batch  # noqa: E402
 
 
 def timed_pass(model: object, segments: torch.Tensor, condition: torch.Tensor, batch: int, device: torch.device
                ) -> float:
-    from clapsep_cli import engine
 
     start = time.perf_counter()
     for i in range(0, len(segments), batch):
-        engine.separate_batch(model, list(segments[i:i + batch]), condition)  # staged for the device inside
+        separate_batch(model, list(segments[i:i + batch]), condition)  # staged for the device inside
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
@@ -50,9 +50,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     make_store(args.out / "store")
     os.environ["CLAPSEP_HOME"] = str(args.out / "store")
-    from clapsep_cli import store
-    from clapsep_cli.architecture import SEGMENT_SAMPLES
-    from clapsep_cli.model import ClapSep, resolve_device
+    from clapsep_cli.models import store
+    from clapsep_cli.models.loaded import ClapSep, resolve_device
+    from clapsep_cli.network.architecture import SEGMENT_SAMPLES
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

@@ -36,8 +36,8 @@ from tests.ray_cluster import LocalCluster  # noqa: E402
 
 def make_tiny_store(root: Path) -> None:
     """A store holding the tests' tiny random-weight model."""
-    from clapsep_cli import install, store
-    from clapsep_cli.architecture import TINY
+    from clapsep_cli.models import install, store
+    from clapsep_cli.network.architecture import TINY
     from tests import official
 
     os.environ["CLAPSEP_HOME"] = str(root)

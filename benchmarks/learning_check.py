@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from clapsep_cli.training.trainer import Trainer, TrainSettings, from_scratch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -61,7 +63,7 @@ def synth(kind: str, rng: np.random.Generator, seconds: float = 6.0) -> np.ndarr
 def speech(rng: np.random.Generator, folder: Path) -> np.ndarray:
     import torch
 
-    from clapsep_cli.dsp import SincResampler
+    from clapsep_cli.audio.dsp import SincResampler
 
     wav = folder / "speech.wav"
     voice = rng.choice(["en+m1", "en+m3", "en+f2", "en+f4"])
@@ -99,19 +101,18 @@ def main() -> None:
         raise SystemExit("espeak-ng is needed (apt-get install espeak-ng)")
     import torch
 
-    from clapsep_cli import train
-    from clapsep_cli.architecture import TINY
+    from clapsep_cli.network.architecture import TINY
     from tests.official import write_tokenizer
 
     os.environ["CLAPSEP_HOME"] = str(args.out / "store")
     torch.set_num_threads(os.cpu_count() or 1)
     captions = make_dataset(args.out / "data", args.per_kind)
-    settings = train.TrainSettings(data_dir=args.out / "data", captions=captions, out_name="learning-check",
+    settings = TrainSettings(data_dir=args.out / "data", captions=captions, out_name="learning-check",
                                    checkpoint_dir=args.out / "checkpoints", epochs=10_000,
                                    steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
                                    val_fraction=0.15, audio_queries=False, full_encoder=True)
     shutil.rmtree(settings.checkpoint_dir, ignore_errors=True)
-    trainer = train.Trainer(settings, TINY, *train.from_scratch(TINY, 0), write_tokenizer(args.out / "tok"),
+    trainer = Trainer(settings, TINY, *from_scratch(TINY, 0), write_tokenizer(args.out / "tok"),
                             torch.device("cpu"), {"from": "scratch"}, log=print)
     print(f"{len(trainer.train_clips)} training clips, {len(trainer.val_set)} validation mixtures")
     print(f"before training: validation SI-SDRi {trainer.validate():.2f} dB", flush=True)

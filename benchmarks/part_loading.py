@@ -19,10 +19,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from clapsep_cli.architecture import RELEASED  # noqa: E402
-from clapsep_cli.fast_build import check_materialised, weights_on_meta  # noqa: E402
-from clapsep_cli.query_encoder import AudioEncoder, TextEncoder  # noqa: E402
-from clapsep_cli.separator import Separator  # noqa: E402
+from clapsep_cli.network.architecture import RELEASED  # noqa: E402
+from clapsep_cli.network.encoders import AudioEncoder, TextEncoder  # noqa: E402
+from clapsep_cli.network.fast_build import check_materialised, weights_on_meta  # noqa: E402
+from clapsep_cli.network.separation import Separator  # noqa: E402
 
 
 def plain(build: type[torch.nn.Module], state: dict[str, torch.Tensor]) -> float:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from clapsep_cli.training.trainer import Trainer, TrainSettings, from_scratch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -23,16 +25,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "learning")
     args = parser.parse_args()
-    from clapsep_cli import dsp, metrics, train
-    from clapsep_cli.architecture import TINY
+    from clapsep_cli.audio import dsp
+    from clapsep_cli.network.architecture import TINY
+    from clapsep_cli.training import metrics
 
     best = args.out / "checkpoints" / "best.pt"
     if not best.is_file():
         raise SystemExit(f"{best} missing: run benchmarks/learning_check.py first")
-    settings = train.TrainSettings(data_dir=args.out / "data", captions=args.out / "data" / "captions.csv",
+    settings = TrainSettings(data_dir=args.out / "data", captions=args.out / "data" / "captions.csv",
                                    out_name="-", checkpoint_dir=args.out / "checkpoints", val_fraction=0.15,
                                    audio_queries=False, full_encoder=True)
-    trainer = train.Trainer(settings, TINY, *train.from_scratch(TINY, 0), args.out / "tok", torch.device("cpu"), {},
+    trainer = Trainer(settings, TINY, *from_scratch(TINY, 0), args.out / "tok", torch.device("cpu"), {},
                             log=lambda _m: None)
     trainer.separator.load_state_dict(torch.load(best, weights_only=True)["separator"])
     trainer.separator.eval()

@@ -45,10 +45,11 @@ def main() -> None:
     args = parser.parse_args()
     make_store(args.out / "store")
     os.environ["CLAPSEP_HOME"] = str(args.out / "store")
-    from clapsep_cli import store
-    from clapsep_cli.architecture import SEGMENT_SAMPLES
-    from clapsep_cli.engine import EngineOptions, segment_count
-    from clapsep_cli.model import ClapSep
+    from clapsep_cli.engine.options import EngineOptions
+    from clapsep_cli.engine.segments import segment_count
+    from clapsep_cli.models import store
+    from clapsep_cli.models.loaded import ClapSep
+    from clapsep_cli.network.architecture import SEGMENT_SAMPLES
 
     model = ClapSep(store.get_model(), torch.device("cpu"))
     x = material(args.seconds)
@@ -58,7 +59,7 @@ def main() -> None:
         per_hour = segment_count(3600 * RATE, options)
         print(f"| {overlap:g} | {(SEGMENT_SAMPLES - options.hop) / RATE:.1f} s | {per_hour} |")
 
-    from clapsep_cli import dsp
+    from clapsep_cli.audio import dsp
 
     hop = SEGMENT_SAMPLES // 2
     starts = range(0, len(x) - SEGMENT_SAMPLES + 1, hop)

@@ -15,7 +15,7 @@ same run; full-size released architecture, random weights.
   thread: the default on the CPU).
 * ``clips``: a folder of short stereo clips (``--clips`` of ``--clip-seconds``) against one file
   of the same total length, both by one `clapsep extract` at default settings: one job, its
-  files read ahead, on CUDA their segments sharing batches (see ``engine.Batcher``).
+  files read ahead, on CUDA their segments sharing batches (see ``Batcher``).
 
     python benchmarks/throughput.py --out bench-out                      # all of it, on the CPU
     python benchmarks/throughput.py --device cuda --minutes 1 60         # on a GPU
@@ -39,6 +39,11 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+
+from clapsep_cli.audio.reader import probe, read_blocks
+from clapsep_cli.audio.writer import StemWriter, choose_format, resolve_clip
+from clapsep_cli.engine.options import EngineOptions
+from clapsep_cli.engine.stream import separate_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -64,11 +69,11 @@ def make_source(path: Path, minutes: float, rate: int = RATE, channels: int = CH
 
 def make_store(root: Path) -> None:
     """A store with a full-size random-weight model and the query's embedding cached."""
-    from clapsep_cli import store
-    from clapsep_cli.architecture import RELEASED
-    from clapsep_cli.install import write_model
-    from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
-    from clapsep_cli.separator import Separator
+    from clapsep_cli.models import store
+    from clapsep_cli.models.install import write_model
+    from clapsep_cli.network.architecture import RELEASED
+    from clapsep_cli.network.encoders import AudioEncoder, TextEncoder
+    from clapsep_cli.network.separation import Separator
     from tests.official import write_tokenizer
 
     os.environ["CLAPSEP_HOME"] = str(root)
@@ -116,9 +121,9 @@ def baseline(source: Path, out_dir: Path, device: str, env: dict[str, str]) -> d
 
 def baseline_worker(source: Path, target: Path, device: torch.device) -> None:
     """The naive pipeline on ``device``; prints its processing seconds (after model construction)."""
-    from clapsep_cli.architecture import RELEASED, SEGMENT_SAMPLES
-    from clapsep_cli.dsp import SincResampler
-    from clapsep_cli.separator import Separator
+    from clapsep_cli.audio.dsp import SincResampler
+    from clapsep_cli.network.architecture import RELEASED, SEGMENT_SAMPLES
+    from clapsep_cli.network.separation import Separator
     from tests.official import OfficialPath, random_clapsep_training_state
 
     torch.manual_seed(0)
@@ -149,14 +154,13 @@ class FreeModel:
 
 def free_pipeline(source: Path, target: Path, prefetch: int, device: torch.device) -> float:
     """Seconds to separate ``source`` with :class:`FreeModel`, from decoding to the written stem."""
-    from clapsep_cli import audio_io, engine
 
     start = time.perf_counter()
-    info = audio_io.probe(source)
-    fmt = audio_io.choose_format(info)
-    writer = audio_io.StemWriter(target, info.rate, info.channels, fmt, audio_io.resolve_clip(None, fmt), True)
-    options = engine.EngineOptions(prefetch=prefetch)
-    for stem, _ in engine.separate_stream(FreeModel(device), torch.zeros(1, 1024), audio_io.read_blocks(info),
+    info = probe(source)
+    fmt = choose_format(info)
+    writer = StemWriter(target, info.rate, info.channels, fmt, resolve_clip(None, fmt), True)
+    options = EngineOptions(prefetch=prefetch)
+    for stem, _ in separate_stream(FreeModel(device), torch.zeros(1, 1024), read_blocks(info),
                                           info.rate, options):
         writer.write(stem)
     writer.commit()

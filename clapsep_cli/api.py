@@ -25,20 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapsep_cli import audio_io, engine, presets, store
-from clapsep_cli.engine import DEFAULT_OVERLAP, EngineOptions
+from clapsep_cli.audio.reader import BLOCK
+from clapsep_cli.engine.options import DEFAULT_OVERLAP, EngineOptions, default_batch_size, default_prefetch
+from clapsep_cli.engine.stream import separate_stream
 from clapsep_cli.errors import AudioError, ClapsepError, SettingError
-from clapsep_cli.extract import (
-    Extractor,
-    FileResult,
-    OutputPlan,
-    Progress,
-    Region,
-    check_query_audio,
-    collect_inputs,
-    plan_job,
-)
-from clapsep_cli.queries import AudioRef, EmbeddingCache, Query, condition
+from clapsep_cli.jobs.plan import FileResult, OutputPlan, Region, check_query_audio, collect_inputs, plan_job
+from clapsep_cli.jobs.run import Extractor, Progress
+from clapsep_cli.models import store
+from clapsep_cli.queries import presets
+from clapsep_cli.queries.embedding import EmbeddingCache, condition
+from clapsep_cli.queries.spec import AudioRef, Query
 
 REMOVE_METHODS = ("negative", "subtract")
 DEFAULT_REMOVE_METHOD = "negative"
@@ -161,12 +157,12 @@ class Separator:
     def __init__(self, model: str = store.DEFAULT_MODEL, *, device: str = "auto",
                  precision: str = DEFAULT_PRECISION, overlap: float = DEFAULT_OVERLAP,
                  batch_size: int | None = None, log: Callable[[str], None] | None = None):
-        from clapsep_cli.model import resolve_device, resolve_precision
+        from clapsep_cli.models.loaded import resolve_device, resolve_precision
 
         self.model_name = model
         self.device = resolve_device(device)
-        self.options = EngineOptions(overlap=overlap, batch_size=batch_size or engine.default_batch_size(self.device),
-                                     prefetch=engine.default_prefetch(self.device))
+        self.options = EngineOptions(overlap=overlap, batch_size=batch_size or default_batch_size(self.device),
+                                     prefetch=default_prefetch(self.device))
         self.precision = resolve_precision(precision, self.device)  # "auto" becomes what this device runs
         self.log = log or (lambda _msg: None)
         self._model: Any = None
@@ -181,8 +177,8 @@ class Separator:
     def model(self) -> Any:
         """The loaded :class:`clapsep_cli.model.ClapSep` (loading it on first use)."""
         if self._model is None:
-            from clapsep_cli.download import ensure_model
-            from clapsep_cli.model import ClapSep
+            from clapsep_cli.models.download import ensure_model
+            from clapsep_cli.models.loaded import ClapSep
 
             started = time.perf_counter()
             installed = ensure_model(self.model_name, log=self.log)
@@ -263,12 +259,12 @@ class Separator:
         if len(bad):
             raise AudioError(f"audio has a non-finite sample at frame {bad[0]} ({bad[0] / rate:.3f} s)")
         cond = self.condition(req)
-        stream = engine.separate_stream(self.model, cond, _blocks(frames), rate, self.options)
+        stream = separate_stream(self.model, cond, _blocks(frames), rate, self.options)
         target = np.concatenate([t for t, _ in stream]).reshape(wave.shape)
         stem = wave - target if req.invert else target
         return stem, wave - stem
 
 
 def _blocks(frames: np.ndarray) -> Iterator[np.ndarray]:
-    for start in range(0, len(frames), audio_io.BLOCK):
-        yield frames[start:start + audio_io.BLOCK]
+    for start in range(0, len(frames), BLOCK):
+        yield frames[start:start + BLOCK]

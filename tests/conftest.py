@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from clapsep_cli import install, store
-from clapsep_cli.architecture import RELEASED, TINY, ModelConfig
+from clapsep_cli.models import install, store
+from clapsep_cli.network.architecture import RELEASED, TINY, ModelConfig
 from tests import official
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clapsep_cli.architecture import N_FFT, ModelConfig
-from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
-from clapsep_cli.separator import Separator
+from clapsep_cli.network.architecture import N_FFT, ModelConfig
+from clapsep_cli.network.encoders import AudioEncoder, TextEncoder
+from clapsep_cli.network.separation import Separator
 
 
 def _jitter(state: dict[str, torch.Tensor], gen: torch.Generator, scale: float = 0.02) -> dict[str, torch.Tensor]:
@@ -175,8 +175,8 @@ class OfficialPath:
     def __init__(self, cfg: ModelConfig, training_state: dict[str, torch.Tensor]):
         from torchlibrosa.stft import ISTFT, STFT
 
-        from clapsep_cli.dsp import SincResampler
-        from clapsep_cli.separator import build_htsat
+        from clapsep_cli.audio.dsp import SincResampler
+        from clapsep_cli.network.separation import build_htsat
 
         encoder = build_htsat(cfg.htsat)
         base = {k[len("audio_branch."):]: v for k, v in training_state.items()

@@ -10,9 +10,17 @@ import pytest
 import soundfile as sf
 import torch
 
-from clapsep_cli import api, engine, presets
+from clapsep_cli import api
+from clapsep_cli.engine.options import (
+    CUDA_BATCH_SIZE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PREFETCH,
+    default_batch_size,
+    default_prefetch,
+)
 from clapsep_cli.errors import AudioError, ClapsepError, SettingError
-from clapsep_cli.extract import OutputPlan
+from clapsep_cli.jobs.plan import OutputPlan
+from clapsep_cli.queries import presets
 from tests.conftest import tone, write_audio
 
 PACKAGE = Path(__file__).resolve().parent.parent / "clapsep_cli"
@@ -103,9 +111,9 @@ def test_nothing_below_the_cli_imports_from_it() -> None:
 
 
 def test_batch_size_and_read_ahead_default_to_the_devices_and_an_explicit_batch_size_wins() -> None:
-    assert api.Separator(device="cpu").options.batch_size == engine.DEFAULT_BATCH_SIZE
+    assert api.Separator(device="cpu").options.batch_size == DEFAULT_BATCH_SIZE
     assert api.Separator(device="cpu").options.prefetch == 0  # the network's threads use every core
-    assert engine.default_prefetch(torch.device("cuda", 0)) == engine.DEFAULT_PREFETCH > 0
+    assert default_prefetch(torch.device("cuda", 0)) == DEFAULT_PREFETCH > 0
     assert api.Separator(device="cpu", batch_size=5).options.batch_size == 5
-    assert engine.default_batch_size(torch.device("cuda", 0)) == engine.CUDA_BATCH_SIZE > engine.DEFAULT_BATCH_SIZE
-    assert engine.default_batch_size(torch.device("mps")) == engine.DEFAULT_BATCH_SIZE
+    assert default_batch_size(torch.device("cuda", 0)) == CUDA_BATCH_SIZE > DEFAULT_BATCH_SIZE
+    assert default_batch_size(torch.device("mps")) == DEFAULT_BATCH_SIZE

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clapsep_cli import atomic
+from clapsep_cli.audio import atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clapsep_cli.bridges import audacity as bridge
-from clapsep_cli.bridges.audacity_pipe import AudacityPipe, PipeError
+from clapsep_cli.bridges.audacity import requests, watcher
+from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.extract import Progress
-from clapsep_cli.queries import Query
+from clapsep_cli.jobs.run import Progress
+from clapsep_cli.queries.spec import Query
 from tests.audacity.fake_pipe import FakeAudacity, greeting
 from tests.audacity.mini_project import MiniProject
 from tests.conftest import tone
@@ -32,15 +32,15 @@ class CopySeparate:
         self.sources: list[np.ndarray] = []
         self.fail = fail
 
-    def __call__(self, source: Path, job: bridge.Job, folder: Path, progress: Progress) -> list[bridge.Stem]:
+    def __call__(self, source: Path, job: requests.Job, folder: Path, progress: Progress) -> list[requests.Stem]:
         if self.fail:
             raise ClapsepError(self.fail)
         audio, rate = sf.read(str(source), dtype="float32", always_2d=True)
         self.sources.append(audio)
-        stems = [bridge.Stem(folder / f"{job.tag}.wav", job.tag)]
+        stems = [requests.Stem(folder / f"{job.tag}.wav", job.tag)]
         sf.write(str(stems[0].path), audio / 2, rate, subtype="FLOAT")
         if job.residual:
-            stems.append(bridge.Stem(folder / f"{job.tag}.residual.wav", f"{job.tag}.residual"))
+            stems.append(requests.Stem(folder / f"{job.tag}.residual.wav", f"{job.tag}.residual"))
             shutil.copy(stems[0].path, stems[1].path)
         return stems
 
@@ -56,7 +56,7 @@ def connect(fake: FakeAudacity) -> Callable[[], AudacityPipe]:
     return lambda: AudacityPipe(fake.paths, settle=0.5)
 
 
-DOG = bridge.Job(Query(positive=("dog",)), residual=False)
+DOG = requests.Job(Query(positive=("dog",)), residual=False)
 
 
 def test_stems_are_inserted_aligned_and_named_and_the_selection_is_kept(project: tuple[MiniProject, FakeAudacity],
@@ -72,7 +72,7 @@ def test_stems_are_inserted_aligned_and_named_and_the_selection_is_kept(project:
     separate = CopySeparate()
 
     with connect(fake)() as pipe:
-        added = bridge.extract_selection(pipe, bridge.Job(Query(positive=("dog",)), residual=True), separate)
+        added = requests.extract_selection(pipe, requests.Job(Query(positive=("dog",)), residual=True), separate)
 
     assert [(t.name, t.start, t.end, t.channels) for t in added] == [("mix.dog", 1.0, 2.5, 2),
                                                                       ("mix.dog.residual", 1.0, 2.5, 2)]
@@ -96,7 +96,7 @@ def test_a_single_mono_track_gives_a_mono_export_named_after_it(project: tuple[M
     mini.wave("voice", tone(3.0, RATE, 1))
     mini.selection = (0.5, 1.0)
     with connect(fake)() as pipe:
-        added = bridge.extract_selection(pipe, DOG, CopySeparate())
+        added = requests.extract_selection(pipe, DOG, CopySeparate())
     assert [(t.name, t.channels, t.start, t.end) for t in added] == [("voice.dog", 1, 0.5, 1.0)]
     assert any(c.endswith("NumChannels=1") for c in fake.commands)
 
@@ -106,7 +106,7 @@ def test_nothing_selected_stops_before_exporting(project: tuple[MiniProject, Fak
     mini.wave("walk", tone(2.0, RATE, 2), selected=False)
     mini.selection = (0.5, 1.0)
     with connect(fake)() as pipe, pytest.raises(ClapsepError, match="no audio track is selected"):
-        bridge.extract_selection(pipe, DOG, CopySeparate())
+        requests.extract_selection(pipe, DOG, CopySeparate())
     assert not any(c.startswith(("Export2", "SetPreference")) for c in fake.commands)
 
 
@@ -115,7 +115,7 @@ def test_an_empty_time_selection_is_refused(project: tuple[MiniProject, FakeAuda
     mini.wave("walk", tone(2.0, RATE, 2))
     mini.selection = (1.0, 1.0)
     with connect(fake)() as pipe, pytest.raises(ClapsepError, match="no time range with audio is selected"):
-        bridge.extract_selection(pipe, DOG, CopySeparate())
+        requests.extract_selection(pipe, DOG, CopySeparate())
     assert not any(c.startswith("Import2") for c in fake.commands)
 
 
@@ -124,7 +124,7 @@ def test_muted_selection_is_refused(project: tuple[MiniProject, FakeAudacity]) -
     mini.wave("walk", tone(2.0, RATE, 2)).mute = True
     mini.selection = (0.5, 1.0)
     with connect(fake)() as pipe, pytest.raises(ClapsepError, match="muted"):
-        bridge.extract_selection(pipe, DOG, CopySeparate())
+        requests.extract_selection(pipe, DOG, CopySeparate())
 
 
 def test_a_failed_export_still_puts_the_settings_back(project: tuple[MiniProject, FakeAudacity]) -> None:
@@ -133,7 +133,7 @@ def test_a_failed_export_still_puts_the_settings_back(project: tuple[MiniProject
     mini.selection = (0.5, 1.0)
     mini.failing.add("Export2")
     with connect(fake)() as pipe, pytest.raises(ClapsepError, match="could not do 'Export2"):
-        bridge.extract_selection(pipe, DOG, CopySeparate())
+        requests.extract_selection(pipe, DOG, CopySeparate())
     assert mini.prefs["/FileFormats/ExportFormat_SF1_Type/WAV_10000"] == "0"  # unset before: Audacity's default
     assert not any(c.startswith("Import2") for c in fake.commands)
 
@@ -144,7 +144,7 @@ def test_requests_count_once_and_other_labels_are_not_requests(project: tuple[Mi
     mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog"), (0.5, 1.5, "clapsep:dog"), (2.0, 2.5, "clapsep:rain")])
     mini.label_track("notes", [(0.1, 0.2, "clapsep:Dog"), (0.3, 0.4, "clapsep:dog failed: x"), (1, 2, "mine")])
     with connect(fake)() as pipe:
-        found = bridge.pending_requests(pipe)
+        found = watcher.pending_requests(pipe)
     assert [(r.index, r.track, r.text, r.start, r.end) for r in found] == [
         (0, 1, "clapsep:dog", 0.5, 1.5), (2, 1, "clapsep:rain", 2.0, 2.5)]
 
@@ -161,7 +161,7 @@ def test_a_request_is_served_over_its_span_once(project: tuple[MiniProject, Fake
     mini.selection = (3.0, 3.5)  # moved since the request was made
     separate = CopySeparate()
 
-    lines = list(bridge.watch(connect(fake), separate, once=True))
+    lines = list(watcher.watch(connect(fake), separate, once=True))
 
     assert lines == ["clapsep:dog: 0.500-1.500 s", "  added track 'walk.dog' (0.500-1.500 s)"]
     assert [(lane.name, lane.selected, lane.start) for lane in mini.lanes] == [
@@ -171,7 +171,7 @@ def test_a_request_is_served_over_its_span_once(project: tuple[MiniProject, Fake
     assert mini.selection == (3.0, 3.5)
     np.testing.assert_array_equal(separate.sources[0], walk[RATE // 2:int(1.5 * RATE)])
     np.testing.assert_array_equal(mini.lanes[3].audio, walk[RATE // 2:int(1.5 * RATE)] / 2)
-    assert list(bridge.watch(connect(fake), separate, once=True)) == []
+    assert list(watcher.watch(connect(fake), separate, once=True)) == []
 
 
 class Meddling(CopySeparate):
@@ -181,7 +181,7 @@ class Meddling(CopySeparate):
         super().__init__()
         self.mini, self.meddle = mini, meddle
 
-    def __call__(self, source: Path, job: bridge.Job, folder: Path, progress: Progress) -> list[bridge.Stem]:
+    def __call__(self, source: Path, job: requests.Job, folder: Path, progress: Progress) -> list[requests.Stem]:
         self.meddle(self.mini)
         return super().__call__(source, job, folder, progress)
 
@@ -199,7 +199,7 @@ def test_the_stem_lands_at_the_requests_range_whatever_is_selected_meanwhile(
     mini.wave("walk", walk)
     mini.selection = (1.0, 2.0)
     with connect(fake)() as pipe:
-        added = bridge.extract_selection(pipe, DOG, Meddling(mini, _move_selection))
+        added = requests.extract_selection(pipe, DOG, Meddling(mini, _move_selection))
     assert [(t.name, t.start, t.end) for t in added] == [("walk.dog", 1.0, 2.0)]
     assert mini.selection == (2.25, 3.75)
     assert [(lane.name, lane.selected) for lane in mini.lanes] == [
@@ -237,7 +237,7 @@ def test_a_request_whose_range_no_longer_means_the_same_audio_fails_and_inserts_
     mini.wave("other", tone(4.0, RATE, 2, seed=1), selected=False)
     mini.selection = (1.0, 2.0)
     with connect(fake)() as pipe, pytest.raises(ClapsepError) as caught:
-        bridge.extract_selection(pipe, DOG, Meddling(mini, meddle))
+        requests.extract_selection(pipe, DOG, Meddling(mini, meddle))
     assert str(caught.value) == why
     assert not any(c.startswith("Import2") for c in fake.commands)
     assert mini.selection == (1.0, 2.0)
@@ -250,7 +250,7 @@ def test_a_request_undo_brings_back_is_not_served_again(project: tuple[MiniProje
     mini.wave("walk", tone(4.0, RATE, 2))
     mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog")])
     separate = CopySeparate()
-    watching = bridge.watch(connect(fake), separate, poll=0.01)
+    watching = watcher.watch(connect(fake), separate, poll=0.01)
     assert list(itertools.islice(watching, 2))[1].startswith("  added track 'walk.dog'")
     mini.lanes = mini.lanes[:2]  # what undo does: the stem goes, the label reads as the request again
     mini.lanes[1].labels = [(0.5, 1.5, "clapsep:dog")]
@@ -267,10 +267,10 @@ def test_the_label_shows_progress_in_steps(project: tuple[MiniProject, FakeAudac
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     mini, fake = project
     mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog #abcdef 0%")])
-    monkeypatch.setattr(bridge, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(requests, "PROGRESS_EVERY", 0.0)
     reports: list[str] = []
     with connect(fake)() as pipe:
-        progress = bridge.LabelProgress(pipe, "clapsep:dog #abcdef", reports.append)
+        progress = requests.LabelProgress(pipe, "clapsep:dog #abcdef", reports.append)
         progress.start_file(Path("x.wav"), 8, 1.0)
         shown = []
         for _ in range(8):
@@ -287,7 +287,7 @@ def test_progress_updates_are_spaced_in_time(project: tuple[MiniProject, FakeAud
     mini, fake = project
     mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog #abcdef 0%")])
     with connect(fake)() as pipe:
-        progress = bridge.LabelProgress(pipe, "clapsep:dog #abcdef", lambda text: None)
+        progress = requests.LabelProgress(pipe, "clapsep:dog #abcdef", lambda text: None)
         progress.start_file(Path("x.wav"), 4, 1.0)
         for _ in range(4):
             progress.advance(1)
@@ -303,19 +303,19 @@ def test_a_failed_request_says_why_in_its_label_and_is_not_served_again(
     mini, fake = project
     mini.wave("walk", tone(4.0, RATE, 2))
     mini.label_track("Labels 1", [(0.5, 1.5, text)])
-    lines = list(bridge.watch(connect(fake), separate, once=True))
+    lines = list(watcher.watch(connect(fake), separate, once=True))
     assert lines[0] == f"{text}: 0.500-1.500 s" and lines[1].startswith(f"{text} failed: ") and why in lines[1]
     (label,) = mini.labels()
     assert re.match(re.escape(text) + r"( #[0-9a-f]{6})? failed: ", label[2]) and why in label[2]
     assert [lane.name for lane in mini.lanes] == ["walk", "Labels 1"]
-    assert list(bridge.watch(connect(fake), separate, once=True)) == []
+    assert list(watcher.watch(connect(fake), separate, once=True)) == []
 
 
 def test_watcher_status_says_whether_one_is_alive(tmp_path: Path) -> None:
-    from clapsep_cli.bridges.audacity_pipe import PipePaths
+    from clapsep_cli.bridges.audacity.pipe import PipePaths
 
     paths = PipePaths(tmp_path / "to", tmp_path / "from", tmp_path / "clapsep-audacity.0.lock")
-    first, second = bridge.WatcherStatus(paths), bridge.WatcherStatus(paths)
+    first, second = watcher.WatcherStatus(paths), watcher.WatcherStatus(paths)
     assert second.read() is None
     first.claim()
     first.write("serving clapsep:dog #abcdef 50%")
@@ -337,7 +337,7 @@ def test_watch_waits_for_audacity_and_carries_on_when_it_comes(project: tuple[Mi
             raise PipeError("nothing answers")
         return connect(fake)()
 
-    watching = bridge.watch(flaky, CopySeparate(), poll=0.01)
+    watching = watcher.watch(flaky, CopySeparate(), poll=0.01)
     lines = list(itertools.islice(watching, 4))
     watching.close()
     assert lines == ["waiting for Audacity (nothing answers)", "Audacity is here", "clapsep:dog: 0.500-1.500 s",
@@ -345,21 +345,21 @@ def test_watch_waits_for_audacity_and_carries_on_when_it_comes(project: tuple[Mi
 
 
 def test_watch_once_without_audacity_is_an_error(tmp_path: Path) -> None:
-    from clapsep_cli.bridges.audacity_pipe import PipePaths
+    from clapsep_cli.bridges.audacity.pipe import PipePaths
 
     paths = PipePaths(tmp_path / "to", tmp_path / "from", tmp_path / "lock")
     with pytest.raises(PipeError, match="does not exist"):
-        list(bridge.watch(lambda: AudacityPipe(paths, settle=0.1), CopySeparate(), once=True))
+        list(watcher.watch(lambda: AudacityPipe(paths, settle=0.1), CopySeparate(), once=True))
 
 
 def test_make_job_from_a_text_or_a_preset() -> None:
-    job = bridge.make_job("dog barking", None, ("rain",), None)
+    job = requests.make_job("dog barking", None, ("rain",), None)
     assert (job.query.positive, job.query.negative, job.residual, job.tag) == (("dog barking",), ("rain",), False,
                                                                               "dog_barking")
-    job = bridge.make_job(None, "dog", ("wind",), True)
+    job = requests.make_job(None, "dog", ("wind",), True)
     assert job.tag == "dog" and job.residual and job.query.negative[-1] == "wind"
-    both = bridge.make_job("a dog growls", "dog", (), None)  # the library's rule: the preset plus the text
-    preset = bridge.make_job(None, "dog", (), None)
+    both = requests.make_job("a dog growls", "dog", (), None)  # the library's rule: the preset plus the text
+    preset = requests.make_job(None, "dog", (), None)
     assert both.query.positive == preset.query.positive + ("a dog growls",) and both.tag == "dog"
     with pytest.raises(ClapsepError, match="empty query"):
-        bridge.make_job(None, None, (), None)
+        requests.make_job(None, None, (), None)

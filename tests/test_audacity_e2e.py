@@ -18,8 +18,8 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner, Result
 
-from clapsep_cli.bridges import audacity as bridge
-from clapsep_cli.bridges.audacity_pipe import PIPE_DIR_ENV, AudacityPipe
+from clapsep_cli.bridges.audacity import project, requests
+from clapsep_cli.bridges.audacity.pipe import PIPE_DIR_ENV, AudacityPipe
 from clapsep_cli.cli import main
 from tests.audacity import live
 from tests.conftest import tone, write_audio
@@ -53,9 +53,9 @@ def walk(tmp_path: Path) -> Path:
 def fresh_project(source: Path) -> None:
     """Empty the project, import ``source`` and leave nothing but its track selected."""
     with AudacityPipe() as pipe:
-        count = len(bridge.tracks(pipe))
+        count = len(project.tracks(pipe))
         if count:
-            bridge.select_tracks(pipe, list(range(count)), count)
+            project.select_tracks(pipe, list(range(count)), count)
             pipe.command("RemoveTracks:")
         pipe.command(f'Import2: Filename="{source}"')
 
@@ -70,7 +70,7 @@ def time_selection() -> tuple[float, float]:
     """Audacity's time selection (to six digits), read through a label added for the purpose."""
     with AudacityPipe() as pipe:
         pipe.command("AddLabel:")
-        label = max(bridge.labels(pipe), key=lambda lb: lb.index if lb.text == "" else -1)
+        label = max(project.labels(pipe), key=lambda lb: lb.index if lb.text == "" else -1)
         return label.start, label.end
 
 
@@ -78,7 +78,7 @@ def exported(track: int, start: float, end: float, path: Path) -> np.ndarray:
     """What Audacity plays of ``track`` from ``start`` to ``end``, exported as float samples."""
     select(start, end, track)
     with AudacityPipe() as pipe:
-        bridge.export_selection(pipe, path, 2)
+        project.export_selection(pipe, path, 2)
     return sf.read(str(path), dtype="float32")[0]
 
 
@@ -89,12 +89,12 @@ def run(*args: str) -> Result:
 def waves() -> list[tuple[str, bool, float, float]]:
     """The audio tracks: name, selected, start, end."""
     with AudacityPipe() as pipe:
-        return [(t.name, t.selected, t.start, t.end) for t in bridge.tracks(pipe) if t.kind == "wave"]
+        return [(t.name, t.selected, t.start, t.end) for t in project.tracks(pipe) if t.kind == "wave"]
 
 
 def label_texts() -> list[tuple[float, float, str]]:
     with AudacityPipe() as pipe:
-        return [(lb.start, lb.end, re.sub(r" #[0-9a-f]{6}", " #id", lb.text)) for lb in bridge.labels(pipe)]
+        return [(lb.start, lb.end, re.sub(r" #[0-9a-f]{6}", " #id", lb.text)) for lb in project.labels(pipe)]
 
 
 def test_extract_inserts_a_sample_aligned_stem_and_keeps_the_selection(audacity: live.LiveAudacity, home: Path,
@@ -106,7 +106,7 @@ def test_extract_inserts_a_sample_aligned_stem_and_keeps_the_selection(audacity:
     assert "added track 'walk.dog' (1.500-4.000 s, stereo)" in result.output
 
     with AudacityPipe() as pipe:
-        tracks = bridge.tracks(pipe)
+        tracks = project.tracks(pipe)
     assert [(t.name, t.kind, t.selected) for t in tracks] == [("walk", "wave", True), ("Labels 1", "label", False),
                                                              ("walk.dog", "wave", False)]
     stem = tracks[2]
@@ -136,16 +136,16 @@ def test_the_stem_lands_at_the_requested_range_while_the_user_works_on(
     """The user clicks into the waveform, selects elsewhere and adds a track while the job runs."""
     fresh_project(walk)
     select(1.0, 3.0)
-    finish = bridge.finish
+    finish = requests.finish
 
-    def meanwhile(pipe: AudacityPipe, *args: object) -> list[bridge.Track]:
+    def meanwhile(pipe: AudacityPipe, *args: object) -> list[project.Track]:
         click(audacity, 0.6, 0.3)
         pipe.command("SelectTime: Start=3.5 End=5.25")
         pipe.command("NewMonoTrack:")
         pipe.command("SelectTracks: Track=2 TrackCount=1 Mode=Set")
         return finish(pipe, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(bridge, "finish", meanwhile)
+    monkeypatch.setattr(requests, "finish", meanwhile)
     result = run("audacity", "extract", "dog", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "added track 'walk.dog' (1.000-3.000 s, stereo)" in result.output
@@ -177,14 +177,14 @@ def test_a_deleted_source_track_fails_the_request_and_inserts_nothing(
         pipe.command(f'Import2: Filename="{walk}"')
         pipe.command('SetTrack: Track=1 Name="other"')
     select(1.0, 2.0)
-    finish = bridge.finish
+    finish = requests.finish
 
-    def meanwhile(pipe: AudacityPipe, *args: object) -> list[bridge.Track]:
+    def meanwhile(pipe: AudacityPipe, *args: object) -> list[project.Track]:
         pipe.command("SelectTracks: Track=0 TrackCount=1 Mode=Set")
         pipe.command("RemoveTracks:")
         return finish(pipe, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(bridge, "finish", meanwhile)
+    monkeypatch.setattr(requests, "finish", meanwhile)
     result = run("audacity", "extract", "dog", "--device", "cpu")
     why = "the source track 'walk' was deleted or renamed while the job ran; nothing inserted"
     assert result.exit_code == 1 and result.output == f"clapsep: error: {why}\n"
@@ -267,7 +267,7 @@ def test_macro_request_is_served_by_watch(audacity: live.LiveAudacity, home: Pat
     select(0.5, 2.0)
     with AudacityPipe() as pipe:
         pipe.command("Macro_clapsep-dog:")  # what Tools > Apply Macro > clapsep-dog does
-        assert [(lb.start, lb.end, lb.text) for lb in bridge.labels(pipe)] == [(0.5, 2.0, "clapsep:dog")]
+        assert [(lb.start, lb.end, lb.text) for lb in project.labels(pipe)] == [(0.5, 2.0, "clapsep:dog")]
     select(3.0, 3.5)  # the request keeps the span it was made for
 
     result = run("audacity", "watch", "--once", "--device", "cpu")
@@ -288,11 +288,11 @@ def test_request_in_the_users_label_track_leaves_the_other_labels(audacity: live
     select(1.0, 2.5, 0, 2)  # the audio and the label track: the macro's label goes into the latter
     with AudacityPipe() as pipe:
         pipe.command("Macro_clapsep-dog:")
-        assert [lb.text for lb in bridge.labels(pipe)] == ["mine", "clapsep:dog"]
+        assert [lb.text for lb in project.labels(pipe)] == ["mine", "clapsep:dog"]
 
     assert run("audacity", "watch", "--once", "--device", "cpu").exit_code == 0
     with AudacityPipe() as pipe:
-        tracks = bridge.tracks(pipe)
+        tracks = project.tracks(pipe)
     assert [(t.name, t.selected) for t in tracks] == [("walk", True), ("Labels 1", True), ("walk.dog", False)]
     assert label_texts() == [(0.2, 0.3, "mine"), (1.0, 2.5, "clapsep:dog #id done: walk.dog")]
     assert (tracks[2].start, tracks[2].end) == (1.0, 2.5)
@@ -312,4 +312,4 @@ def test_nothing_selected_is_one_clear_line(audacity: live.LiveAudacity, home: P
     result = run("audacity", "extract", "dog")
     assert result.exit_code == 1 and "no time range with audio is selected" in result.output
     with AudacityPipe() as pipe:
-        assert [t.name for t in bridge.tracks(pipe)] == ["walk"]
+        assert [t.name for t in project.tracks(pipe)] == ["walk"]

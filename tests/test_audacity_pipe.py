@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from clapsep_cli.bridges import audacity_pipe
-from clapsep_cli.bridges.audacity_pipe import AudacityPipe, PipeError, PipePaths
+from clapsep_cli.bridges.audacity import pipe as audacity_pipe
+from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError, PipePaths
 from clapsep_cli.errors import ClapsepError
 from tests.audacity.fake_pipe import CLOSE, Answer, FakeAudacity, failed, greeting, ok
 

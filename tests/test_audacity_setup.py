@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from clapsep_cli import presets
-from clapsep_cli.bridges import audacity_setup
-from clapsep_cli.bridges.audacity_pipe import PIPE_DIR_ENV
+from clapsep_cli.bridges.audacity import setup as audacity_setup
+from clapsep_cli.bridges.audacity.pipe import PIPE_DIR_ENV
+from clapsep_cli.bridges.audacity.setup import config_file, enable_pipe, macro_text, macros_folder, pipe_problems
 from clapsep_cli.cli import main
+from clapsep_cli.queries import presets
 
 USER_SETTINGS = """PrefsVersion=1.1.1r1
 [GUI]
@@ -73,9 +74,9 @@ def test_setup_check_names_what_is_missing(tmp_path: Path, module: Path) -> None
 
 def test_a_newer_module_file_needs_setup_again(tmp_path: Path, module: Path, not_running: None) -> None:
     config = tmp_path / "audacity.cfg"
-    audacity_setup.enable_pipe(config, module)
+    enable_pipe(config, module)
     os.utime(module, (module.stat().st_atime, module.stat().st_mtime + 3600))
-    assert audacity_setup.pipe_problems(config, module) == [
+    assert pipe_problems(config, module) == [
         "[ModuleDateTime] mod-script-pipe is 2023-02-01T20:56:51, needs 2023-02-01T21:56:51"]
 
 
@@ -99,18 +100,18 @@ def test_config_and_macro_folders_follow_xdg_and_the_old_data_folder(tmp_path: P
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    assert audacity_setup.config_file() == tmp_path / "cfg" / "audacity" / "audacity.cfg"
-    assert audacity_setup.macros_folder() == tmp_path / "data" / "audacity" / "Macros"
+    assert config_file() == tmp_path / "cfg" / "audacity" / "audacity.cfg"
+    assert macros_folder() == tmp_path / "data" / "audacity" / "Macros"
     (tmp_path / ".audacity-data").mkdir()
-    assert audacity_setup.config_file() == tmp_path / ".audacity-data" / "audacity.cfg"
-    assert audacity_setup.macros_folder() == tmp_path / ".audacity-data" / "Macros"
+    assert config_file() == tmp_path / ".audacity-data" / "audacity.cfg"
+    assert macros_folder() == tmp_path / ".audacity-data" / "Macros"
 
 
 def test_install_writes_a_request_macro_per_preset_and_drops_stale_ones(tmp_path: Path) -> None:
     folder = tmp_path / "Macros"
     folder.mkdir()
     (folder / "Fade Ends.txt").write_text("Select:Start=\"0\" End=\"1\"\n")
-    (folder / "clapsep-gone.txt").write_text(audacity_setup.macro_text("gone"))
+    (folder / "clapsep-gone.txt").write_text(macro_text("gone"))
     (folder / "clapsep-notes.txt").write_text("Normalize:\n")
     result = run("audacity", "install", "--folder", folder)
     assert result.exit_code == 0, result.output

@@ -17,11 +17,14 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from clapsep_cli import api, engine
+from clapsep_cli import api
 from clapsep_cli.cli import main
 from clapsep_cli.cli.progress import RichProgress
-from clapsep_cli.engine import Batcher, EngineOptions, Source, separate_stream
-from clapsep_cli.model import ClapSep
+from clapsep_cli.engine import stream
+from clapsep_cli.engine.options import EngineOptions
+from clapsep_cli.engine.segments import segment_count
+from clapsep_cli.engine.stream import Batcher, Source, separate_stream
+from clapsep_cli.models.loaded import ClapSep
 from tests.conftest import tone, write_audio
 from tests.test_safety import full_disk  # noqa: F401 - a fixture
 
@@ -56,7 +59,7 @@ class Network:
     ``shared`` lays batches out as on a CUDA device (sources share calls of ``batch_size``
     rows) and computes each row by a call of its own, as CUDA's kernels compute every row
     alike: the CPU's kernels round a few elements by their place in a batch (see
-    :func:`engine.shared_rows`), which would hide what these tests check.
+    :func:`shared_rows`), which would hide what these tests check.
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, shared: bool):
@@ -73,7 +76,7 @@ class Network:
 
         monkeypatch.setattr(ClapSep, "masks", masks)
         if shared:
-            monkeypatch.setattr(engine, "shared_rows", lambda device, batch_size: batch_size)
+            monkeypatch.setattr(stream, "shared_rows", lambda device, batch_size: batch_size)
 
 
 def extract(*args: object) -> dict:
@@ -116,7 +119,7 @@ def test_a_folder_in_one_job_writes_the_stems_of_solo_runs_byte_for_byte(home: P
     for clip in sorted(clips.iterdir()):
         solo = extract(clip, "--out-dir", tmp_path / "solo", *settings)
         assert solo["results"][0]["status"] == "ok"
-    segments = [engine.segment_count(int(s * 32000), EngineOptions()) for _, s, *_ in CLIPS]
+    segments = [segment_count(int(s * 32000), EngineOptions()) for _, s, *_ in CLIPS]
     assert segments == [1, 1, 2, 1, 1, 3, 1]
     if layout == "shared":
         assert network.rows == [3] * 7  # alone: a call per file, silent rows filling each
@@ -268,7 +271,7 @@ class Stand:
 
 def shared(monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
     if layout == "shared":
-        monkeypatch.setattr(engine, "shared_rows", lambda device, batch_size: batch_size)
+        monkeypatch.setattr(stream, "shared_rows", lambda device, batch_size: batch_size)
 
 
 def batches(segments: list[int], batch: int, layout: str) -> list[int]:
@@ -308,7 +311,7 @@ def test_read_ahead_opens_a_bounded_number_of_files(batch: int, prefetch: int, l
         if out.done:
             finished.append(out.index)
     assert finished == list(range(count))
-    assert model.rows == batches([engine.segment_count(int(s * 32000), options) for s in seconds], batch, layout)
+    assert model.rows == batches([segment_count(int(s * 32000), options) for s in seconds], batch, layout)
     if prefetch:
         assert most[0] > batch  # the reader did read ahead, across files
     assert [t for t in threading.enumerate() if t.name == "clapsep-reader"] == []
@@ -335,6 +338,6 @@ def test_each_source_of_a_batcher_gives_what_it_gives_alone(layout: str, monkeyp
     for (target, source), pairs, (x, _) in zip(alone, together, signals):
         assert np.array_equal(np.concatenate([t for t, _ in pairs]), target)
         assert np.array_equal(np.concatenate([s for _, s in pairs]), source) and np.array_equal(source, x)
-    segments = [engine.segment_count(-(-len(x) * 32000 // rate), options) for x, rate in signals]
+    segments = [segment_count(-(-len(x) * 32000 // rate), options) for x, rate in signals]
     assert segments == [1, 2, 1, 4, 1]
     assert model.rows == batches(segments, 3, layout)  # shared: 9 segments in 3 calls, not 6

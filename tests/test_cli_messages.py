@@ -15,9 +15,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from clapsep_cli import install, store
-from clapsep_cli.architecture import TINY
 from clapsep_cli.cli import main
+from clapsep_cli.models import install, store
+from clapsep_cli.network.architecture import TINY
 from tests.conftest import Artefacts, tone, write_audio
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,10 +15,10 @@ import torch
 from click.testing import CliRunner
 
 from clapsep_cli import api
-from clapsep_cli.architecture import RELEASED
 from clapsep_cli.cli import main
-from clapsep_cli.lora import merge_lora
-from clapsep_cli.separator import Separator
+from clapsep_cli.network.architecture import RELEASED
+from clapsep_cli.network.lora import merge_lora
+from clapsep_cli.network.separation import Separator
 from tests import official
 from tests.conftest import Artefacts, tone, write_audio
 from tests.test_batching import CLIPS, make_clip, stems

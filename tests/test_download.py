@@ -25,9 +25,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clapsep_cli import store
 from clapsep_cli.cli import main
-from clapsep_cli.download import CLAP_FILE, CLAP_REPO, CLAPSEP_FILE, CLAPSEP_REPO, TOKENIZER_FILES, TOKENIZER_REPO
+from clapsep_cli.models import store
+from clapsep_cli.models.download import (
+    CLAP_FILE,
+    CLAP_REPO,
+    CLAPSEP_FILE,
+    CLAPSEP_REPO,
+    TOKENIZER_FILES,
+    TOKENIZER_REPO,
+)
 from tests.conftest import Artefacts, tone, write_audio
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clapsep_cli import dsp
+from clapsep_cli.audio import dsp
 
 
 def test_stft_istft_round_trip_is_identity() -> None:

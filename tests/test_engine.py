@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from clapsep_cli.architecture import SEGMENT_SAMPLES
-from clapsep_cli.engine import EngineOptions, crossfade, segment_count, separate_stream
+from clapsep_cli.engine.options import EngineOptions
+from clapsep_cli.engine.segments import crossfade, segment_count
+from clapsep_cli.engine.stream import separate_stream
+from clapsep_cli.network.architecture import SEGMENT_SAMPLES
 
 
 class ConstantMask:

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from clapsep_cli.cli import main
-from clapsep_cli.data import load_mono32, mix_at_0db
+from clapsep_cli.training.data import load_mono32, mix_at_0db
 from tests.conftest import tone, write_audio
 
 

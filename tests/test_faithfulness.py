@@ -10,11 +10,11 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from clapsep_cli import install
-from clapsep_cli.architecture import RELEASED, TINY
 from clapsep_cli.cli import main
-from clapsep_cli.query_encoder import TextEncoder, Tokenizer
-from clapsep_cli.separator import Separator
+from clapsep_cli.models import install
+from clapsep_cli.network.architecture import RELEASED, TINY
+from clapsep_cli.network.encoders import TextEncoder, Tokenizer
+from clapsep_cli.network.separation import Separator
 from tests import official
 from tests.conftest import Artefacts, tone, write_audio
 
@@ -81,6 +81,6 @@ def test_full_size_released_architecture_separates_a_clip(released_files: Artefa
 
 
 def _merged(training: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from clapsep_cli.lora import merge_lora
+    from clapsep_cli.network.lora import merge_lora
 
     return merge_lora(training, RELEASED.lora_alpha / RELEASED.lora_rank)

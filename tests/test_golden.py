@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from clapsep_cli.architecture import DecoderConfig, HTSATConfig
-from clapsep_cli.decoder import Decoder
-from clapsep_cli.dsp import SincResampler
+from clapsep_cli.audio.dsp import SincResampler
+from clapsep_cli.network.architecture import DecoderConfig, HTSATConfig
+from clapsep_cli.network.decoder import Decoder
 from tests import official
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden.safetensors"

@@ -11,7 +11,7 @@ from torchmetrics.functional.audio import (
     signal_noise_ratio,
 )
 
-from clapsep_cli import metrics
+from clapsep_cli.training import metrics
 
 
 @pytest.fixture

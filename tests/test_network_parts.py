@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from clapsep_cli import laion
-from clapsep_cli.architecture import RELEASED, TINY
-from clapsep_cli.decoder import PatchExpand
-from clapsep_cli.lora import merge_lora
-from clapsep_cli.separator import Separator, build_htsat
+from clapsep_cli.network import laion
+from clapsep_cli.network.architecture import RELEASED, TINY
+from clapsep_cli.network.decoder import PatchExpand
+from clapsep_cli.network.lora import merge_lora
+from clapsep_cli.network.separation import Separator, build_htsat
 from tests.official import LoRALinear
 
 TSV = Path(__file__).parent / "data" / "official-state-dict.tsv"
@@ -81,7 +81,7 @@ def test_separator_parameter_names_and_shapes_match_the_release() -> None:
 
 @pytest.mark.slow
 def test_query_encoder_names_match_the_release_clap_model() -> None:
-    from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
+    from clapsep_cli.network.encoders import AudioEncoder, TextEncoder
 
     official = _official_keys()
     prefix = "clap_model.model."

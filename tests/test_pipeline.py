@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from clapsep_cli.architecture import SEGMENT_SAMPLES
-from clapsep_cli.engine import EngineOptions, ReadAhead, crossfade, separate_stream
+from clapsep_cli.engine.options import EngineOptions
+from clapsep_cli.engine.readahead import ReadAhead
+from clapsep_cli.engine.segments import crossfade
+from clapsep_cli.engine.stream import separate_stream
 from clapsep_cli.errors import AudioError
+from clapsep_cli.network.architecture import SEGMENT_SAMPLES
 
 HANN = torch.hann_window(1024)
 

@@ -14,9 +14,9 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from clapsep_cli import model
 from clapsep_cli.cli import main
 from clapsep_cli.errors import ClapsepError
+from clapsep_cli.models.loaded import PRECISIONS, check_precision, cpu_computes_bf16, resolve_precision
 from tests.conftest import tone, write_audio
 
 CPU = torch.device("cpu")
@@ -33,7 +33,7 @@ GRAVITON3 = {"architecture": "aarch64", "neon": True, "bf16": True, "sve": True}
 @pytest.mark.parametrize("caps,native", [(SAPPHIRE_RAPIDS, True), (ZEN4, True), (SKYLAKE_X, False),
                                          (HASWELL, False), (GRAVITON3, False), ({}, False)])
 def test_bf16_is_native_only_with_amx_or_avx512_bf16(caps: dict, native: bool) -> None:
-    assert model.cpu_computes_bf16(caps) is native
+    assert cpu_computes_bf16(caps) is native
 
 
 @pytest.mark.parametrize("caps,expected", [(ZEN4, "bf16"), (SAPPHIRE_RAPIDS, "bf16"), (SKYLAKE_X, "fp32"),
@@ -41,8 +41,8 @@ def test_bf16_is_native_only_with_amx_or_avx512_bf16(caps: dict, native: bool) -
 def test_auto_on_the_cpu_follows_the_detected_features(caps: dict, expected: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
-    assert model.resolve_precision("auto", CPU) == expected
-    assert model.check_precision("auto", CPU) == model.PRECISIONS[expected]
+    assert resolve_precision("auto", CPU) == expected
+    assert check_precision("auto", CPU) == PRECISIONS[expected]
 
 
 def _cpuinfo_flags() -> set[str]:
@@ -56,7 +56,7 @@ def _cpuinfo_flags() -> set[str]:
 def test_detection_agrees_with_the_kernels_cpu_flags() -> None:
     """The kernel's view of this very machine is the independent reference."""
     flags = _cpuinfo_flags()
-    assert model.cpu_computes_bf16() == bool(flags & {"amx_bf16", "avx512_bf16"})
+    assert cpu_computes_bf16() == bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 @pytest.mark.parametrize("native,expected", [(True, "bf16"), (False, "fp32")])
@@ -75,20 +75,20 @@ def test_auto_on_cuda_asks_for_native_bf16_not_emulation(native: bool, expected:
 
     monkeypatch.setattr(torch.cuda, "device", fake_device)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", fake_supported)
-    assert model.resolve_precision("auto", torch.device("cuda:1")) == expected
+    assert resolve_precision("auto", torch.device("cuda:1")) == expected
     assert asked == [("device", "cuda:1"), ("emulation", False)]
 
 
 def test_auto_elsewhere_is_fp32_and_explicit_choices_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: ZEN4)
-    assert model.resolve_precision("auto", torch.device("mps")) == "fp32"
-    assert model.resolve_precision("fp32", CPU) == "fp32"
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    assert resolve_precision("fp32", CPU) == "fp32"
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: HASWELL)
-    assert model.resolve_precision("bf16", CPU) == "bf16"  # asked for: emulated, but honoured
+    assert resolve_precision("bf16", CPU) == "bf16"  # asked for: emulated, but honoured
     with pytest.raises(ClapsepError, match="fp16 is not supported on the CPU"):
-        model.resolve_precision("fp16", CPU)
+        resolve_precision("fp16", CPU)
     with pytest.raises(ClapsepError, match="unknown precision"):
-        model.resolve_precision("fp8", CPU)
+        resolve_precision("fp8", CPU)
 
 
 def _extract(src: Path, out: Path, *extra: str) -> tuple[dict, np.ndarray]:

@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner, Result
 
-from clapsep_cli import install, presets, store
-from clapsep_cli.architecture import TINY
 from clapsep_cli.cli import main
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.queries import AudioRef, EmbeddingCache, Query, combine, condition, parse_time
+from clapsep_cli.models import install, store
+from clapsep_cli.network.architecture import TINY
+from clapsep_cli.queries import presets
+from clapsep_cli.queries.embedding import EmbeddingCache, combine, condition
+from clapsep_cli.queries.spec import AudioRef, Query, parse_time
 from tests.conftest import Artefacts, tone, write_audio
 
 
@@ -106,7 +108,7 @@ def test_every_shipped_preset_validates_and_resolves(home: Path) -> None:
     good, bad = presets.load_all()
     assert bad == []
     assert len([p for p in good if p.source == "shipped"]) >= 15
-    from clapsep_cli.model import ClapSep
+    from clapsep_cli.models.loaded import ClapSep
 
     model = ClapSep(store.get_model(), torch.device("cpu"))
     cache = EmbeddingCache(None, model.installed.fingerprint)
@@ -201,7 +203,7 @@ def test_embed_exports_the_conditioning_vector(home: Path, tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     vec = np.load(tmp_path / "vec" / "birds.npy")
     assert vec.shape == (2 * TINY.joint_embed_dim,) and vec.dtype == np.float32
-    from clapsep_cli.model import ClapSep
+    from clapsep_cli.models.loaded import ClapSep
 
     model = ClapSep(store.get_model(), torch.device("cpu"))
     expected = condition(model, presets.load("birds").query, EmbeddingCache(None, "-"), TINY.joint_embed_dim)[0]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from clapsep_cli import install
-from clapsep_cli.architecture import RELEASED
-from clapsep_cli.model import ClapSep
+from clapsep_cli.models import install
+from clapsep_cli.models.loaded import ClapSep
+from clapsep_cli.network.architecture import RELEASED
 from tests.conftest import Artefacts, tone
 
 pytestmark = pytest.mark.slow

@@ -31,16 +31,28 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from clapsep_cli import audio_io, presets, resources
-from clapsep_cli.bridges import reaper as bridge
+from clapsep_cli import resources
+from clapsep_cli.audio.reader import AudioInfo, probe
+from clapsep_cli.bridges.reaper.jobs import Heartbeat
+from clapsep_cli.bridges.reaper.lua import lua_literal, lua_string
+from clapsep_cli.bridges.reaper.setup import (
+    ASK_FILE,
+    CORE,
+    MARKER,
+    Environment,
+    clapsep_command,
+    default_resource_path,
+    install,
+)
 from clapsep_cli.cli import main
 from clapsep_cli.errors import AudioError
-from clapsep_cli.extract import END_TOLERANCE, Region
+from clapsep_cli.jobs.plan import END_TOLERANCE, Region
+from clapsep_cli.queries import presets
 from tests.conftest import tone, write_audio
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = Path(__file__).resolve().parent / "reaper"
-CORE = resources.shipped("plugins") / "reaper" / bridge.CORE
+CORE = resources.shipped("plugins") / "reaper" / CORE
 LUA, LUAC = shutil.which("lua5.4"), shutil.which("luac5.4")
 needs_lua = pytest.mark.skipif(LUA is None or LUAC is None, reason="needs Debian's lua5.4 and luac5.4")
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
@@ -72,7 +84,7 @@ def run_action(action: Path, scenario: dict[str, Any], tmp_path: Path) -> dict[s
     scenario = {"os": "Other", "project_path": str(tmp_path / "project media"), "process_log": str(log),
                 "child_env": CHILD_ENV, "time_limit": 120, **scenario}
     spec, out = tmp_path / "scenario.lua", tmp_path / "recorded.json"
-    spec.write_text("return " + bridge.lua_literal(scenario) + "\n", encoding="utf-8")
+    spec.write_text("return " + lua_literal(scenario) + "\n", encoding="utf-8")
     done = lua(HARNESS / "run.lua", spec, action, out)
     assert done.returncode == 0, done.stderr
     recorded = json.loads(out.read_text(encoding="utf-8"))
@@ -94,9 +106,9 @@ def item(position: float, length: float, tk: dict[str, Any] | None, selected: bo
     return {"position": position, "length": length, "selected": selected, "loop": loop, "take": tk}
 
 
-def install_into(resource: Path, command: list[str] | None = None, env: bridge.Environment | None = None) -> Path:
+def install_into(resource: Path, command: list[str] | None = None, env: Environment | None = None) -> Path:
     resource.mkdir(parents=True, exist_ok=True)
-    return bridge.install(resource, command, env).folder
+    return install(resource, command, env).folder
 
 
 def jobs_folder(resource: Path) -> Path:
@@ -120,7 +132,7 @@ def answer_with(tmp_path: Path, items: list[dict[str, Any]], delay: float = 0.0)
     """A fake clapsep that beats once and, after `delay` seconds, hands over this result the way
     clapsep does (written under another name, then renamed into place)."""
     result = tmp_path / "result.lua"
-    result.write_text("return " + bridge.lua_literal({"state": "done", "items": items}) + "\n", encoding="utf-8")
+    result.write_text("return " + lua_literal({"state": "done", "items": items}) + "\n", encoding="utf-8")
     return fake_clapsep(tmp_path / "answering clapsep", f'printf . >> "$base.beat"\nsleep {delay}\n'
                         f'cp {shlex.quote(str(result))} "$base.tmp" && mv "$base.tmp" "$base.result.lua"')
 
@@ -133,18 +145,18 @@ def ok_stem(path: Path, frames: int = 500, rate: int = 1000) -> dict[str, Any]:
 
 def test_default_resource_paths_per_os(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    assert bridge.default_resource_path("win32", {"APPDATA": r"C:\Users\Zoë\AppData\Roaming"}, home) == \
+    assert default_resource_path("win32", {"APPDATA": r"C:\Users\Zoë\AppData\Roaming"}, home) == \
         Path(r"C:\Users\Zoë\AppData\Roaming") / "REAPER"
-    assert bridge.default_resource_path("darwin", {}, home) == home / "Library" / "Application Support" / "REAPER"
-    assert bridge.default_resource_path("linux", {}, home) == home / ".config" / "REAPER"
+    assert default_resource_path("darwin", {}, home) == home / "Library" / "Application Support" / "REAPER"
+    assert default_resource_path("linux", {}, home) == home / ".config" / "REAPER"
 
 
 def read_config(action: Path) -> dict[str, Any]:
     """The config table an action script passes to the core, as Lua sees it."""
     script = (f"local cfg; local core = {{run = function(c) cfg = c end}}; dofile = function() return core end; "
-              f"loadfile({bridge.lua_string(str(action))})(); "
+              f"loadfile({lua_string(str(action))})(); "
               f"io.write(dofile_json(cfg))")
-    fake = f"local F = dofile({bridge.lua_string(str(HARNESS / 'fake_reaper.lua'))}); dofile_json = F.to_json; "
+    fake = f"local F = dofile({lua_string(str(HARNESS / 'fake_reaper.lua'))}); dofile_json = F.to_json; "
     done = lua("-e", fake + script)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -160,25 +172,25 @@ def test_install_writes_one_action_per_preset_and_the_free_text_one(tmp_path: Pa
     folder = resource / "Scripts" / "clapsep"
     folder.mkdir(parents=True)
     stale, foreign = folder / "clapsep - gone.lua", folder / "clapsep - mine.lua"
-    stale.write_text(f"{bridge.MARKER} extract 'gone'\n")
+    stale.write_text(f"{MARKER} extract 'gone'\n")
     foreign.write_text("-- the user's own script\n")
 
     result = CliRunner().invoke(main, ["reaper", "install", "--resource-path", str(resource)])
 
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in folder.glob("clapsep - *.lua"))
-    expected = {f"clapsep - {n}.lua" for n in [*SHIPPED_PRESETS, "my-truck"]} | {bridge.ASK_FILE, foreign.name}
+    expected = {f"clapsep - {n}.lua" for n in [*SHIPPED_PRESETS, "my-truck"]} | {ASK_FILE, foreign.name}
     assert set(names) == expected
     assert not stale.exists() and "Removed clapsep - gone.lua" in result.output
-    assert (folder / bridge.CORE).read_bytes() == CORE.read_bytes()
+    assert (folder / CORE).read_bytes() == CORE.read_bytes()
     assert "skipped a preset" in result.output and "broken.toml" in result.output
     assert "Customize toolbar" in result.output and "Load ReaScript" in result.output
     assert f"model store: {tmp_path / 'store'}" in result.output
-    assert (folder / "clapsep - dog.lua").read_text(encoding="utf-8").startswith(bridge.MARKER)
+    assert (folder / "clapsep - dog.lua").read_text(encoding="utf-8").startswith(MARKER)
     config = read_config(folder / "clapsep - dog.lua")
-    assert config["command"] == bridge.clapsep_command() and config["label"] == "dog"
+    assert config["command"] == clapsep_command() and config["label"] == "dog"
     assert config["preset_file"] == str(dog) and config["store"] == str(tmp_path / "store")
-    assert read_config(folder / bridge.ASK_FILE).get("preset_file") is None
+    assert read_config(folder / ASK_FILE).get("preset_file") is None
 
 
 def test_install_records_absolute_paths_for_a_bare_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -229,9 +241,9 @@ def test_lua_literals_load_back_unchanged(tmp_path: Path) -> None:
     value = {"text": 'q"uo\'te \\ back`slash\n\ttab \x00 nul \x7f é ü 漢', "n": [1, -2.5, 1e-300, 123456789012],
              "flag": True, "nested": {"list": ["a", ["b"]], "off": False}}
     spec = tmp_path / "value.lua"
-    spec.write_text("return " + bridge.lua_literal(value) + "\n", encoding="utf-8")
-    script = f"local F = dofile({bridge.lua_string(str(HARNESS / 'fake_reaper.lua'))}) " \
-             f"io.write(F.to_json(dofile({bridge.lua_string(str(spec))})))"
+    spec.write_text("return " + lua_literal(value) + "\n", encoding="utf-8")
+    script = f"local F = dofile({lua_string(str(HARNESS / 'fake_reaper.lua'))}) " \
+             f"io.write(F.to_json(dofile({lua_string(str(spec))})))"
     done = lua("-e", script)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == value
@@ -255,7 +267,7 @@ def test_command_lines_split_back_into_the_same_arguments_or_are_refused(tmp_pat
              *({"os": "Other", "argv": ["ok", arg]} for arg in refused_unix),
              *({"os": "Win64", "argv": ["ok", arg]} for arg in refused_windows)]
     spec, out = tmp_path / "cases.lua", tmp_path / "out.json"
-    spec.write_text("return " + bridge.lua_literal(cases) + "\n", encoding="utf-8")
+    spec.write_text("return " + lua_literal(cases) + "\n", encoding="utf-8")
     done = lua(HARNESS / "quoting.lua", CORE, spec, out)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text(encoding="utf-8"))
@@ -322,7 +334,7 @@ def test_refusals_reach_the_user_and_start_nothing(plain_install: Path, tmp_path
 @needs_lua
 def test_cancelling_the_description_does_nothing(plain_install: Path, tmp_path: Path) -> None:
     tracks = [{"name": "A", "items": [item(0, 1, take(Path("/a.wav"), 2))]}]
-    recorded = run_action(plain_install / bridge.ASK_FILE, {"resource": str(tmp_path / "resource"),
+    recorded = run_action(plain_install / ASK_FILE, {"resource": str(tmp_path / "resource"),
                                                            "tracks": tracks}, tmp_path)
     assert recorded["asked"]["count"] == 1 and "separator=\n" in recorded["asked"]["captions"]
     assert recorded["messages"] == [] and recorded["execs"] == [] and len(recorded["tracks"]) == 1
@@ -574,7 +586,7 @@ def test_free_text_action_extracts_each_window_onto_new_tracks(home: Path, tmp_p
             item(10.0, 1.0, take(rain, 5.0), selected=False),
         ]},
     ]
-    recorded = run_action(folder / bridge.ASK_FILE, {
+    recorded = run_action(folder / ASK_FILE, {
         "resource": str(resource), "project_path": str(project), "time_selection": [10.25001, 13.5],
         "tracks": tracks, "answer": ANSWER}, tmp_path)
 
@@ -671,7 +683,7 @@ def test_compressed_source_whose_length_reaper_measures_longer(home: Path, tmp_p
     m4a = tmp_path / "speech.m4a"
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(wav), "-c:a", "aac", "-b:a", "128k", str(m4a)],
                    check=True)
-    length = audio_io.probe(m4a).duration
+    length = probe(m4a).duration
     reaper_length = length + 0.03
     resource = tmp_path / "resource"
     folder = install_into(resource)
@@ -680,7 +692,7 @@ def test_compressed_source_whose_length_reaper_measures_longer(home: Path, tmp_p
               {"name": "Tail", "items": [item(10.0, reaper_length - 0.5 - 0.01,
                                               take(m4a, reaper_length, values={"D_STARTOFFS": 0.5}))]}]
     calls.unlink(missing_ok=True)
-    recorded = run_action(folder / bridge.ASK_FILE, {"resource": str(resource), "tracks": tracks, "answer": "speech"},
+    recorded = run_action(folder / ASK_FILE, {"resource": str(resource), "tracks": tracks, "answer": "speech"},
                           tmp_path)
 
     no_script_error(recorded)
@@ -737,7 +749,7 @@ def test_run_reports_a_bad_job_in_its_result_file(tmp_path: Path, job: str, erro
     path.write_text(job, encoding="utf-8")
     result = CliRunner().invoke(main, ["reaper", "run", str(path)])
     assert result.exit_code == 1 and error in result.output
-    result_file = bridge.lua_string(str(tmp_path / "job-1.result.lua"))
+    result_file = lua_string(str(tmp_path / "job-1.result.lua"))
     done = lua("-e", f"local r = dofile({result_file}) io.write(r.state, '|', r.error)")
     state, message = done.stdout.split("|", 1)
     assert state == "done" and error in message
@@ -780,7 +792,7 @@ def test_removing_the_job_file_cancels_it_and_its_stems(home: Path, tmp_path: Pa
 
 def test_heartbeat_beats_while_running_and_stops_after(tmp_path: Path) -> None:
     beat = tmp_path / "job.beat"
-    with bridge.Heartbeat(beat, interval=0.02):
+    with Heartbeat(beat, interval=0.02):
         assert beat.stat().st_size == 1  # at once
         for _ in range(500):
             if beat.stat().st_size >= 4:
@@ -793,7 +805,7 @@ def test_heartbeat_beats_while_running_and_stops_after(tmp_path: Path) -> None:
 
 
 def test_region_ends_within_the_tolerance_are_clamped(tmp_path: Path) -> None:
-    info = audio_io.AudioInfo(tmp_path / "a.m4a", 44100, 2, 132300, None, None)  # 3.0 s
+    info = AudioInfo(tmp_path / "a.m4a", 44100, 2, 132300, None, None)  # 3.0 s
     assert Region(1.0, 3.0 + END_TOLERANCE * 0.9).frames(info) == (44100, 132300)
     assert Region(1.0, 2.5).frames(info) == (44100, 110250)
     with pytest.raises(AudioError, match="region ends at 3.15 s, after the end of the file"):

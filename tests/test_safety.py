@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clapsep_cli import audio_io, install
-from clapsep_cli.architecture import TINY
-from clapsep_cli.atomic import TempFile
+from clapsep_cli.audio.atomic import TempFile
+from clapsep_cli.audio.reader import INTEGER_SUBTYPES, is_stem, probe, read_blocks
+from clapsep_cli.models import install
+from clapsep_cli.network.architecture import TINY
 from tests.conftest import Artefacts, tone, write_audio
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def test_readme_examples_touch_only_their_own_stems(home: Path, workfolder: Path
     for source in inputs:
         mine = [p for p in new if p.parent == source.parent and p.name.startswith(source.stem + ".")]
         assert len(mine) == per_input, (source, new)
-    assert all(audio_io.is_stem(workfolder / p) for p in new)
+    assert all(is_stem(workfolder / p) for p in new)
     promised = [Path(name) for name in re.findall(r"[\w.]+\.wav", comment) if Path(name) not in before]
     assert all(p in new for p in promised), (promised, new)  # "writes walk.dog_barking.wav"
 
@@ -128,25 +129,25 @@ def test_non_finite_samples_are_refused_naming_the_first(home: Path, tmp_path: P
 def test_integer_subtypes_skip_the_check_because_they_cannot_hold_non_finite_samples(tmp_path: Path) -> None:
     """The finiteness check is skipped for integer codes: libsndfile itself turns any float,
     infinite or NaN, into a finite code when it writes one, and reads codes back finite."""
-    assert audio_io.INTEGER_SUBTYPES <= set(sf.available_subtypes())
+    assert INTEGER_SUBTYPES <= set(sf.available_subtypes())
     data = np.array([np.inf, -np.inf, np.nan, 0.5], dtype=np.float32)
     for subtype in ("PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM", "GSM610"):
-        if subtype not in audio_io.INTEGER_SUBTYPES or not sf.check_format("WAV", subtype):
+        if subtype not in INTEGER_SUBTYPES or not sf.check_format("WAV", subtype):
             continue
         path = tmp_path / f"{subtype}.wav"
         sf.write(str(path), np.tile(data, 320), 8000, subtype=subtype, format="WAV")
-        info = audio_io.probe(path)
+        info = probe(path)
         assert info.subtype == subtype
-        assert all(np.isfinite(block).all() for block in audio_io.read_blocks(info)), subtype
+        assert all(np.isfinite(block).all() for block in read_blocks(info)), subtype
 
 
 def test_a_codec_that_cannot_seek_is_read_from_any_offset(tmp_path: Path) -> None:
     """GSM 6.10 WAVs refuse every seek, even to 0; a region is read up to instead."""
     path = tmp_path / "gsm.wav"
     sf.write(str(path), tone(1.0, 8000)[:, 0], 8000, subtype="GSM610", format="WAV")
-    info = audio_io.probe(path)
-    whole = np.concatenate(list(audio_io.read_blocks(info, block=1000)))
-    part = np.concatenate(list(audio_io.read_blocks(info, 2345, 7000, block=1000)))
+    info = probe(path)
+    whole = np.concatenate(list(read_blocks(info, block=1000)))
+    part = np.concatenate(list(read_blocks(info, 2345, 7000, block=1000)))
     assert len(whole) == info.frames and np.array_equal(part, whole[2345:7000])
 
 
@@ -275,8 +276,8 @@ def test_every_stem_format_carries_the_tag(home: Path, tmp_path: Path, fmt: str)
     src = write_audio(tmp_path / "walk.wav", tone(1.0, 32000), 32000)
     result = clapsep("extract", "dog", src, "--format", fmt, "--residual")
     assert result.returncode == 0, result.stderr
-    assert audio_io.is_stem(tmp_path / f"walk.dog.{fmt}") and audio_io.is_stem(tmp_path / f"walk.dog.residual.{fmt}")
-    assert not audio_io.is_stem(src)
+    assert is_stem(tmp_path / f"walk.dog.{fmt}") and is_stem(tmp_path / f"walk.dog.residual.{fmt}")
+    assert not is_stem(src)
 
 
 def test_rescanning_with_another_query_leaves_earlier_stems_alone(home: Path, tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from clapsep_cli import laion, store
-from clapsep_cli.architecture import TINY
 from clapsep_cli.cli import main
-from clapsep_cli.separator import Separator
+from clapsep_cli.models import store
+from clapsep_cli.network import laion
+from clapsep_cli.network.architecture import TINY
+from clapsep_cli.network.separation import Separator
 from tests.conftest import tone, write_audio
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner, Result
 from torch import nn
 
-from clapsep_cli import install, store
-from clapsep_cli.architecture import TINY
 from clapsep_cli.cli import main
 from clapsep_cli.errors import ClapsepError
+from clapsep_cli.models import install, store
+from clapsep_cli.network.architecture import TINY
 from tests import official
 from tests.conftest import Artefacts, tone, write_audio
 
@@ -135,8 +135,8 @@ def test_changes_only_layout_as_the_official_filter_writes_it(
 
 def test_audio_query_embedding_equals_the_spaces(empty_home: Path, tiny_files: Artefacts, tmp_path: Path) -> None:
     """The Space builds its module with the CLAP checkpoint loaded, then load_state_dict(file, strict=False)."""
-    from clapsep_cli.model import ClapSep
-    from clapsep_cli.query_encoder import AudioEncoder, fit_query_clip
+    from clapsep_cli.models.loaded import ClapSep
+    from clapsep_cli.network.encoders import AudioEncoder, fit_query_clip
 
     saved = official.official_save_filter(_retrained_query_state(tiny_files))
     path = tmp_path / "best_model.ckpt"
@@ -253,7 +253,7 @@ def test_tokenizer_guard_rejects_a_hollow_tokenizer(tmp_path: Path, monkeypatch:
     import transformers
 
     from clapsep_cli.errors import ModelMissingError
-    from clapsep_cli.query_encoder import Tokenizer
+    from clapsep_cli.network.encoders import Tokenizer
 
     tok = official.write_tokenizer(tmp_path / "tok")
     assert Tokenizer(tok, 77)(["dog"])["input_ids"][0, 1] > 3  # the real files give real tokens
@@ -269,8 +269,8 @@ def test_fast_loading_equals_building_then_loading(home: Path, part: str) -> Non
     """Parts are built without random initialisation; every tensor must still come out right."""
     from safetensors.torch import load_file
 
-    from clapsep_cli.query_encoder import AudioEncoder, TextEncoder
-    from clapsep_cli.separator import Separator
+    from clapsep_cli.network.encoders import AudioEncoder, TextEncoder
+    from clapsep_cli.network.separation import Separator
 
     builder = {"separator": Separator, "text": TextEncoder, "audio": AudioEncoder}[part]
     model = store.get_model()
@@ -302,7 +302,7 @@ class _Computed(nn.Module):
 def test_weights_on_meta_keeps_computed_tensors_and_changes_nothing_outside() -> None:
     import threading
 
-    from clapsep_cli.fast_build import check_materialised, weights_on_meta
+    from clapsep_cli.network.fast_build import check_materialised, weights_on_meta
 
     state = _Computed().state_dict()
     seen_elsewhere: list[torch.device] = []

@@ -14,9 +14,10 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from clapsep_cli import lora, train
-from clapsep_cli.architecture import TINY
 from clapsep_cli.cli import main
+from clapsep_cli.network import lora
+from clapsep_cli.network.architecture import TINY
+from clapsep_cli.training.trainer import Trainer, TrainSettings, from_scratch
 from tests.conftest import Artefacts, write_audio
 
 
@@ -43,7 +44,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_lora_wrapping_starts_as_the_base_layer_and_merges_back() -> None:
     torch.manual_seed(0)
-    from clapsep_cli.separator import build_htsat
+    from clapsep_cli.network.separation import build_htsat
 
     encoder = build_htsat(TINY.htsat).eval()
     x = {"waveform": torch.randn(1, 480000) * 0.1}
@@ -65,9 +66,9 @@ def test_lora_wrapping_starts_as_the_base_layer_and_merges_back() -> None:
 def test_loss_goes_down_on_repeated_batches(dataset: tuple[Path, Path], tmp_path: Path,
                                             tiny_files: Artefacts) -> None:
     data, captions = dataset
-    settings = train.TrainSettings(data_dir=data, captions=captions, out_name="x", checkpoint_dir=tmp_path,
+    settings = TrainSettings(data_dir=data, captions=captions, out_name="x", checkpoint_dir=tmp_path,
                                    batch_size=4, lr=3e-3, val_fraction=0.25, seed=1)
-    trainer = train.Trainer(settings, TINY, *train.from_scratch(TINY, 0), tiny_files.tokenizer,
+    trainer = Trainer(settings, TINY, *from_scratch(TINY, 0), tiny_files.tokenizer,
                             torch.device("cpu"), {}, log=lambda _m: None)
     batch = next(iter(trainer.train_loader()))
     losses = [trainer.train_step(batch) for _ in range(12)]

@@ -25,7 +25,7 @@ def audacity() -> None:
 
 
 def _stem_maker(model_name: str, device: str, precision: str, overlap: float, batch_size: int | None) -> Any:
-    from clapsep_cli.bridges.audacity import StemMaker
+    from clapsep_cli.bridges.audacity.requests import StemMaker
 
     return StemMaker(separator(model_name, device, precision, quiet=False, overlap=overlap, batch_size=batch_size))
 
@@ -49,8 +49,8 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
       clapsep audacity extract "dog barking"
       clapsep audacity extract -p dialogue --residual
     """
-    from clapsep_cli.bridges.audacity import extract_selection, make_job
-    from clapsep_cli.bridges.audacity_pipe import AudacityPipe
+    from clapsep_cli.bridges.audacity.pipe import AudacityPipe
+    from clapsep_cli.bridges.audacity.requests import extract_selection, make_job
 
     job = make_job(query, preset, negative, residual)
     separate = _stem_maker(model_name, device, precision, overlap, batch_size)
@@ -78,9 +78,9 @@ def watch(poll: float, once: bool, show_status: bool, residual: bool | None, mod
     selection with a label `clapsep:<preset>`; this command takes it (`clapsep:<preset> #<id>`,
     with the progress), adds the stem over that range and marks the label done.
     """
-    from clapsep_cli.bridges.audacity import WatcherStatus
-    from clapsep_cli.bridges.audacity import watch as serve_requests
-    from clapsep_cli.bridges.audacity_pipe import AudacityPipe
+    from clapsep_cli.bridges.audacity.pipe import AudacityPipe
+    from clapsep_cli.bridges.audacity.watcher import WatcherStatus
+    from clapsep_cli.bridges.audacity.watcher import watch as serve_requests
 
     status = WatcherStatus()
     if show_status:
@@ -110,7 +110,7 @@ def watch(poll: float, once: bool, show_status: bool, residual: bool | None, mod
 @click.option("--check", is_flag=True, help="Only report; exit 1 if mod-script-pipe is not enabled.")
 def setup(module_path: Path | None, config_path: Path | None, check: bool) -> None:
     """Enable mod-script-pipe in Audacity's settings (run it while Audacity is closed)."""
-    from clapsep_cli.bridges import audacity_setup as aset
+    from clapsep_cli.bridges.audacity import setup as aset
 
     module = aset.find_module(module_path)
     config = config_path or aset.config_file()
@@ -136,8 +136,8 @@ def setup(module_path: Path | None, config_path: Path | None, check: bool) -> No
               help="Audacity's Macros folder (default: the one Audacity uses for you).")
 def install(names: tuple[str, ...], folder: Path | None) -> None:
     """Write one Audacity macro per preset: Tools > Apply Macro > clapsep-<preset>."""
-    from clapsep_cli import presets
-    from clapsep_cli.bridges import audacity_setup as aset
+    from clapsep_cli.bridges.audacity import setup as aset
+    from clapsep_cli.queries import presets
 
     chosen = [presets.load(n).name for n in names] if names else sorted(presets.available())
     written, removed = aset.install_macros(chosen, folder or aset.macros_folder())

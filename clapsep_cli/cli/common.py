@@ -8,14 +8,14 @@ from typing import Any
 
 import click
 
-from clapsep_cli.query_spec import parse_time
+from clapsep_cli.queries.spec import parse_time
 
 F = Callable[..., Any]
 
 
 def model_options(f: F) -> F:
     """--model, --device and --precision."""
-    from clapsep_cli import store
+    from clapsep_cli.models import store
 
     f = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                      show_default=True,
@@ -31,7 +31,7 @@ def model_options(f: F) -> F:
 
 def engine_options(f: F) -> F:
     """--overlap and --batch-size."""
-    from clapsep_cli.engine import CUDA_BATCH_SIZE, DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP
+    from clapsep_cli.engine.options import CUDA_BATCH_SIZE, DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP
 
     f = click.option("--batch-size", type=click.IntRange(min=1),
                      help=f"10 s segments per network call (default: {CUDA_BATCH_SIZE} on a CUDA GPU, "

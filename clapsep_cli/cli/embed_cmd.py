@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from clapsep_cli import api, presets
+from clapsep_cli import api
 from clapsep_cli.cli.common import emit_json, model_options, separator
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.extract import check_query_audio
-from clapsep_cli.queries import Query
+from clapsep_cli.jobs.plan import check_query_audio
+from clapsep_cli.queries import presets
+from clapsep_cli.queries.spec import Query
 
 
 @click.command()

@@ -9,7 +9,7 @@ import click
 
 from clapsep_cli.cli.common import emit_json, model_options, separator
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.evaluate import MODES, Evaluator, read_manifest
+from clapsep_cli.training.evaluate import MODES, Evaluator, read_manifest
 
 
 @click.command()

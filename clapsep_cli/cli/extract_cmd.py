@@ -12,10 +12,11 @@ from typing import Any
 
 import click
 
-from clapsep_cli import api, atomic
+from clapsep_cli import api
+from clapsep_cli.audio import atomic
 from clapsep_cli.cli.common import TimeType, emit_json, engine_options, flag, model_options
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.extract import DEFAULT_NAME, NAME_FIELDS, OutputPlan, Region
+from clapsep_cli.jobs.plan import DEFAULT_NAME, NAME_FIELDS, OutputPlan, Region
 
 F = Callable[..., Any]
 
@@ -222,8 +223,8 @@ def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
 
 
 def _run_on_cluster(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
-    from clapsep_cli import cluster
     from clapsep_cli.cli import progress as progress_mod
+    from clapsep_cli.jobs import cluster
 
     runner = cluster.Cluster(opts.ray_address, opts.model_name, device=opts.device, precision=opts.precision,
                              overlap=opts.overlap, batch_size=opts.batch_size, worker_cpus=opts.ray_cpus,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from clapsep_cli import store
-from clapsep_cli.architecture import ARCHITECTURES
 from clapsep_cli.cli.common import emit_json
+from clapsep_cli.models import store
+from clapsep_cli.network.architecture import ARCHITECTURES
 
 
 def _log(msg: str) -> None:
@@ -33,7 +33,7 @@ def download(name: str, overwrite: bool, keep_downloads: bool, architecture: str
     and refused if it differs; an interrupted download resumes on the next run. The files'
     sha256 sums are recorded in the manifest. HF_ENDPOINT and HTTPS_PROXY are honoured.
     """
-    from clapsep_cli import download as hub
+    from clapsep_cli.models import download as hub
 
     model = hub.download(name, ARCHITECTURES[architecture], overwrite=overwrite, keep_downloads=keep_downloads,
                          log=_log)
@@ -56,7 +56,7 @@ def download(name: str, overwrite: bool, keep_downloads: bool, architecture: str
 def import_(clap_file: Path, clapsep_file: Path, tokenizer_dir: Path | None, name: str, overwrite: bool,
             trust_pickle: bool, architecture: str) -> None:
     """Install a model from checkpoint files you copied here (works offline)."""
-    from clapsep_cli.install import install
+    from clapsep_cli.models.install import install
 
     model = install(name, clap_file, clapsep_file, tokenizer_dir, config=ARCHITECTURES[architecture],
                     overwrite=overwrite, trust_pickle=trust_pickle, log=_log)

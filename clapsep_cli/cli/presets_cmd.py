@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from clapsep_cli import presets
 from clapsep_cli.cli.common import emit_json
+from clapsep_cli.queries import presets
 
 
 @click.group(name="presets")

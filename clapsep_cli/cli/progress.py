@@ -11,7 +11,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from clapsep_cli.extract import FileResult
+from clapsep_cli.jobs.plan import FileResult
 
 
 def wanted(json_output: bool) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clapsep_cli.bridges import reaper as bridge
+from clapsep_cli.bridges.reaper import jobs, setup
 
 
 @click.group()
@@ -23,7 +23,7 @@ def install(resource_path: Path | None) -> None:
     The actions record this clapsep, its model store ($CLAPSEP_HOME) and ffmpeg as absolute
     paths. Run it again after adding, changing or removing presets, or after moving any of those.
     """
-    done = bridge.install(resource_path or bridge.default_resource_path())
+    done = setup.install(resource_path or setup.default_resource_path())
     for problem in done.problems:
         click.echo(f"skipped a preset: {problem}", err=True)
     click.echo(f"Wrote {len(done.written)} REAPER actions to {done.folder}:")
@@ -31,12 +31,12 @@ def install(resource_path: Path | None) -> None:
         click.echo(f"  {path.name}")
     for path in done.removed:
         click.echo(f"Removed {path.name} (its preset is gone).")
-    click.echo(bridge.recorded_help(done))
-    click.echo(bridge.toolbar_help(done))
+    click.echo(setup.recorded_help(done))
+    click.echo(setup.toolbar_help(done))
 
 
 @reaper.command(hidden=True)
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
 def run(job: Path) -> None:
     """Run a job file written by a REAPER action (the actions call this; log and result go beside it)."""
-    bridge.run_job_file(job)
+    jobs.run_job_file(job)

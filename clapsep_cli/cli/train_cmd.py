@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from clapsep_cli import store
-from clapsep_cli.architecture import ARCHITECTURES
 from clapsep_cli.cli.common import emit_json
 from clapsep_cli.errors import ClapsepError
+from clapsep_cli.models import store
+from clapsep_cli.network.architecture import ARCHITECTURES
 
 
 @click.command()
@@ -57,8 +57,8 @@ def train(data_dir: Path, captions: Path, out_name: str, base: str | None, archi
     only and the whole encoder copy trains (there is nothing pretrained for LoRA to adapt).
     Several GPUs: torchrun --nproc_per_node N -m clapsep_cli train ...
     """
-    from clapsep_cli import train as training
-    from clapsep_cli.model import resolve_device
+    from clapsep_cli.models.loaded import resolve_device
+    from clapsep_cli.training import distributed, trainer
 
     if store.is_installed(out_name) and not overwrite:
         raise ClapsepError(f"model {out_name!r} is already installed; pass --overwrite or choose another --name")
@@ -68,19 +68,19 @@ def train(data_dir: Path, captions: Path, out_name: str, base: str | None, archi
         if tokenizer_dir is None:
             raise ClapsepError("training from scratch needs --tokenizer DIR (vocab.json + merges.txt)")
         cfg = ARCHITECTURES[architecture]
-        parts = training.from_scratch(cfg, seed)
+        parts = trainer.from_scratch(cfg, seed)
         origin = {"architecture": architecture, "from": "scratch"}
     else:
-        cfg, *parts, tokenizer_dir = training.from_model(base or store.DEFAULT_MODEL)
+        cfg, *parts, tokenizer_dir = trainer.from_model(base or store.DEFAULT_MODEL)
         origin = {"from": base or store.DEFAULT_MODEL}
-    dev = training.init_distributed(resolve_device(device))
-    settings = training.TrainSettings(
+    dev = distributed.init_distributed(resolve_device(device))
+    settings = trainer.TrainSettings(
         data_dir=data_dir, captions=captions, out_name=out_name,
         checkpoint_dir=checkpoint_dir or store.training_dir(out_name), epochs=epochs,
         steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
         workers=workers, audio_queries=not architecture, full_encoder=bool(architecture))
     log = (lambda _m: None) if json_output else (lambda m: click.echo(m, err=True))
-    trainer = training.Trainer(settings, cfg, *parts, tokenizer_dir, dev, origin, log)
+    trainer = trainer.Trainer(settings, cfg, *parts, tokenizer_dir, dev, origin, log)
     if resume:
         trainer.resume()
     result = trainer.fit(None if time_limit is None else time_limit * 60)
@@ -91,4 +91,4 @@ def train(data_dir: Path, captions: Path, out_name: str, base: str | None, archi
             emit_json(result)
         else:
             click.echo(f"installed {model.name!r} (best validation SI-SDRi {trainer.best:.2f} dB) at {model.path}")
-    training.finish_distributed()
+    distributed.finish_distributed()

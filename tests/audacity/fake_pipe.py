@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clapsep_cli.bridges.audacity_pipe import PipePaths
+from clapsep_cli.bridges.audacity.pipe import PipePaths
 
 CLOSE = object()
 Piece = bytes | float | object

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from clapsep_cli.bridges.audacity_pipe import AudacityPipe
+from clapsep_cli.bridges.audacity.pipe import AudacityPipe
 from tests.audacity import live
 from tests.conftest import tone, write_audio
 
@@ -37,9 +37,9 @@ def share(pid: int, seconds: float) -> float:
 
 def watcher(poll: float) -> subprocess.Popen[bytes]:
     """The watcher's loop, as `clapsep audacity watch` runs it, in a process of its own."""
-    code = ("import sys; from clapsep_cli.bridges import audacity as bridge; "
-            "from clapsep_cli.bridges.audacity_pipe import AudacityPipe\n"
-            f"for line in bridge.watch(lambda: AudacityPipe(greet=False), lambda *args: [], poll={poll!r}):\n"
+    code = ("import sys; from clapsep_cli.bridges.audacity.watcher import watch; "
+            "from clapsep_cli.bridges.audacity.pipe import AudacityPipe\n"
+            f"for line in watch(lambda: AudacityPipe(greet=False), lambda *args: [], poll={poll!r}):\n"
             "    print(line, flush=True)")
     return subprocess.Popen([sys.executable, "-c", code])
 

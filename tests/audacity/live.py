@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from clapsep_cli.bridges import audacity_setup
-from clapsep_cli.bridges.audacity_pipe import AudacityPipe, PipeError, PipePaths
+from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError, PipePaths
+from clapsep_cli.bridges.audacity.setup import find_module, install_macros, write_pipe_settings
 
 SETTINGS = """[Version]
 Major=3
@@ -49,7 +49,7 @@ def missing() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     try:
-        audacity_setup.find_module()
+        find_module()
     except Exception as err:  # noqa: BLE001 - reported as the reason
         return str(err)
     if _listening(PipePaths.default().to_audacity):
@@ -70,8 +70,8 @@ def start(root: Path) -> LiveAudacity:
             _end(first)
         shutil.rmtree(root / "temp")
         _write_settings(root)
-        audacity_setup.write_pipe_settings(_config(root), audacity_setup.find_module())
-        audacity_setup.install_macros(["dog"], root / "data" / "audacity" / "Macros")
+        write_pipe_settings(_config(root), find_module())
+        install_macros(["dog"], root / "data" / "audacity" / "Macros")
         process = _launch(env, root / "audacity.log")
     except BaseException:
         _end(xvfb)

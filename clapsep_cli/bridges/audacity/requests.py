@@ -1,0 +1,265 @@
+"""Serving one request label: take its range, separate, insert the stems."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from clapsep_cli import api
+from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError
+from clapsep_cli.bridges.audacity.project import (
+    Label,
+    Track,
+    _channels,
+    _decimal,
+    _kept_selection,
+    _locate,
+    _names,
+    _quotable,
+    _same_audio,
+    chosen_sources,
+    export_selection,
+    labels,
+    select_tracks,
+    tracks,
+)
+from clapsep_cli.bridges.audacity.setup import REQUEST_PREFIX, request_command
+from clapsep_cli.errors import ClapsepError
+from clapsep_cli.jobs.plan import OutputPlan
+from clapsep_cli.jobs.run import Progress
+from clapsep_cli.queries.spec import Query
+
+REQUEST = re.compile(rf"^{REQUEST_PREFIX}([a-z0-9][a-z0-9_-]{{0,47}})$")
+
+
+PROGRESS_STEP = 25  # percent between progress updates of a request label
+
+
+PROGRESS_EVERY = 5.0  # seconds at least between them (each is an undo step in Audacity 3.2)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to extract: a query, whether the residual comes too, and the tag in track names."""
+
+    query: Query
+    residual: bool
+
+    @property
+    def tag(self) -> str:
+        return self.query.slug()
+
+
+@dataclass(frozen=True)
+class Stem:
+    """A separated file and the tag its track name gets."""
+
+    path: Path
+    tag: str
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A request being served: its label's text up to the id, its range as decimal texts that
+    Audacity reads back as the very numbers the bridge compares, the tracks and audio used."""
+
+    head: str
+    start: str
+    end: str
+    sources: tuple[Track, ...]
+    audio: Path
+
+    @property
+    def base(self) -> str:
+        """What the stems' track names start with: the source track's name, or ``mix``."""
+        return self.sources[0].name if len(self.sources) == 1 else "mix"
+
+    @property
+    def span(self) -> str:
+        return f"{float(self.start):.3f}-{float(self.end):.3f} s"
+
+
+class Separate(Protocol):
+    """Separates ``source`` for ``job``, writing stems into ``folder``."""
+
+    def __call__(self, source: Path, job: Job, folder: Path, progress: Progress) -> list[Stem]: ...
+
+
+def make_job(text: str | None, preset: str | None, negative: tuple[str, ...], residual: bool | None) -> Job:
+    """A job from a query text and/or a preset, plus negatives (combined by the library's one
+    rule, :func:`clapsep_cli.api.request`); the preset decides the residual unless ``residual``
+    is given."""
+    req = api.request(*([text] if text else []), preset=preset, negative=negative)
+    return Job(req.query, req.residual if residual is None else residual)
+
+
+class StemMaker:
+    """Separates with one :class:`clapsep_cli.api.Separator`, whose model is loaded on first use
+    and kept for every later request."""
+
+    def __init__(self, separator: api.Separator):
+        self.separator = separator
+
+    def __call__(self, source: Path, job: Job, folder: Path, progress: Progress) -> list[Stem]:
+        plan = OutputPlan(output=folder / f"{job.tag}.wav", residual=job.residual, fmt="wav", bit_depth="32f",
+                          overwrite=True)
+        result = self.separator.extract([source], api.Request(job.query), plan, progress=progress).results[0]
+        if result.status != "ok" or result.target is None:
+            raise ClapsepError(str(result.error).replace(str(source), "the selected audio"))
+        stems = [Stem(result.target, job.tag)]
+        if result.residual is not None:
+            stems.append(Stem(result.residual, f"{job.tag}.residual"))
+        return stems
+
+
+def extract_selection(pipe: AudacityPipe, job: Job, separate: Separate,
+                      report: Callable[[str], None] = lambda text: None) -> list[Track]:
+    """Mark the selection as a request (a label, as the macros do) and serve it at once; the
+    added tracks (times to six digits, as Audacity reports them)."""
+    chosen_sources(tracks(pipe))
+    with tempfile.TemporaryDirectory(prefix="clapsep-audacity-") as tmp:
+        export_selection(pipe, Path(tmp) / "check.wav", 1)  # an empty range stops here, before Nyquist's dialog
+    before = {_key(lb) for lb in labels(pipe)}
+    text = f"{REQUEST_PREFIX}{job.tag}"
+    pipe.command(request_command(text))
+    added = [lb for lb in labels(pipe) if lb.text == text and _key(lb) not in before]
+    if not added:
+        raise ClapsepError("Audacity did not add the request label (is a time range selected?)")
+    return serve(pipe, added[0], job, separate, report)
+
+
+def serve(pipe: AudacityPipe, request: Label, job: Job, separate: Separate,
+          report: Callable[[str], None] = lambda text: None) -> list[Track]:
+    """Take ``request``, separate its range, and finish it; the added tracks. A failure is
+    written into the request label (so it is not served again) and raised."""
+    with tempfile.TemporaryDirectory(prefix="clapsep-audacity-") as tmp:
+        folder = Path(tmp)
+        try:
+            taken = take(pipe, request, folder)
+        except PipeError:
+            raise
+        except ClapsepError as err:
+            _rename_copies(pipe, request, f"{request.text} failed: {err}")
+            raise
+        try:
+            stems = separate(taken.audio, job, folder, LabelProgress(pipe, taken.head, report))
+            return finish(pipe, taken, stems, folder)
+        except PipeError:
+            raise
+        except ClapsepError as err:
+            set_taken_text(pipe, taken.head, f"{taken.head} failed: {err}")
+            raise
+
+
+def take(pipe: AudacityPipe, request: Label, folder: Path) -> Taken:
+    """Give the request (and its copies) an id and the range it printed, and export the
+    selected tracks over that range."""
+    if not request.end > request.start:
+        raise ClapsepError("the request covers no time: select a time range, not a point")
+    now = tracks(pipe)
+    sources = chosen_sources(now)
+    head = f"{request.text} #{secrets.token_hex(3)}"
+    start, end = _decimal(request.start), _decimal(request.end)
+    with _kept_selection(pipe, now):
+        for _ in [lb for lb in labels(pipe) if _same_request(lb, request)]:
+            copy = next(lb for lb in labels(pipe) if _same_request(lb, request))
+            pipe.command(f'SetLabel: Label={copy.index} Text="{_quotable(head)} 0%" Start={start} End={end}')
+        pipe.command(f"SelectTime: Start={start} End={end}")
+        audio = export_selection(pipe, folder / "request.wav", _channels(sources))
+    return Taken(head, start, end, tuple(sources), audio)
+
+
+def finish(pipe: AudacityPipe, taken: Taken, stems: list[Stem], folder: Path) -> list[Track]:
+    """Check that the request still means the audio it was taken with, then insert the stems
+    over its range (one undo step each, holding the finished track)."""
+    label = find_taken(pipe, taken.head)
+    if (label.start, label.end) != (float(taken.start), float(taken.end)):
+        raise ClapsepError(f"the request label was moved from {taken.span} while the job ran; nothing inserted")
+    now = tracks(pipe)
+    sources = _locate(now, taken.sources)
+    names = [f"{taken.base}.{stem.tag}" for stem in stems]
+    with _kept_selection(pipe, now):
+        select_tracks(pipe, [t.index for t in sources], len(now))
+        pipe.command(f"SelectTime: Start={taken.start} End={taken.end}")
+        again = export_selection(pipe, folder / "again.wav", _channels(list(taken.sources)))
+        if not _same_audio(taken.audio, again):
+            raise ClapsepError(f"the audio of {_names(sources)} over {taken.span} changed while the job ran; "
+                               "nothing inserted")
+        set_taken_text(pipe, taken.head, f"{taken.head} done: {' + '.join(names)}")
+        for i, (stem, name) in enumerate(zip(stems, names)):
+            pipe.command(f'Import2: Filename="{stem.path}"')
+            count = len(tracks(pipe))
+            if count != len(now) + i + 1:
+                raise ClapsepError(f"Audacity imported {count - len(now) - i} tracks for one stem")
+            select_tracks(pipe, [count - 1], count)
+            pipe.command(f'SetTrack: Name="{_quotable(name)}"')
+            pipe.command(f'SetClip: Start={taken.start} Name="{_quotable(taken.head)}"')
+            pipe.command("ToggleSpectralSelection:")  # twice: a no-op that writes the above into
+            pipe.command("ToggleSpectralSelection:")  # the import's undo state
+    return tracks(pipe)[len(now):]
+
+
+def find_taken(pipe: AudacityPipe, head: str) -> Label:
+    """The label of a request being served (the first, if a macro made copies)."""
+    for label in labels(pipe):
+        if _is_taken(label, head):
+            return label
+    raise ClapsepError("the request label is gone (deleted, or undone); nothing inserted")
+
+
+def set_taken_text(pipe: AudacityPipe, head: str, text: str) -> None:
+    """Set the text of a taken request's label (and its copies); one undo step each."""
+    text = _quotable(text)
+    for _ in [lb for lb in labels(pipe) if _is_taken(lb, head)]:  # each rename may reorder the labels
+        label = next((lb for lb in labels(pipe) if _is_taken(lb, head) and lb.text != text), None)
+        if label is None:
+            return
+        pipe.command(f'SetLabel: Label={label.index} Text="{text}"')
+
+
+class LabelProgress:
+    """Shows a job's progress in its request label: in steps of ``PROGRESS_STEP`` percent and at
+    most every ``PROGRESS_EVERY`` seconds, as each update is an undo step in Audacity 3.2."""
+
+    def __init__(self, pipe: AudacityPipe, head: str, report: Callable[[str], None]):
+        self.pipe, self.head, self.report = pipe, head, report
+        self.total = self.done = self.shown = 0
+        self.last = time.monotonic()
+
+    def start_file(self, path: Path, segments: int, seconds: float) -> None:
+        self.total, self.done = max(segments, 1), 0
+
+    def advance(self, segments: int) -> None:
+        self.done += segments
+        percent = 100 * self.done // self.total // PROGRESS_STEP * PROGRESS_STEP
+        self.report(f"{self.head} {100 * self.done // self.total}%")
+        if self.shown < percent < 100 and time.monotonic() - self.last >= PROGRESS_EVERY:
+            set_taken_text(self.pipe, self.head, f"{self.head} {percent}%")
+            self.shown, self.last = percent, time.monotonic()
+
+    def end_file(self) -> None:
+        pass
+
+
+def _rename_copies(pipe: AudacityPipe, request: Label, text: str) -> None:
+    for label in labels(pipe):
+        if _same_request(label, request):
+            pipe.command(f'SetLabel: Label={label.index} Text="{_quotable(text)}"')
+
+
+def _is_taken(label: Label, head: str) -> bool:
+    return label.text == head or label.text.startswith(head + " ")
+
+
+def _key(label: Label) -> tuple[str, float, float]:
+    return label.text, label.start, label.end
+
+
+def _same_request(label: Label, request: Label) -> bool:
+    return (label.track, *_key(label)) == (request.track, *_key(request))

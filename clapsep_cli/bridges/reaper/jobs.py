@@ -1,0 +1,300 @@
+"""Job files of the REAPER actions, and running them."""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from clapsep_cli import __version__, api
+from clapsep_cli.audio import atomic
+from clapsep_cli.bridges.reaper.lua import lua_literal
+from clapsep_cli.errors import ClapsepError
+from clapsep_cli.jobs.plan import FileResult, OutputPlan, Region
+from clapsep_cli.queries import presets
+from clapsep_cli.queries.spec import Query
+
+JOB_VERSION = 2
+
+
+STEM_FORMAT, STEM_DEPTH = "wav", "32f"
+
+
+HEARTBEAT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class JobItem:
+    """One window of one source file, in seconds of the source (``end`` None: to its end)."""
+
+    source: Path
+    start: float
+    end: float | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job file from a REAPER action: a text or a preset file, where stems go, what to
+    extract, and the store and ffmpeg recorded at install time."""
+
+    text: str | None
+    preset_file: Path | None
+    out_dir: Path
+    items: list[JobItem]
+    store: Path
+    ffmpeg: Path | None
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """The files beside a job ``job-X.json``."""
+
+    job: Path
+
+    def _sibling(self, suffix: str) -> Path:
+        return self.job.with_name(self.job.name.removesuffix(".json") + suffix)
+
+    @property
+    def result(self) -> Path:
+        return self._sibling(".result.lua")
+
+    @property
+    def beat(self) -> Path:
+        return self._sibling(".beat")
+
+    @property
+    def log(self) -> Path:
+        return self._sibling(".log")
+
+
+def _absolute(path: Path, value: Any, key: str) -> Path:
+    if not isinstance(value, str) or not Path(value).is_absolute():
+        raise ClapsepError(f"{path}: '{key}' must be an absolute path (run `clapsep reaper install` again)")
+    return Path(value)
+
+
+def read_job(path: Path) -> Job:
+    """Parse and check a job file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ClapsepError(f"cannot read the job file {path}: {err}") from None
+    if not isinstance(data, dict) or data.get("clapsep_reaper_job") != JOB_VERSION:
+        raise ClapsepError(f"{path}: not a clapsep REAPER job of version {JOB_VERSION} "
+                           "(run `clapsep reaper install` again)")
+    query, items, out_dir = data.get("query"), data.get("items"), data.get("out_dir")
+    if not (isinstance(query, dict) and len(query) == 1 and set(query) <= {"text", "preset_file"}
+            and isinstance(next(iter(query.values())), str)):
+        raise ClapsepError(f"{path}: 'query' must hold one 'text' or one 'preset_file'")
+    if not isinstance(out_dir, str) or not out_dir:
+        raise ClapsepError(f"{path}: 'out_dir' must name a folder")
+    if not isinstance(items, list) or not items:
+        raise ClapsepError(f"{path}: 'items' must list the windows to extract")
+    preset_file = _absolute(path, query["preset_file"], "preset_file") if "preset_file" in query else None
+    ffmpeg = _absolute(path, data["ffmpeg"], "ffmpeg") if "ffmpeg" in data else None
+    return Job(query.get("text"), preset_file, Path(out_dir), [_job_item(path, i) for i in items],
+               _absolute(path, data.get("store"), "store"), ffmpeg)
+
+
+def _job_item(path: Path, item: Any) -> JobItem:
+    def number(key: str) -> float:
+        value = item.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ClapsepError(f"{path}: every item needs a number '{key}'")
+        return float(value)
+
+    if not isinstance(item, dict) or not isinstance(item.get("source"), str):
+        raise ClapsepError(f"{path}: every item needs a 'source' file")
+    start = number("start")
+    end = number("end") if "end" in item else None
+    if not (0 <= start and (end is None or start < end)):
+        raise ClapsepError(f"{path}: an item's window must have 0 <= start < end (got {start}, {end})")
+    return JobItem(Path(item["source"]), start, end)
+
+
+@contextlib.contextmanager
+def job_environment(job: Job) -> Iterator[None]:
+    """The store and ffmpeg the action recorded, for the duration of the job: REAPER may start
+    clapsep with almost no environment (launchd's minimal PATH and no shell variables when it
+    was started from the macOS Dock)."""
+    saved = {name: os.environ.get(name) for name in ("CLAPSEP_HOME", "PATH")}
+    os.environ["CLAPSEP_HOME"] = str(job.store)
+    if job.ffmpeg is not None:
+        os.environ["PATH"] = os.pathsep.join([str(job.ffmpeg.parent), saved["PATH"] or os.defpath])
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def job_request(job: Job) -> api.Request:
+    """The job's request: its text, or the preset file the action was installed from."""
+    if job.preset_file is not None:
+        if not job.preset_file.is_file():
+            raise ClapsepError(f"the preset file {job.preset_file} is gone (run `clapsep reaper install` again)")
+        return api.request(preset=presets.parse(job.preset_file, presets.source_of(job.preset_file)))
+    return api.request(job.text or "")
+
+
+def free_stem_path(source: Path, query: Query, out_dir: Path) -> Path:
+    """``<source stem>.<query>.wav`` in ``out_dir``, numbered ``-2``, ``-3`` ... if taken."""
+    base = f"{source.stem}.{query.slug()}"
+    n = 1
+    while True:
+        candidate = out_dir / f"{base}{'' if n == 1 else f'-{n}'}.{STEM_FORMAT}"
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+class Cancelled(Exception):
+    """The action removed the job file: it was stopped, nobody waits for the result."""
+
+
+def extract_items(job: Job, log: Callable[[str], None], cancelled: Callable[[], bool]) -> list[FileResult]:
+    """Extract every item's window with one model load; a failing item is recorded, not raised.
+    Before each item and at the end, ``cancelled()`` is asked; if true, the stems written so
+    far are removed and :class:`Cancelled` is raised."""
+    req = job_request(job)
+    separator = api.Separator()
+    results: list[FileResult] = []
+
+    def stop_if_cancelled() -> None:
+        if cancelled():
+            remove_stems(results)
+            raise Cancelled
+
+    for n, item in enumerate(job.items, 1):
+        stop_if_cancelled()
+        end = "its end" if item.end is None else f"{item.end:.6f} s"
+        log(f"item {n}/{len(job.items)}: {item.source} from {item.start:.6f} s to {end}")
+        plan = OutputPlan(output=free_stem_path(item.source, req.query, job.out_dir), fmt=STEM_FORMAT,
+                          bit_depth=STEM_DEPTH)
+        result = separator.extract([item.source], req, plan, Region(item.start, item.end)).results[0]
+        log(f"  {result.status}: {result.target if result.status == 'ok' else result.error}")
+        results.append(result)
+    stop_if_cancelled()
+    return results
+
+
+def remove_stems(results: list[FileResult]) -> None:
+    for result in results:
+        if result.status == "ok" and result.target is not None:
+            result.target.unlink(missing_ok=True)
+
+
+def stem_entry(result: FileResult) -> dict[str, Any]:
+    """What the action needs to place one stem (or to report why there is none)."""
+    if result.status != "ok":
+        return {"status": result.status, "error": result.error or result.status}
+    return {"status": "ok", "target": str(result.target), "rate": result.rate, "offset": result.offset_frames,
+            "frames": result.frames}
+
+
+def write_result(path: Path, data: dict[str, Any]) -> None:
+    """Write the result file under a temporary name and rename it into place: the action never
+    sees half of one, and, as the name does not exist yet, the rename cannot collide with the
+    action reading it (on Windows a rename onto a file open elsewhere fails)."""
+    atomic.write_text(path, "return " + lua_literal(data) + "\n")
+
+
+class Heartbeat:
+    """Appends a byte to ``path`` every ``interval`` seconds from a background thread while the
+    job runs, so the waiting action can tell a working clapsep from a dead one (killed, crashed,
+    out of memory). Appending never replaces the file, so the action can read it at any time
+    on every OS."""
+
+    def __init__(self, path: Path, interval: float = HEARTBEAT_SECONDS):
+        self.path, self.interval = path, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="clapsep-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        try:
+            with open(self.path, "ab") as f:
+                f.write(b".")
+        except OSError:
+            pass  # a full disk stops the beats, and the action reports a dead clapsep
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextlib.contextmanager
+def crash_reports_to(log: TextIO) -> Iterator[None]:
+    """Python tracebacks of hard crashes (segfaults in native code) go to the job's log."""
+    was_enabled = faulthandler.is_enabled()
+    faulthandler.enable(file=log)
+    try:
+        yield
+    finally:
+        faulthandler.disable()
+        if was_enabled and sys.__stderr__ is not None:
+            faulthandler.enable(file=sys.__stderr__)
+
+
+def run_job_file(job_path: Path) -> None:
+    """Run a job file from a REAPER action: heartbeat and log beside it while it runs, then the
+    result file, last. A job whose file is gone (the action was stopped) leaves nothing."""
+    if not job_path.is_file():
+        raise ClapsepError(f"no job file {job_path} (the REAPER action was stopped?)")
+    files = JobFiles(job_path)
+    outcome: dict[str, Any] | None = None
+    error: ClapsepError | None = None
+    with open(files.log, "a", encoding="utf-8") as log_file, Heartbeat(files.beat), \
+            contextlib.redirect_stderr(log_file), crash_reports_to(log_file):
+        def log(line: str) -> None:
+            log_file.write(line + "\n")
+            log_file.flush()
+
+        log(f"clapsep {__version__}, Python {platform.python_version()} on {platform.platform()}")
+        log(f"job {job_path}")
+        try:
+            job = read_job(job_path)
+            log(f"model store {job.store}; ffmpeg {job.ffmpeg or 'not recorded'}")
+            with job_environment(job):
+                results = extract_items(job, log, lambda: not job_path.exists())
+            outcome = {"state": "done", "items": [stem_entry(r) for r in results]}
+        except Cancelled:
+            pass
+        except ClapsepError as err:
+            log(f"error: {err}")
+            outcome, error = {"state": "done", "error": str(err)}, err
+        except Exception as err:  # noqa: BLE001 - reported to the action, then re-raised below
+            log(traceback.format_exc())
+            outcome = {"state": "done", "error": f"internal error ({type(err).__name__}: {err})"}
+            error = ClapsepError(f"internal error ({type(err).__name__}: {err}); see {files.log}")
+        if not job_path.exists():  # stopped: nobody waits for a result
+            outcome = error = None
+        log("writing the result" if outcome is not None else "cancelled: the job file was removed")
+    if outcome is None:
+        files.beat.unlink(missing_ok=True)
+        files.log.unlink(missing_ok=True)
+        return
+    write_result(files.result, outcome)
+    if error is not None:
+        raise error

@@ -1,0 +1,318 @@
+"""Extraction jobs on a Ray cluster: the driver plans, Ray actors separate, stems land on shared storage.
+
+The driver (this process) plans the job exactly as a local run does (:meth:`Separator.plan`, no
+model), starts a pool of worker actors (one model load each: one per GPU where the cluster has
+GPUs, else one per ``worker_cpus`` CPUs) and hands each one pending file at a time. A worker
+separates with the same :class:`~clapsep_cli.extract.Extractor` and streaming engine as a local
+run, writing stems atomically where the plan says (next to the sources or under the output
+folder, which all nodes must see at the same paths). Results come back into the job in input
+order, so the report is the local one plus a ``ray`` section.
+
+Faults: a worker process that dies is restarted by Ray and its file retried (Ray's actor
+restarts and task retries); the stem of a killed attempt is never published, and its temporary
+file is removed when the job ends. A driver killed mid-job leaves written stems in place; run
+again, they are skipped like in a local run.
+
+Ray prints notices (a worker died, ...) on the driver's standard output: while connected, that
+output goes to standard error, so stdout carries only what the caller prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+from clapsep_cli.api import DEFAULT_PRECISION, Job, Request, Separator
+from clapsep_cli.audio import atomic
+from clapsep_cli.engine.options import DEFAULT_OVERLAP
+from clapsep_cli.errors import ClapsepError, SettingError
+from clapsep_cli.jobs.plan import FileResult, OutputPlan, Region
+from clapsep_cli.models import store
+
+EXTRA = "clapsep-cli[ray]"
+# How often Ray restarts a worker that died, and retries the file it held, before the file fails.
+RETRIES = 3
+# How long the driver waits for a cluster address to take a connection.
+CONNECT_SECONDS = 10
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or one clear error naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise ClapsepError(f"{{setting}} needs Ray, which is not installed: pip install '{EXTRA}'",
+                           setting="address") from None
+    return ray
+
+
+class ClusterProgress(Protocol):
+    """Receives progress of a cluster job, as files finish on the workers."""
+
+    def start(self, files: int, workers: int) -> None: ...
+
+    def file_done(self, result: FileResult) -> None: ...
+
+
+@dataclass
+class ClusterJob(Job):
+    """A :class:`Job` run on a cluster; its JSON adds a ``ray`` section (address, workers)."""
+
+    ray: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, name: Callable[[str], str] = str) -> dict[str, Any]:
+        data = super().to_json(name)
+        if self.ray:
+            data["ray"] = self.ray
+        return data
+
+
+class Cluster:
+    """Runs jobs on the Ray cluster at ``address``: ``auto`` (the one ``RAY_ADDRESS`` names, else
+    one Ray finds on this machine), ``local`` (start one on this machine, on 127.0.0.1 only) or a
+    cluster address (``host:port``, ``ray://host:port``).
+
+    ``device``, ``precision``, ``overlap`` and ``batch_size`` mean what they mean locally and
+    are resolved on each worker. CPU workers take ``worker_cpus`` CPUs each; GPU workers one GPU
+    and one CPU. ``max_workers`` caps the pool (default: as many as the cluster holds).
+    """
+
+    def __init__(self, address: str, model: str = store.DEFAULT_MODEL, *, device: str = "auto",
+                 precision: str = DEFAULT_PRECISION, overlap: float = DEFAULT_OVERLAP,
+                 batch_size: int | None = None, worker_cpus: int = 1, max_workers: int | None = None):
+        self.ray = require_ray()
+        if not address.strip():
+            raise SettingError("address", "needs an address: auto, local or host:port")
+        if worker_cpus < 1:
+            raise SettingError("worker_cpus", f"must be at least 1 (got {worker_cpus})")
+        if max_workers is not None and max_workers < 1:
+            raise SettingError("max_workers", f"must be at least 1 (got {max_workers})")
+        kind = device.strip().lower().split(":")[0]
+        if kind not in ("auto", "cpu", "cuda"):
+            raise SettingError("device", f"on a cluster must be auto, cpu or cuda (got {device!r})")
+        self.address, self.model, self.device_kind, self.precision = address.strip(), model, kind, precision
+        self.overlap, self.batch_size = overlap, batch_size
+        self.worker_cpus, self.max_workers = worker_cpus, max_workers
+        # Planning needs no model and no accelerator: the driver may be a machine without one.
+        self._planner = Separator(model, device="cpu", precision="fp32", overlap=overlap, batch_size=batch_size)
+
+    def plan(self, paths: Iterable[str | Path], req: Request, plan: OutputPlan | None = None,
+             region: Region | None = None, pattern: str | None = None, include_stems: bool = False) -> ClusterJob:
+        """Check every input and decide every output, as :meth:`Separator.plan` does."""
+        job = self._planner.plan(paths, req, plan, region, pattern, include_stems)
+        job = ClusterJob(**{f.name: getattr(job, f.name) for f in fields(Job)})
+        job.device, job.precision = None, self.precision
+        return job
+
+    def run(self, job: ClusterJob, progress: ClusterProgress | None = None) -> ClusterJob:
+        """Separate the planned job's pending files on the cluster (connecting only if there are any)."""
+        started = time.perf_counter()
+        pending = [i for i, r in enumerate(job.results) if r.status == "pending" and r.planned is not None]
+        if pending:
+            try:
+                with _stdout_to_stderr(), self._connected() as address:
+                    self._run(job, pending, progress, address)
+            finally:
+                _remove_abandoned(job.results)
+        job.total_seconds += time.perf_counter() - started
+        return job
+
+    @contextlib.contextmanager
+    def _connected(self) -> Iterator[str]:
+        ray = self.ray
+        kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING)
+        if self.address == "local":
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # the cluster started here reports nothing
+            kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
+        else:
+            kwargs.update(address=self.address)
+        _check_reachable(self.address)
+        try:
+            context = ray.init(**kwargs)
+        except ConnectionError:
+            raise ClapsepError("no Ray cluster found (start one with `ray start --head`, or give its address "
+                               "to {setting} or in RAY_ADDRESS)", setting="address") from None
+        except Exception as err:  # noqa: BLE001 - Ray raises ValueError, RuntimeError, its own errors...
+            raise ClapsepError(f"cannot reach the Ray cluster {self.address!r} ({{setting}}): {_first_line(err)}",
+                               setting="address") from None
+        try:
+            yield context.address_info.get("gcs_address") or self.address
+        finally:
+            ray.shutdown()
+
+    def _pool_shape(self) -> tuple[int, dict[str, float], str]:
+        """(how many workers fit, the resources of one, the device each uses)."""
+        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
+        gpus = sum(int(r.get("GPU", 0)) for r in nodes)
+        if self.device_kind != "cpu" and gpus:
+            return gpus, {"num_gpus": 1, "num_cpus": 1}, "cuda"
+        if self.device_kind == "cuda":
+            raise ClapsepError("device cuda requested but the Ray cluster has no GPUs (try {setting} cpu)",
+                               setting="device")
+        fit = sum(int(r.get("CPU", 0) // self.worker_cpus) for r in nodes)
+        if not fit:
+            raise ClapsepError(f"no node of the Ray cluster has {self.worker_cpus} CPUs for a worker "
+                               "(lower {setting})", setting="worker_cpus")
+        return fit, {"num_cpus": self.worker_cpus, "num_gpus": 0}, "cpu"
+
+    def _run(self, job: ClusterJob, pending: list[int], progress: ClusterProgress | None, address: str) -> None:
+        ray = self.ray
+        fit, resources, device = self._pool_shape()
+        count = min(fit, len(pending), self.max_workers or fit)
+        worker_class = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES, **resources)(Worker)
+        req = job.request
+        actors = [worker_class.remote(self.model, device, self.precision, self.overlap, self.batch_size,
+                                      req.query, req.invert, job.plan, job.region) for _ in range(count)]
+        try:
+            states = ray.get([a.ready.remote() for a in actors])
+        except ray.exceptions.RayError as err:
+            raise ClapsepError(f"a Ray worker could not start: {_first_line(err)}") from None
+        for state in states:
+            if "error" in state:
+                raise ClapsepError(state["error"], setting=state.get("setting"))
+        job.model_loaded = True
+        job.device, job.precision = states[0]["device"], states[0]["precision"]
+        job.load_seconds = max(s["load_seconds"] for s in states)
+        job.query_seconds = max(s["query_seconds"] for s in states)
+        job.ray = {"address": address, "workers": count, "worker_resources": {
+            "CPU": resources["num_cpus"], "GPU": resources["num_gpus"]}}
+        if progress is not None:
+            progress.start(len(pending), count)
+        queue = list(reversed(pending))
+        idle = list(actors)
+        running: dict[Any, tuple[int, Any]] = {}
+        while queue or running:
+            while queue and idle:
+                index, actor = queue.pop(), idle.pop()
+                result = job.results[index]
+                running[actor.separate.remote(_shipped(result))] = (index, actor)
+            done, _ = ray.wait(list(running), num_returns=1)
+            index, actor = running.pop(done[0])
+            result = job.results[index]
+            try:
+                _settle(result, ray.get(done[0]))
+                idle.append(actor)
+            except ray.exceptions.RayActorError as err:  # it died more often than Ray restarts a worker
+                result.settle("failed", ClapsepError(f"{result.input}: its Ray worker was lost for good "
+                                                     f"({_first_line(err)})"))
+            except ray.exceptions.RayTaskError as err:  # an unexpected error; the worker goes on
+                result.settle("failed", ClapsepError(f"{result.input}: {_first_line(err.cause or err)}"))
+                idle.append(actor)
+            if progress is not None:
+                progress.file_done(result)
+            if not idle and not running and queue:
+                for i in queue:
+                    job.results[i].settle("failed", ClapsepError(f"{job.results[i].input}: every Ray worker was lost"))
+                queue.clear()
+        stats = ray.get([a.stats.remote() for a in idle]) if idle else []
+        job.embeddings = {"from_cache": sum(s["from_cache"] for s in stats),
+                          "computed": sum(s["computed"] for s in stats),
+                          "text_encoder_loaded": any(s["text_encoder_loaded"] for s in stats)}
+
+
+class Worker:
+    """One model load on one Ray worker; separates the files the driver hands it, one at a time."""
+
+    def __init__(self, model: str, device: str, precision: str, overlap: float, batch_size: int | None, query: Any,
+                 invert: bool, plan: OutputPlan, region: Region):
+        from clapsep_cli.jobs.run import Extractor
+
+        self.state: dict[str, Any]
+        try:
+            sep = Separator(model, device=device, precision=precision, overlap=overlap, batch_size=batch_size)
+            started = time.perf_counter()
+            self.extractor = Extractor(sep.model, query, sep.options, plan, sep.cache, region, invert=invert)
+            self.separator = sep
+            self.state = {"device": str(sep.device), "precision": sep.precision, "load_seconds": sep.load_seconds,
+                          "query_seconds": time.perf_counter() - started}
+        except ClapsepError as err:  # reported by the driver as the local run reports it
+            self.state = {"error": err.template, "setting": err.setting}
+
+    def ready(self) -> dict[str, Any]:
+        return self.state
+
+    def separate(self, result: FileResult) -> dict[str, Any]:
+        self.extractor.run([result])
+        return _outcome(result)
+
+    def stats(self) -> dict[str, Any]:
+        cache = self.separator.cache
+        return {"from_cache": cache.hits, "computed": cache.misses,
+                "text_encoder_loaded": self.separator.model.text_encoder_loaded}
+
+
+def _shipped(result: FileResult) -> FileResult:
+    """What a worker needs of a pending result (its plan; no error objects)."""
+    return FileResult(result.input, target=result.target, residual=result.residual, rate=result.rate,
+                      channels=result.channels, offset_frames=result.offset_frames, planned=result.planned)
+
+
+def _outcome(result: FileResult) -> dict[str, Any]:
+    """A worker's result as plain data (library errors do not all survive pickling)."""
+    out = {"status": result.status, "frames": result.frames, "seconds": result.seconds,
+           "clipped_samples": result.clipped_samples, "extra": result.extra}
+    if result.problem is not None:
+        out.update(error=result.problem.template, setting=result.problem.setting)
+    elif result.error:
+        out.update(error=result.error, setting=None)
+    return out
+
+
+def _settle(result: FileResult, outcome: dict[str, Any]) -> None:
+    if "error" in outcome:
+        result.settle(outcome["status"], ClapsepError(outcome["error"], setting=outcome["setting"]))
+    else:
+        result.status = outcome["status"]
+    result.frames, result.seconds = outcome["frames"], outcome["seconds"]
+    result.clipped_samples, result.extra = outcome["clipped_samples"], outcome["extra"]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse at once a ``HOST:PORT`` (given, or ``auto``'s RAY_ADDRESS) that takes no connection:
+    Ray itself retries an unreachable cluster for minutes."""
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    if not target or target in ("auto", "local") or "://" in target:
+        return
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SettingError("address", f"must be auto, local, HOST:PORT or ray://HOST:PORT (got {target!r})")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as err:
+        raise ClapsepError(f"cannot reach the Ray cluster at {target} ({{setting}}): {err.strerror or err}",
+                           setting="address") from None
+
+
+def _remove_abandoned(results: list[FileResult]) -> None:
+    """Temporary files of this job's stems that no process holds (a killed worker's) go."""
+    for r in results:
+        for out in (r.target, r.residual):
+            if out is not None:
+                atomic.remove_abandoned(out)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 (Ray's notices included) to 2 meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
