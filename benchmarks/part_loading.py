@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from clapsep_cli.network.architecture import RELEASED  # noqa: E402
 from clapsep_cli.network.encoders import AudioEncoder, TextEncoder  # noqa: E402
 from clapsep_cli.network.fast_build import check_materialised, weights_on_meta  # noqa: E402
-from clapsep_cli.network.separation import Separator  # noqa: E402
+from clapsep_cli.network.separation import SeparationNet  # noqa: E402
 
 
 def plain(build: type[torch.nn.Module], state: dict[str, torch.Tensor]) -> float:
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    for build in (Separator, TextEncoder, AudioEncoder):
+    for build in (SeparationNet, TextEncoder, AudioEncoder):
         state = build(RELEASED).state_dict()
         times: dict[str, list[float]] = {"plain": [], "meta": []}
         for _ in range(args.repeat):

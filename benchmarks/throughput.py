@@ -73,14 +73,14 @@ def make_store(root: Path) -> None:
     from clapsep_cli.models.install import write_model
     from clapsep_cli.network.architecture import RELEASED
     from clapsep_cli.network.encoders import AudioEncoder, TextEncoder
-    from clapsep_cli.network.separation import Separator
+    from clapsep_cli.network.separation import SeparationNet
     from tests.official import write_tokenizer
 
     os.environ["CLAPSEP_HOME"] = str(root)
     if (root / "models" / store.DEFAULT_MODEL).exists():
         return
     torch.manual_seed(0)
-    parts = {"separator": Separator(RELEASED).state_dict(), "text": TextEncoder(RELEASED).state_dict(),
+    parts = {"separator": SeparationNet(RELEASED).state_dict(), "text": TextEncoder(RELEASED).state_dict(),
              "audio": AudioEncoder(RELEASED).state_dict()}
     with tempfile.TemporaryDirectory() as tok:
         write_model(store.DEFAULT_MODEL, parts, RELEASED, write_tokenizer(Path(tok)), False,
@@ -123,11 +123,11 @@ def baseline_worker(source: Path, target: Path, device: torch.device) -> None:
     """The naive pipeline on ``device``; prints its processing seconds (after model construction)."""
     from clapsep_cli.audio.dsp import SincResampler
     from clapsep_cli.network.architecture import RELEASED, SEGMENT_SAMPLES
-    from clapsep_cli.network.separation import Separator
+    from clapsep_cli.network.separation import SeparationNet
     from tests.official import OfficialPath, random_clapsep_training_state
 
     torch.manual_seed(0)
-    clap = {k: v for k, v in Separator(RELEASED).state_dict().items() if k.startswith("audio_branch.")}
+    clap = {k: v for k, v in SeparationNet(RELEASED).state_dict().items() if k.startswith("audio_branch.")}
     path = OfficialPath(RELEASED, random_clapsep_training_state(RELEASED, clap))
     for module in (path.encoder, path.decoder, path.stft, path.istft):
         module.to(device)

@@ -43,3 +43,10 @@ class CheckpointError(ClapsepError):
 
 class AudioError(ClapsepError):
     """An input cannot be read as audio, or an output cannot be written."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of a foreign exception's message (at most 200 characters), else its type's
+    name: what a one-line error says about a failure in a library clapsep calls."""
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__

@@ -19,7 +19,7 @@ from torch import nn
 
 from clapsep_cli.network.architecture import N_FFT, ModelConfig
 from clapsep_cli.network.encoders import AudioEncoder, TextEncoder
-from clapsep_cli.network.separation import Separator
+from clapsep_cli.network.separation import SeparationNet
 
 
 def _jitter(state: dict[str, torch.Tensor], gen: torch.Generator, scale: float = 0.02) -> dict[str, torch.Tensor]:
@@ -65,7 +65,7 @@ def random_clapsep_training_state(cfg: ModelConfig, clap_state: dict[str, torch.
     """The separator part of a trained official module: audio_branch.* (with LoRA) + decoder_model.*."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    sep = Separator(cfg)
+    sep = SeparationNet(cfg)
     state = {}
     for k, v in clap_state.items():
         if k.startswith("audio_branch."):
@@ -189,7 +189,7 @@ class OfficialPath:
                     key = f"audio_branch.{name}.{attr}"
                     setattr(module, attr, LoRALinear(getattr(module, attr), training_state[key + ".lora_A"],
                                                      training_state[key + ".lora_B"], scaling))
-        decoder = Separator(cfg).decoder_model
+        decoder = SeparationNet(cfg).decoder_model
         decoder.load_state_dict({k[len("decoder_model."):]: v for k, v in training_state.items()
                                  if k.startswith("decoder_model.")}, strict=True)
         self.encoder, self.decoder = encoder.eval(), decoder.eval()

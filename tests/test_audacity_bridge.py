@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from clapsep_cli import api
+from clapsep_cli.api import Progress
 from clapsep_cli.bridges.audacity import requests, watcher
 from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.jobs.run import Progress
-from clapsep_cli.queries.spec import Query
 from tests.audacity.fake_pipe import FakeAudacity, greeting
 from tests.audacity.mini_project import MiniProject
 from tests.conftest import tone
@@ -32,15 +32,15 @@ class CopySeparate:
         self.sources: list[np.ndarray] = []
         self.fail = fail
 
-    def __call__(self, source: Path, job: requests.Job, folder: Path, progress: Progress) -> list[requests.Stem]:
+    def __call__(self, source: Path, req: api.Request, folder: Path, progress: Progress) -> list[requests.Stem]:
         if self.fail:
             raise ClapsepError(self.fail)
         audio, rate = sf.read(str(source), dtype="float32", always_2d=True)
         self.sources.append(audio)
-        stems = [requests.Stem(folder / f"{job.tag}.wav", job.tag)]
+        stems = [requests.Stem(folder / f"{req.tag}.wav", req.tag)]
         sf.write(str(stems[0].path), audio / 2, rate, subtype="FLOAT")
-        if job.residual:
-            stems.append(requests.Stem(folder / f"{job.tag}.residual.wav", f"{job.tag}.residual"))
+        if req.residual:
+            stems.append(requests.Stem(folder / f"{req.tag}.residual.wav", f"{req.tag}.residual"))
             shutil.copy(stems[0].path, stems[1].path)
         return stems
 
@@ -56,7 +56,7 @@ def connect(fake: FakeAudacity) -> Callable[[], AudacityPipe]:
     return lambda: AudacityPipe(fake.paths, settle=0.5)
 
 
-DOG = requests.Job(Query(positive=("dog",)), residual=False)
+DOG = api.Request(api.Query(positive=("dog",)), residual=False)
 
 
 def test_stems_are_inserted_aligned_and_named_and_the_selection_is_kept(project: tuple[MiniProject, FakeAudacity],
@@ -72,7 +72,7 @@ def test_stems_are_inserted_aligned_and_named_and_the_selection_is_kept(project:
     separate = CopySeparate()
 
     with connect(fake)() as pipe:
-        added = requests.extract_selection(pipe, requests.Job(Query(positive=("dog",)), residual=True), separate)
+        added = requests.extract_selection(pipe, api.Request(api.Query(positive=("dog",)), residual=True), separate)
 
     assert [(t.name, t.start, t.end, t.channels) for t in added] == [("mix.dog", 1.0, 2.5, 2),
                                                                       ("mix.dog.residual", 1.0, 2.5, 2)]
@@ -181,9 +181,9 @@ class Meddling(CopySeparate):
         super().__init__()
         self.mini, self.meddle = mini, meddle
 
-    def __call__(self, source: Path, job: requests.Job, folder: Path, progress: Progress) -> list[requests.Stem]:
+    def __call__(self, source: Path, req: api.Request, folder: Path, progress: Progress) -> list[requests.Stem]:
         self.meddle(self.mini)
-        return super().__call__(source, job, folder, progress)
+        return super().__call__(source, req, folder, progress)
 
 
 def _move_selection(mini: MiniProject) -> None:
@@ -352,14 +352,14 @@ def test_watch_once_without_audacity_is_an_error(tmp_path: Path) -> None:
         list(watcher.watch(lambda: AudacityPipe(paths, settle=0.1), CopySeparate(), once=True))
 
 
-def test_make_job_from_a_text_or_a_preset() -> None:
-    job = requests.make_job("dog barking", None, ("rain",), None)
-    assert (job.query.positive, job.query.negative, job.residual, job.tag) == (("dog barking",), ("rain",), False,
+def test_make_request_from_a_text_or_a_preset() -> None:
+    req = requests.make_request("dog barking", None, ("rain",), None)
+    assert (req.query.positive, req.query.negative, req.residual, req.tag) == (("dog barking",), ("rain",), False,
                                                                               "dog_barking")
-    job = requests.make_job(None, "dog", ("wind",), True)
-    assert job.tag == "dog" and job.residual and job.query.negative[-1] == "wind"
-    both = requests.make_job("a dog growls", "dog", (), None)  # the library's rule: the preset plus the text
-    preset = requests.make_job(None, "dog", (), None)
+    req = requests.make_request(None, "dog", ("wind",), True)
+    assert req.tag == "dog" and req.residual and req.query.negative[-1] == "wind"
+    both = requests.make_request("a dog growls", "dog", (), None)  # the library's rule: the preset plus the text
+    preset = requests.make_request(None, "dog", (), None)
     assert both.query.positive == preset.query.positive + ("a dog growls",) and both.tag == "dog"
     with pytest.raises(ClapsepError, match="empty query"):
-        requests.make_job(None, None, (), None)
+        requests.make_request(None, None, (), None)

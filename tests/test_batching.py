@@ -210,9 +210,14 @@ class Recording:
     def __init__(self) -> None:
         self.files: list[tuple[str, int, int]] = []  # name, announced segments, advanced segments
         self.open = False
+        self.jobs: list[int] = []  # files announced by each start_job
+
+    def start_job(self, files: int, where: str) -> None:
+        assert not self.open and not self.files and where == ""
+        self.jobs.append(files)
 
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
-        assert not self.open
+        assert not self.open and self.jobs
         self.open = True
         self.files.append((path.name, segments, 0))
 
@@ -221,8 +226,8 @@ class Recording:
         name, total, done = self.files[-1]
         self.files[-1] = (name, total, done + segments)
 
-    def end_file(self) -> None:
-        assert self.open
+    def end_file(self, result: api.FileResult) -> None:
+        assert self.open and result.input.name == self.files[-1][0] and result.status in ("ok", "failed")
         self.open = False
 
 
@@ -239,7 +244,7 @@ def test_progress_reports_file_after_file_and_adds_up(home: Path, tmp_path: Path
     sep = api.Separator(device="cpu", precision="fp32", batch_size=3)
     progress = Recording()
     job = sep.extract([folder], api.request("dog"), api.OutputPlan(out_dir=tmp_path / "out"), progress=progress)
-    assert not progress.open
+    assert not progress.open and progress.jobs == [6]
     names = sorted([*lengths, "c2_silent.wav"])
     assert [name for name, _, _ in progress.files] == names
     for (name, announced, advanced), result in zip(progress.files, job.results):
@@ -247,7 +252,7 @@ def test_progress_reports_file_after_file_and_adds_up(home: Path, tmp_path: Path
         assert result.status == ("failed" if "silent" in name else "ok")
     ok = [r for r in job.results if r.status == "ok"]
     assert all(r.seconds > 0 for r in ok) and sum(r.seconds for r in ok) <= job.total_seconds
-    with RichProgress(len(names)) as bar:  # the CLI's bars take the same calls
+    with RichProgress() as bar:  # the CLI's bars take the same calls
         sep.extract([folder], api.request("dog"), api.OutputPlan(out_dir=tmp_path / "out2"), progress=bar)
 
 

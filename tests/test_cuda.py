@@ -18,7 +18,7 @@ from clapsep_cli import api
 from clapsep_cli.cli import main
 from clapsep_cli.network.architecture import RELEASED
 from clapsep_cli.network.lora import merge_lora
-from clapsep_cli.network.separation import Separator
+from clapsep_cli.network.separation import SeparationNet
 from tests import official
 from tests.conftest import Artefacts, tone, write_audio
 from tests.test_batching import CLIPS, make_clip, stems
@@ -71,7 +71,7 @@ def test_array_api_on_cuda_equals_the_cpu(home: Path) -> None:
 def test_full_size_fp32_on_cuda_equals_the_official_path(released_files: Artefacts) -> None:
     """The released architecture on the GPU against the official unmerged forward on the CPU."""
     training = released_files.training_state
-    sep = Separator(RELEASED)
+    sep = SeparationNet(RELEASED)
     sep.load_state_dict(merge_lora(training, RELEASED.lora_alpha / RELEASED.lora_rank), strict=True)
     sep = sep.eval().cuda()
     x = torch.from_numpy(tone(10.0, 32000)[:, 0])[None]

@@ -14,7 +14,7 @@ from clapsep_cli.cli import main
 from clapsep_cli.models import install
 from clapsep_cli.network.architecture import RELEASED, TINY
 from clapsep_cli.network.encoders import TextEncoder, Tokenizer
-from clapsep_cli.network.separation import Separator
+from clapsep_cli.network.separation import SeparationNet
 from tests import official
 from tests.conftest import Artefacts, tone, write_audio
 
@@ -67,7 +67,7 @@ def test_stem_equals_official_forward(layout: int, positive: str, negative: str 
 def test_full_size_released_architecture_separates_a_clip(released_files: Artefacts) -> None:
     """Random weights at the real sizes: the fast path equals the unmerged official path."""
     training = released_files.training_state
-    sep = Separator(RELEASED)
+    sep = SeparationNet(RELEASED)
     sep.load_state_dict(_merged(training), strict=True)
     sep.eval()
     x = torch.from_numpy(tone(10.0, 32000)[:, 0])[None]

@@ -12,7 +12,7 @@ from clapsep_cli.network import laion
 from clapsep_cli.network.architecture import RELEASED, TINY
 from clapsep_cli.network.decoder import PatchExpand
 from clapsep_cli.network.lora import merge_lora
-from clapsep_cli.network.separation import Separator, build_htsat
+from clapsep_cli.network.separation import SeparationNet, build_htsat
 from tests.official import LoRALinear
 
 TSV = Path(__file__).parent / "data" / "official-state-dict.tsv"
@@ -52,7 +52,7 @@ def test_patch_expand_undoes_patch_merging_layout() -> None:
 
 def test_decoder_frame_unfolding_inverts_htsat_folding() -> None:
     enc = build_htsat(TINY.htsat)
-    dec = Separator(TINY).decoder_model
+    dec = SeparationNet(TINY).decoder_model
     frames = torch.randn(2, 1, 1024, 64)
     image = enc.reshape_wav2img(frames)
     assert torch.equal(dec._image_to_frames(image), frames[:, 0])
@@ -74,7 +74,7 @@ def test_separator_parameter_names_and_shapes_match_the_release() -> None:
     wanted = {k: v for k, v in official.items()
               if k.startswith(("audio_branch.", "decoder_model.")) and "lora_" not in k}
     # RoBERTa layers 1-11 are elided in the list; the separator has no RoBERTa, so it is complete.
-    state = Separator(RELEASED).state_dict()
+    state = SeparationNet(RELEASED).state_dict()
     ours = {k: (list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()}
     assert ours == wanted
 

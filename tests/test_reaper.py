@@ -33,6 +33,7 @@ from click.testing import CliRunner
 
 from clapsep_cli import resources
 from clapsep_cli.audio.reader import AudioInfo, probe
+from clapsep_cli.audio.region import END_TOLERANCE, Region
 from clapsep_cli.bridges.reaper.jobs import Heartbeat
 from clapsep_cli.bridges.reaper.lua import lua_literal, lua_string
 from clapsep_cli.bridges.reaper.setup import (
@@ -46,7 +47,6 @@ from clapsep_cli.bridges.reaper.setup import (
 )
 from clapsep_cli.cli import main
 from clapsep_cli.errors import AudioError
-from clapsep_cli.jobs.plan import END_TOLERANCE, Region
 from clapsep_cli.queries import presets
 from tests.conftest import tone, write_audio
 

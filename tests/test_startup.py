@@ -17,7 +17,7 @@ from clapsep_cli.cli import main
 from clapsep_cli.models import store
 from clapsep_cli.network import laion
 from clapsep_cli.network.architecture import TINY
-from clapsep_cli.network.separation import Separator
+from clapsep_cli.network.separation import SeparationNet
 from tests.conftest import tone, write_audio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,11 +74,11 @@ def test_placeholder_tables_are_overwritten_by_the_loaded_weights(home: Path) ->
     import torchlibrosa.stft
 
     installed = store.get_model()
-    sep = installed.load("separator", Separator, torch.device("cpu"))
+    sep = installed.load("separator", SeparationNet, torch.device("cpu"))
     saved = load_file(installed.path / "separator.safetensors")
     for key in ("audio_branch.logmel_extractor.melW", "audio_branch.spectrogram_extractor.stft.conv_real.weight"):
         assert torch.equal(sep.state_dict()[key], saved[key])
         assert saved[key].abs().max() > 0
     assert torchlibrosa.stft.librosa.__name__ == "librosa"  # restored after the build
-    built = Separator(TINY)  # a build that loads nothing keeps librosa's real tables
+    built = SeparationNet(TINY)  # a build that loads nothing keeps librosa's real tables
     assert torch.allclose(built.audio_branch.logmel_extractor.melW, saved["audio_branch.logmel_extractor.melW"])

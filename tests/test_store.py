@@ -270,9 +270,9 @@ def test_fast_loading_equals_building_then_loading(home: Path, part: str) -> Non
     from safetensors.torch import load_file
 
     from clapsep_cli.network.encoders import AudioEncoder, TextEncoder
-    from clapsep_cli.network.separation import Separator
+    from clapsep_cli.network.separation import SeparationNet
 
-    builder = {"separator": Separator, "text": TextEncoder, "audio": AudioEncoder}[part]
+    builder = {"separator": SeparationNet, "text": TextEncoder, "audio": AudioEncoder}[part]
     model = store.get_model()
     fast = model.load(part, builder, torch.device("cpu"))
     slow = builder(model.config)

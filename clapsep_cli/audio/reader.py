@@ -13,11 +13,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from clapsep_cli.audio.region import check_window
 from clapsep_cli.errors import AudioError
 
 BLOCK = 1 << 16
-
-
 STEM_MARK = "clapsep stem"  # the start of the comment tag of every stem clapsep writes
 
 
@@ -110,15 +109,24 @@ INTEGER_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", 
                               "NMS_ADPCM_32", "ALAC_16", "ALAC_20", "ALAC_24", "ALAC_32"})
 
 
+def first_non_finite(block: np.ndarray) -> tuple[int, int] | None:
+    """``(frame, channel)`` of the first NaN or infinite sample of ``block`` (frames, channels), or None."""
+    bad = ~np.isfinite(block)
+    if not bad.any():
+        return None
+    frame, channel = np.argwhere(bad)[0]
+    return int(frame), int(channel)
+
+
 def _finite(path: Path, rate: int, start: int, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """Pass blocks through, refusing the first NaN or infinite sample with one line saying where."""
     position = start
     for data in blocks:
-        bad = ~np.isfinite(data)
-        if bad.any():
-            frame, channel = np.argwhere(bad)[0]
-            at = position + int(frame)
-            raise AudioError(f"{path}: sample {at} ({at / rate:.3f} s), channel {int(channel) + 1}, is "
+        found = first_non_finite(data)
+        if found is not None:
+            frame, channel = found
+            at = position + frame
+            raise AudioError(f"{path}: sample {at} ({at / rate:.3f} s), channel {channel + 1}, is "
                              f"{data[frame, channel]} (not a finite number); repair the file first")
         position += len(data)
         yield data
@@ -189,6 +197,7 @@ def _ffmpeg_blocks(info: AudioInfo, start: int, stop: int | None, block: int) ->
 
 def read(path: Path, start: float = 0.0, end: float | None = None) -> tuple[np.ndarray, int]:
     """A whole (short) file or region as float32 (n, channels) and its rate; for query clips."""
+    check_window(start, end)
     info = probe(path)
     first = int(round(start * info.rate))
     last = info.frames if end is None else min(int(round(end * info.rate)), info.frames)

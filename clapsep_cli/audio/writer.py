@@ -20,14 +20,8 @@ FORMATS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "mp3": ("MP3", "mp3", ()),
     "aiff": ("AIFF", "aiff", ("16", "24", "32f")),
 }
-
-
 SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
-
-
 LOSSY_SUBTYPES = {"ogg": "VORBIS", "mp3": "MPEG_LAYER_III"}
-
-
 CLIP_POLICIES = ("rescale", "clamp", "none")
 
 
@@ -71,16 +65,6 @@ def choose_format(source: AudioInfo, fmt: str | None = None, bit_depth: str | No
             raise SettingError("bit_depth", f"{bit_depth} is not possible in {fmt} (choose {', '.join(depths)})")
         depth = depths[-1]
     return OutputFormat(fmt, container, SUBTYPES[depth], extension)
-
-
-def choose_format_for_name(path: Path, fmt: str | None, bit_depth: str | None) -> OutputFormat | None:
-    """The format :func:`choose_format` would pick for a source known only by its name."""
-    suffix = path.suffix.lower().lstrip(".")
-    container = {"aif": "AIFF", "aiff": "AIFF", "oga": "OGG", "opus": "OGG"}.get(suffix, suffix.upper())
-    try:
-        return choose_format(AudioInfo(path, 1, 1, 1, container, None), fmt, bit_depth)
-    except ClapsepError:
-        return None
 
 
 def resolve_clip(policy: str | None, fmt: OutputFormat) -> str:

@@ -1,1 +1,0 @@
-"""Editor bridges: Audacity (mod-script-pipe) and REAPER (ReaScript actions)."""

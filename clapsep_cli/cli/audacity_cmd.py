@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from clapsep_cli.cli.common import engine_options, model_options, separator
+from clapsep_cli.cli.common import engine_options, make_separator, model_options
 from clapsep_cli.errors import ClapsepError
 
 
@@ -27,7 +27,7 @@ def audacity() -> None:
 def _stem_maker(model_name: str, device: str, precision: str, overlap: float, batch_size: int | None) -> Any:
     from clapsep_cli.bridges.audacity.requests import StemMaker
 
-    return StemMaker(separator(model_name, device, precision, quiet=False, overlap=overlap, batch_size=batch_size))
+    return StemMaker(make_separator(model_name, device, precision, quiet=False, overlap=overlap, batch_size=batch_size))
 
 
 @audacity.command()
@@ -50,12 +50,12 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
       clapsep audacity extract -p dialogue --residual
     """
     from clapsep_cli.bridges.audacity.pipe import AudacityPipe
-    from clapsep_cli.bridges.audacity.requests import extract_selection, make_job
+    from clapsep_cli.bridges.audacity.requests import extract_selection, make_request
 
-    job = make_job(query, preset, negative, residual)
+    req = make_request(query, preset, negative, residual)
     separate = _stem_maker(model_name, device, precision, overlap, batch_size)
     with AudacityPipe() as pipe:
-        added = extract_selection(pipe, job, separate)
+        added = extract_selection(pipe, req, separate)
     for track in added:
         click.echo(f"added track '{track.name}' ({track.start:.3f}-{track.end:.3f} s, "
                    f"{'stereo' if track.channels > 1 else 'mono'})")

@@ -16,8 +16,9 @@ F = Callable[..., Any]
 def model_options(f: F) -> F:
     """--model, --device and --precision."""
     from clapsep_cli.models import store
+    from clapsep_cli.models.loaded import DEFAULT_PRECISION, PRECISIONS
 
-    f = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+    f = click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default=DEFAULT_PRECISION,
                      show_default=True,
                      help="Arithmetic of the network: auto is bf16 where the hardware computes it natively (CPUs "
                           "with AMX or AVX512_BF16, CUDA GPUs from compute 8.0), else fp32; fp32 reproduces the "
@@ -31,12 +32,12 @@ def model_options(f: F) -> F:
 
 def engine_options(f: F) -> F:
     """--overlap and --batch-size."""
-    from clapsep_cli.engine.options import CUDA_BATCH_SIZE, DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP
+    from clapsep_cli.engine.options import CUDA_BATCH_SIZE, DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, MAX_OVERLAP
 
     f = click.option("--batch-size", type=click.IntRange(min=1),
                      help=f"10 s segments per network call (default: {CUDA_BATCH_SIZE} on a CUDA GPU, "
                           f"{DEFAULT_BATCH_SIZE} elsewhere).")(f)
-    f = click.option("--overlap", type=click.FloatRange(0.0, 0.5), default=DEFAULT_OVERLAP, show_default=True,
+    f = click.option("--overlap", type=click.FloatRange(0.0, MAX_OVERLAP), default=DEFAULT_OVERLAP, show_default=True,
                      help="Fraction of each 10 s segment shared with the next, crossfaded (0 = hard cuts).")(f)
     return f
 
@@ -66,7 +67,7 @@ def flag(setting: str) -> str:
     return _FLAGS.get(setting, "--" + setting.replace("_", "-"))
 
 
-def separator(model_name: str, device: str, precision: str, quiet: bool, **engine: Any) -> Any:
+def make_separator(model_name: str, device: str, precision: str, quiet: bool, **engine: Any) -> Any:
     """The library's :class:`~clapsep_cli.api.Separator` for these options; it loads the model
     on first use (downloading the default model when missing and online), saying so on stderr
     unless ``quiet``. ``engine``: ``overlap`` and ``batch_size``, where the command has them."""

@@ -8,11 +8,9 @@ import click
 import numpy as np
 
 from clapsep_cli import api
-from clapsep_cli.cli.common import emit_json, model_options, separator
+from clapsep_cli.cli.common import emit_json, make_separator, model_options
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.jobs.plan import check_query_audio
 from clapsep_cli.queries import presets
-from clapsep_cli.queries.spec import Query
 
 
 @click.command()
@@ -29,7 +27,7 @@ def embed(texts: tuple[str, ...], names: tuple[str, ...], all_presets: bool, exp
 
     The cache is per model; `clapsep extract` fills it too, on first use of a query.
     """
-    jobs: list[tuple[str, Query]] = []
+    jobs: list[tuple[str, api.Query]] = []
     if all_presets:
         good, bad = presets.load_all()
         if bad:
@@ -40,11 +38,11 @@ def embed(texts: tuple[str, ...], names: tuple[str, ...], all_presets: bool, exp
     if not jobs:
         raise ClapsepError("nothing to embed: give TEXTS, -p PRESET or --all-presets")
     for _, query in jobs:
-        check_query_audio(query)  # a missing reference clip is reported before anything about models
-    sep = separator(model_name, device, precision, quiet=json_output)
+        api.check_references(query)  # a missing reference clip is reported before anything about models
+    sep = make_separator(model_name, device, precision, quiet=json_output)
     rows = []
     for name, query in jobs:
-        vector = sep.condition(query)[0]
+        vector = sep.conditioning(query)[0]
         row = {"name": name, "query": query.describe()}
         if export_dir is not None:
             export_dir.mkdir(parents=True, exist_ok=True)

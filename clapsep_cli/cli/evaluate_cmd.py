@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from clapsep_cli.cli.common import emit_json, model_options, separator
+from clapsep_cli.cli.common import emit_json, make_separator, model_options
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.training.evaluate import MODES, Evaluator, read_manifest
 
@@ -40,7 +40,7 @@ def evaluate(manifest: Path, audio_dir: Path, out_csv: Path | None, restart: boo
     if restart:
         out_csv.unlink(missing_ok=True)
 
-    sep = separator(model_name, device, precision, quiet=json_output)
+    sep = make_separator(model_name, device, precision, quiet=json_output)
     evaluator = Evaluator(sep, batch_size)
     total = min(len(rows), limit) if limit else len(rows)
     if progress.wanted(json_output):

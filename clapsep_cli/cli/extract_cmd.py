@@ -14,9 +14,9 @@ import click
 
 from clapsep_cli import api
 from clapsep_cli.audio import atomic
+from clapsep_cli.audio.writer import CLIP_POLICIES, FORMATS, SUBTYPES
 from clapsep_cli.cli.common import TimeType, emit_json, engine_options, flag, model_options
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.jobs.plan import DEFAULT_NAME, NAME_FIELDS, OutputPlan, Region
 
 F = Callable[..., Any]
 
@@ -51,17 +51,17 @@ def output_options(f: F) -> F:
                      help="Stem file for a single input (default: next to the source)."),
         click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Write stems into this folder instead of next to each source."),
-        click.option("--name", "name_template", default=DEFAULT_NAME, show_default=True,
+        click.option("--name", "name_template", default=api.DEFAULT_NAME, show_default=True,
                      help="Stem file name template; fields: "
-                          + "; ".join(f"{{{k}}} {v}" for k, v in NAME_FIELDS.items())
+                          + "; ".join(f"{{{k}}} {v}" for k, v in api.NAME_FIELDS.items())
                           + ". Two inputs that would get one name are refused."),
         click.option("--residual/--no-residual", default=None,
                      help="Also write the residual (source minus stem); a preset may turn it on."),
-        click.option("--format", "fmt", type=click.Choice(["wav", "flac", "ogg", "mp3", "aiff"]),
+        click.option("--format", "fmt", type=click.Choice(list(FORMATS)),
                      help="Stem format (default: the source's, where writable, else wav)."),
-        click.option("--bit-depth", type=click.Choice(["16", "24", "32f"]),
+        click.option("--bit-depth", type=click.Choice(list(SUBTYPES)),
                      help="Sample format of wav/flac/aiff stems (default: the source's)."),
-        click.option("--clip", type=click.Choice(["rescale", "clamp", "none"]),
+        click.option("--clip", type=click.Choice(CLIP_POLICIES),
                      help="Samples beyond full scale: clamp (default for integer formats), rescale the "
                           "stem to peak 1, or none (float formats only; their default)."),
         click.option("--overwrite", is_flag=True, help="Replace existing stems (sources are never touched)."),
@@ -167,10 +167,10 @@ def remove(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, ne
 class JobOptions:
     """Everything about a run besides the query and the inputs, as the command line gave it."""
 
-    plan: OutputPlan
+    plan: api.OutputPlan
     overlap: float
     batch_size: int | None
-    region: Region
+    region: api.Region
     pattern: str | None
     include_stems: bool
     json_output: bool
@@ -188,9 +188,9 @@ def job_options(residual: bool, output: Path | None, out_dir: Path | None, name_
                 pattern: str | None, include_stems: bool, json_output: bool, report_file: Path | None,
                 model_name: str, device: str, precision: str, overlap: float, batch_size: int | None,
                 ray_address: str | None, ray_cpus: int, ray_workers: int | None) -> JobOptions:
-    plan = OutputPlan(name_template=name_template, out_dir=out_dir, output=output, residual=residual, fmt=fmt,
+    plan = api.OutputPlan(name_template=name_template, out_dir=out_dir, output=output, residual=residual, fmt=fmt,
                       bit_depth=bit_depth, clip=clip, overwrite=overwrite)
-    return JobOptions(plan, overlap, batch_size, Region(start or 0.0, end), pattern, include_stems,
+    return JobOptions(plan, overlap, batch_size, api.Region(start or 0.0, end), pattern, include_stems,
                       json_output, report_file, model_name, device, precision, ray_address, ray_cpus, ray_workers)
 
 
@@ -207,32 +207,26 @@ def run_job(req: api.Request, files: list[Path], opts: JobOptions) -> None:
 
 
 def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
-    from clapsep_cli.cli import progress as progress_mod
+    from clapsep_cli.cli.progress import RichProgress, wanted
 
-    if opts.ray_address is not None:
-        return _run_on_cluster(req, files, opts)
-    if opts.ray_workers is not None or opts.ray_cpus != 1:
+    if opts.ray_address is None and (opts.ray_workers is not None or opts.ray_cpus != 1):
         raise ClapsepError("--ray-cpus and --ray-workers shape the workers of a Ray cluster: give --ray too")
-    separator = api.Separator(opts.model_name, device=opts.device, precision=opts.precision,
-                              overlap=opts.overlap, batch_size=opts.batch_size,
-                              log=None if opts.json_output else lambda msg: click.echo(msg, err=True))
-    job = separator.plan(files, req, opts.plan, opts.region, opts.pattern, opts.include_stems)
-    bar = progress_mod.RichProgress(len(job.pending)) if job.pending and progress_mod.wanted(opts.json_output) else None
+    executor = _executor(opts)
+    job = api.plan(files, req, opts.plan, opts.region, opts.pattern, opts.include_stems)
+    bar = RichProgress() if job.pending and wanted(opts.json_output) else None
     with bar if bar else contextlib.nullcontext():
-        return separator.run(job, bar)
+        return executor.run(job, bar)
 
 
-def _run_on_cluster(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
-    from clapsep_cli.cli import progress as progress_mod
-    from clapsep_cli.jobs import cluster
-
-    runner = cluster.Cluster(opts.ray_address, opts.model_name, device=opts.device, precision=opts.precision,
-                             overlap=opts.overlap, batch_size=opts.batch_size, worker_cpus=opts.ray_cpus,
-                             max_workers=opts.ray_workers)
-    job = runner.plan(files, req, opts.plan, opts.region, opts.pattern, opts.include_stems)
-    bar = progress_mod.ClusterBar() if job.pending and progress_mod.wanted(opts.json_output) else None
-    with bar if bar else contextlib.nullcontext():
-        return runner.run(job, bar)
+def _executor(opts: JobOptions) -> api.Separator | api.Cluster:
+    """Where the job runs: here, or on the Ray cluster ``--ray`` names."""
+    if opts.ray_address is not None:
+        return api.Cluster(opts.ray_address, opts.model_name, device=opts.device, precision=opts.precision,
+                           overlap=opts.overlap, batch_size=opts.batch_size, worker_cpus=opts.ray_cpus,
+                           max_workers=opts.ray_workers)
+    return api.Separator(opts.model_name, device=opts.device, precision=opts.precision, overlap=opts.overlap,
+                         batch_size=opts.batch_size,
+                         log=None if opts.json_output else lambda msg: click.echo(msg, err=True))
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 
 from clapsep_cli.audio import dsp
+from clapsep_cli.network.separation import apply_mask
 
 
 class SeparationModel(Protocol):
@@ -56,7 +57,7 @@ def separate_batch(model: SeparationModel, segments: Sequence[torch.Tensor], con
         masks.append(model.masks(_filled(mono[i : i + n], rows), _filled(part, rows, repeat=True),
                                  _filled(mono_spec[i : i + n], rows))[:n])
     mask = torch.cat(masks)
-    return _to_host([dsp.istft(spec * mask[i : i + 1].unsqueeze(1), length)[0] for i, spec in enumerate(specs)])
+    return _to_host([apply_mask(spec, mask[i : i + 1].unsqueeze(1), length)[0] for i, spec in enumerate(specs)])
 
 
 def _filled(x: torch.Tensor, rows: int, repeat: bool = False) -> torch.Tensor:

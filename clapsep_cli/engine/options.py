@@ -10,20 +10,12 @@ from clapsep_cli.errors import SettingError
 from clapsep_cli.network.architecture import SEGMENT_SAMPLES
 
 DEFAULT_OVERLAP = 0.1
-
-
 DEFAULT_BATCH_SIZE = 2
-
-
 # On a GPU the network costs little per segment and larger batches keep it busy: on an H200,
 # 16 segments per call ran about 7x the segments per second of 2, in 1 GiB of GPU memory
 # (benchmarks/batch_sizes.py).
 CUDA_BATCH_SIZE = 16
-
-
 MAX_OVERLAP = 0.5
-
-
 DEFAULT_PREFETCH = 2
 
 
@@ -64,3 +56,10 @@ def default_prefetch(device: torch.device) -> int:
     60 s file separated about 12 % slower with it, the free-model pipeline of
     ``benchmarks/throughput.py`` 8 to 20 % slower)."""
     return 0 if device.type == "cpu" else DEFAULT_PREFETCH
+
+
+def for_device(device: torch.device, overlap: float = DEFAULT_OVERLAP, batch_size: int | None = None) -> EngineOptions:
+    """The options a run on ``device`` uses: ``batch_size`` where given, else the device's
+    default, and the device's read-ahead (see :func:`default_batch_size`, :func:`default_prefetch`)."""
+    return EngineOptions(overlap=overlap, batch_size=batch_size or default_batch_size(device),
+                         prefetch=default_prefetch(device))

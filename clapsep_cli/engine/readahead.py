@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
-
-
 _ITEM, _END, _ERROR = "item", "end", "error"
 
 

@@ -3,7 +3,7 @@
 The driver (this process) plans the job exactly as a local run does (:meth:`Separator.plan`, no
 model), starts a pool of worker actors (one model load each: one per GPU where the cluster has
 GPUs, else one per ``worker_cpus`` CPUs) and hands each one pending file at a time. A worker
-separates with the same :class:`~clapsep_cli.extract.Extractor` and streaming engine as a local
+separates with the same :class:`~clapsep_cli.jobs.run.Runner` and streaming engine as a local
 run, writing stems atomically where the plan says (next to the sources or under the output
 folder, which all nodes must see at the same paths). Results come back into the job in input
 order, so the report is the local one plus a ``ray`` section.
@@ -25,17 +25,20 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 
-from clapsep_cli.api import DEFAULT_PRECISION, Job, Request, Separator
+import torch
+
 from clapsep_cli.audio import atomic
-from clapsep_cli.engine.options import DEFAULT_OVERLAP
-from clapsep_cli.errors import ClapsepError, SettingError
-from clapsep_cli.jobs.plan import FileResult, OutputPlan, Region
+from clapsep_cli.engine.options import DEFAULT_OVERLAP, EngineOptions
+from clapsep_cli.errors import ClapsepError, SettingError, first_line
+from clapsep_cli.jobs.plan import FileResult, Job, pending
+from clapsep_cli.jobs.run import Progress, Runner, segments_of
+from clapsep_cli.jobs.session import Session
 from clapsep_cli.models import store
+from clapsep_cli.models.loaded import DEFAULT_PRECISION
+from clapsep_cli.queries.spec import Query
 
 EXTRA = "clapsep-cli[ray]"
 # How often Ray restarts a worker that died, and retries the file it held, before the file fails.
@@ -52,27 +55,6 @@ def require_ray() -> Any:
         raise ClapsepError(f"{{setting}} needs Ray, which is not installed: pip install '{EXTRA}'",
                            setting="address") from None
     return ray
-
-
-class ClusterProgress(Protocol):
-    """Receives progress of a cluster job, as files finish on the workers."""
-
-    def start(self, files: int, workers: int) -> None: ...
-
-    def file_done(self, result: FileResult) -> None: ...
-
-
-@dataclass
-class ClusterJob(Job):
-    """A :class:`Job` run on a cluster; its JSON adds a ``ray`` section (address, workers)."""
-
-    ray: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self, name: Callable[[str], str] = str) -> dict[str, Any]:
-        data = super().to_json(name)
-        if self.ray:
-            data["ray"] = self.ray
-        return data
 
 
 class Cluster:
@@ -101,25 +83,17 @@ class Cluster:
         self.address, self.model, self.device_kind, self.precision = address.strip(), model, kind, precision
         self.overlap, self.batch_size = overlap, batch_size
         self.worker_cpus, self.max_workers = worker_cpus, max_workers
-        # Planning needs no model and no accelerator: the driver may be a machine without one.
-        self._planner = Separator(model, device="cpu", precision="fp32", overlap=overlap, batch_size=batch_size)
 
-    def plan(self, paths: Iterable[str | Path], req: Request, plan: OutputPlan | None = None,
-             region: Region | None = None, pattern: str | None = None, include_stems: bool = False) -> ClusterJob:
-        """Check every input and decide every output, as :meth:`Separator.plan` does."""
-        job = self._planner.plan(paths, req, plan, region, pattern, include_stems)
-        job = ClusterJob(**{f.name: getattr(job, f.name) for f in fields(Job)})
-        job.device, job.precision = None, self.precision
-        return job
-
-    def run(self, job: ClusterJob, progress: ClusterProgress | None = None) -> ClusterJob:
+    def run(self, job: Job, progress: Progress | None = None) -> Job:
         """Separate the planned job's pending files on the cluster (connecting only if there are any)."""
         started = time.perf_counter()
-        pending = [i for i, r in enumerate(job.results) if r.status == "pending" and r.planned is not None]
-        if pending:
+        job.model, job.device, job.precision = self.model, None, self.precision
+        todo = {id(r) for r in pending(job.results)}
+        pending_at = [i for i, r in enumerate(job.results) if id(r) in todo]
+        if pending_at:
             try:
                 with _stdout_to_stderr(), self._connected() as address:
-                    self._run(job, pending, progress, address)
+                    self._run(job, pending_at, progress, address)
             finally:
                 _remove_abandoned(job.results)
         job.total_seconds += time.perf_counter() - started
@@ -141,7 +115,7 @@ class Cluster:
             raise ClapsepError("no Ray cluster found (start one with `ray start --head`, or give its address "
                                "to {setting} or in RAY_ADDRESS)", setting="address") from None
         except Exception as err:  # noqa: BLE001 - Ray raises ValueError, RuntimeError, its own errors...
-            raise ClapsepError(f"cannot reach the Ray cluster {self.address!r} ({{setting}}): {_first_line(err)}",
+            raise ClapsepError(f"cannot reach the Ray cluster {self.address!r} ({{setting}}): {first_line(err)}",
                                setting="address") from None
         try:
             yield context.address_info.get("gcs_address") or self.address
@@ -163,29 +137,33 @@ class Cluster:
                                "(lower {setting})", setting="worker_cpus")
         return fit, {"num_cpus": self.worker_cpus, "num_gpus": 0}, "cpu"
 
-    def _run(self, job: ClusterJob, pending: list[int], progress: ClusterProgress | None, address: str) -> None:
+    def _run(self, job: Job, pending: list[int], progress: Progress | None, address: str) -> None:
         ray = self.ray
         fit, resources, device = self._pool_shape()
         count = min(fit, len(pending), self.max_workers or fit)
         worker_class = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES, **resources)(Worker)
-        req = job.request
-        actors = [worker_class.remote(self.model, device, self.precision, self.overlap, self.batch_size,
-                                      req.query, req.invert, job.plan, job.region) for _ in range(count)]
+        actors = [worker_class.remote(self.model, device, self.precision, self.overlap, self.batch_size)
+                  for _ in range(count)]
         try:
             states = ray.get([a.ready.remote() for a in actors])
+            for state in states:
+                if "error" in state:
+                    raise ClapsepError(state["error"], setting=state.get("setting"))
+            # The query's conditioning vector, computed once (on the first worker) for all of them.
+            answer = ray.get(actors[0].condition.remote(job.request.query))
         except ray.exceptions.RayError as err:
-            raise ClapsepError(f"a Ray worker could not start: {_first_line(err)}") from None
-        for state in states:
-            if "error" in state:
-                raise ClapsepError(state["error"], setting=state.get("setting"))
+            raise ClapsepError(f"a Ray worker could not start: {first_line(err)}") from None
+        if "error" in answer:
+            raise ClapsepError(answer["error"], setting=answer.get("setting"))
+        cond, invert = answer["condition"], job.request.invert
         job.model_loaded = True
         job.device, job.precision = states[0]["device"], states[0]["precision"]
         job.load_seconds = max(s["load_seconds"] for s in states)
-        job.query_seconds = max(s["query_seconds"] for s in states)
+        job.query_seconds = answer["seconds"]
         job.ray = {"address": address, "workers": count, "worker_resources": {
             "CPU": resources["num_cpus"], "GPU": resources["num_gpus"]}}
         if progress is not None:
-            progress.start(len(pending), count)
+            progress.start_job(len(pending), f"on {count} Ray workers")
         queue = list(reversed(pending))
         idle = list(actors)
         running: dict[Any, tuple[int, Any]] = {}
@@ -193,7 +171,7 @@ class Cluster:
             while queue and idle:
                 index, actor = queue.pop(), idle.pop()
                 result = job.results[index]
-                running[actor.separate.remote(_shipped(result))] = (index, actor)
+                running[actor.separate.remote(_shipped(result), cond, invert)] = (index, actor)
             done, _ = ray.wait(list(running), num_returns=1)
             index, actor = running.pop(done[0])
             result = job.results[index]
@@ -202,12 +180,12 @@ class Cluster:
                 idle.append(actor)
             except ray.exceptions.RayActorError as err:  # it died more often than Ray restarts a worker
                 result.settle("failed", ClapsepError(f"{result.input}: its Ray worker was lost for good "
-                                                     f"({_first_line(err)})"))
+                                                     f"({first_line(err)})"))
             except ray.exceptions.RayTaskError as err:  # an unexpected error; the worker goes on
-                result.settle("failed", ClapsepError(f"{result.input}: {_first_line(err.cause or err)}"))
+                result.settle("failed", ClapsepError(f"{result.input}: {first_line(err.cause or err)}"))
                 idle.append(actor)
             if progress is not None:
-                progress.file_done(result)
+                _report(progress, result, self.overlap)
             if not idle and not running and queue:
                 for i in queue:
                     job.results[i].settle("failed", ClapsepError(f"{job.results[i].input}: every Ray worker was lost"))
@@ -221,32 +199,44 @@ class Cluster:
 class Worker:
     """One model load on one Ray worker; separates the files the driver hands it, one at a time."""
 
-    def __init__(self, model: str, device: str, precision: str, overlap: float, batch_size: int | None, query: Any,
-                 invert: bool, plan: OutputPlan, region: Region):
-        from clapsep_cli.jobs.run import Extractor
-
+    def __init__(self, model: str, device: str, precision: str, overlap: float, batch_size: int | None):
         self.state: dict[str, Any]
         try:
-            sep = Separator(model, device=device, precision=precision, overlap=overlap, batch_size=batch_size)
-            started = time.perf_counter()
-            self.extractor = Extractor(sep.model, query, sep.options, plan, sep.cache, region, invert=invert)
-            self.separator = sep
-            self.state = {"device": str(sep.device), "precision": sep.precision, "load_seconds": sep.load_seconds,
-                          "query_seconds": time.perf_counter() - started}
+            self.session = Session(model, device=device, precision=precision, overlap=overlap, batch_size=batch_size)
+            self.session.model  # noqa: B018 - loaded now, so that a worker that cannot load says so at once
+            self.state = {"device": str(self.session.device), "precision": self.session.precision,
+                          "load_seconds": self.session.load_seconds}
         except ClapsepError as err:  # reported by the driver as the local run reports it
             self.state = {"error": err.template, "setting": err.setting}
 
     def ready(self) -> dict[str, Any]:
         return self.state
 
-    def separate(self, result: FileResult) -> dict[str, Any]:
-        self.extractor.run([result])
+    def condition(self, query: Query) -> dict[str, Any]:
+        """The query's conditioning vector, as the local run computes it, and the seconds it took."""
+        try:
+            vector = self.session.conditioning(query)
+        except ClapsepError as err:
+            return {"error": err.template, "setting": err.setting}
+        return {"condition": vector, "seconds": self.session.query_seconds}
+
+    def separate(self, result: FileResult, condition: torch.Tensor, invert: bool) -> dict[str, Any]:
+        session = self.session
+        Runner(session.model, condition, session.options, invert=invert).run([result])
         return _outcome(result)
 
     def stats(self) -> dict[str, Any]:
-        cache = self.separator.cache
-        return {"from_cache": cache.hits, "computed": cache.misses,
-                "text_encoder_loaded": self.separator.model.text_encoder_loaded}
+        return self.session.embedding_counts()
+
+
+def _report(progress: Progress, result: FileResult, overlap: float) -> None:
+    """A file finished on a worker, told to ``progress`` as a local run tells it."""
+    segments = segments_of(result.planned, EngineOptions(overlap=overlap)) if result.planned else 0
+    seconds = (result.planned.last - result.planned.first) / result.planned.info.rate if result.planned else 0.0
+    progress.start_file(result.input, segments, seconds)
+    if result.status == "ok":
+        progress.advance(segments)
+    progress.end_file(result)
 
 
 def _shipped(result: FileResult) -> FileResult:
@@ -273,11 +263,6 @@ def _settle(result: FileResult, outcome: dict[str, Any]) -> None:
         result.status = outcome["status"]
     result.frames, result.seconds = outcome["frames"], outcome["seconds"]
     result.clipped_samples, result.extra = outcome["clipped_samples"], outcome["extra"]
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _check_reachable(address: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,13 +12,14 @@ from typing import Any
 
 from clapsep_cli.audio import atomic
 from clapsep_cli.audio.reader import AudioInfo, is_stem, probe
+from clapsep_cli.audio.region import Region
 from clapsep_cli.audio.writer import OutputFormat, choose_format, resolve_clip
-from clapsep_cli.errors import AudioError, ClapsepError, SettingError
+from clapsep_cli.errors import ClapsepError, SettingError
+from clapsep_cli.models.store import DEFAULT_MODEL
+from clapsep_cli.queries.request import Request
 from clapsep_cli.queries.spec import Query
 
 DEFAULT_NAME = "{stem}.{query}.{ext}"
-
-
 NAME_FIELDS = {
     "stem": "the source's name without its extension",
     "query": "the query's tag (a preset's suffix, else the texts)",
@@ -40,10 +42,12 @@ class OutputPlan:
     clip: str | None = None
     overwrite: bool = False
 
-    def paths(self, source: Path, query: Query, fmt: OutputFormat) -> tuple[Path, Path | None]:
-        """(target path, residual path or None) for ``source``."""
-        if self.output is not None:
-            target = self.output
+    def paths(self, source: Path, query: Query, fmt: OutputFormat, output: Path | None = None
+              ) -> tuple[Path, Path | None]:
+        """(target path, residual path or None) for ``source``; ``output`` (else the plan's
+        own) names the target exactly."""
+        if (output or self.output) is not None:
+            target = output or self.output
         else:
             fields = {"stem": source.stem, "query": query.slug(), "ext": fmt.extension, "name": source.name,
                       "suffix": source.suffix.lstrip(".")}
@@ -62,46 +66,32 @@ class OutputPlan:
         return target, residual
 
 
-# How far past a source's length a region may end (seconds); such ends are clamped to the length.
-# Editors measure compressed sources with their own decoders, whose lengths can differ from the
-# one clapsep decodes by an encoder delay or padding (an MP3 or AAC frame or two).
-END_TOLERANCE = 0.1
-
-
 @dataclass(frozen=True)
-class Region:
-    """A part of a source, in seconds; ``end`` None means to the end."""
+class Item:
+    """One input of a job: a file, with its own region and its own stem path where it has them
+    (else the job's). Editors submit one job of many items, windows of one file among them."""
 
-    start: float = 0.0
-    end: float | None = None
-
-    def frames(self, info: AudioInfo) -> tuple[int, int]:
-        first = int(round(self.start * info.rate))
-        last = info.frames if self.end is None else int(round(self.end * info.rate))
-        if self.end is not None and self.end <= self.start:
-            raise ClapsepError(f"region end ({self.end:g} s) must come after its start ({self.start:g} s)")
-        if first >= info.frames:
-            raise AudioError(f"{info.path}: region starts at {self.start:g} s, after the end of the file "
-                             f"({info.duration:.3f} s)")
-        if self.end is not None and last > info.frames and self.end - info.duration <= END_TOLERANCE:
-            last = info.frames
-        if self.end is not None and last > info.frames:
-            raise AudioError(f"{info.path}: region ends at {self.end:g} s, after the end of the file "
-                             f"({info.duration:.3f} s)")
-        return first, last
+    path: Path
+    region: Region | None = None
+    output: Path | None = None
 
 
 @dataclass(frozen=True)
 class Planned:
-    """One input, probed, with its outputs decided: what separating it needs besides the model."""
+    """One input, probed, with its outputs decided: all that separating it needs besides the
+    model and the condition. ``bounded``: the region has an end (read up to it, not to the
+    decoder's end); ``label`` tags the stems' metadata."""
 
     info: AudioInfo
     first: int
     last: int
+    bounded: bool
     fmt: OutputFormat
     clip: str
     target: Path
     residual: Path | None
+    overwrite: bool
+    label: str
 
 
 @dataclass
@@ -153,22 +143,22 @@ class FileResult:
         return out
 
 
-def collect_inputs(paths: Iterable[Path], pattern: str | None = None,
-                   include_stems: bool = False) -> tuple[list[Path], list[Path]]:
+def collect_inputs(paths: Iterable[Path | Item], pattern: str | None = None,
+                   include_stems: bool = False) -> tuple[list[Item], list[Path]]:
     """Files named directly, plus files found under named folders (recursively, hidden entries
     skipped, sorted) that match ``pattern`` or, without one, have an audio file extension.
     Stems clapsep wrote (tagged, see :func:`is_stem`) found in folders are left out
     unless ``include_stems``; a file named directly is always taken.
 
-    Returns (inputs in order, stems left out).
+    Returns (inputs in order, repeats dropped; stems left out).
     """
-    out: list[Path] = []
+    out: list[Item] = []
     stems: list[Path] = []
-    for path in paths:
-        if not path.is_dir():
-            out.append(path)
+    for given in paths:
+        if isinstance(given, Item) or not given.is_dir():
+            out.append(given if isinstance(given, Item) else Item(given))
             continue
-        for root, dirs, files in os.walk(path):
+        for root, dirs, files in os.walk(given):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 if name.startswith(".") or (pattern and not fnmatch.fnmatch(name, pattern)):
@@ -179,37 +169,45 @@ def collect_inputs(paths: Iterable[Path], pattern: str | None = None,
                 if not include_stems and is_stem(found):
                     stems.append(found)
                 else:
-                    out.append(found)
+                    out.append(Item(found))
     return list(dict.fromkeys(out)), stems
 
 
-def check_query_audio(query: Query) -> None:
-    """Probe the query's reference clips (one clear line if one is missing or not audio)."""
+def pending(results: Iterable[FileResult]) -> list[FileResult]:
+    """The results still to be separated (planned, not skipped or failed)."""
+    return [r for r in results if r.status == "pending" and r.planned is not None]
+
+
+def check_references(query: Query) -> None:
+    """Probe the query's reference clips (one clear line if one is missing or not audio): once
+    per request, before anything expensive."""
     for ref in (*query.positive_audio, *query.negative_audio):
         probe(ref.path)
 
 
-def plan_file(source: Path, query: Query, plan: OutputPlan, region: Region) -> Planned:
-    """Probe ``source`` and decide its outputs."""
-    info = probe(source)
+def plan_file(item: Item, query: Query, plan: OutputPlan, region: Region) -> Planned:
+    """Probe ``item``'s file and decide its outputs (``region``: where the item has none)."""
+    info = probe(item.path)
+    region = item.region or region
     first, last = region.frames(info)
     fmt = choose_format(info, plan.fmt, plan.bit_depth)
     clip = resolve_clip(plan.clip, fmt)
-    target, residual = plan.paths(source, query, fmt)
-    _refuse_source_overwrite(source, [target, residual])
-    return Planned(info, first, last, fmt, clip, target, residual)
+    target, residual = plan.paths(item.path, query, fmt, item.output)
+    _refuse_source_overwrite(item.path, [target, residual])
+    return Planned(info, first, last, region.end is not None, fmt, clip, target, residual, plan.overwrite,
+                   query.slug())
 
 
-def plan_job(inputs: list[Path], query: Query, plan: OutputPlan, region: Region) -> list[FileResult]:
+def plan_results(inputs: list[Item], query: Query, plan: OutputPlan, region: Region) -> list[FileResult]:
     """A result per input: ``failed`` (bad input), ``skipped`` (its stems exist) or ``pending``
     with its plan. Refuses the whole job (:class:`ClapsepError`) if two inputs would write one
     path, or a stem to be written is one of the inputs. Our temporary files that killed runs
     left in the output folders are removed (see :func:`atomic.remove_stale`)."""
     results = []
-    for source in inputs:
-        result = FileResult(source)
+    for item in inputs:
+        result = FileResult(item.path)
         try:
-            planned = plan_file(source, query, plan, region)
+            planned = plan_file(item, query, plan, region)
         except ClapsepError as err:
             result.settle("failed", err)
             results.append(result)
@@ -257,3 +255,83 @@ def _refuse_source_overwrite(source: Path, outputs: list[Path | None]) -> None:
     for out in outputs:
         if out is not None and out.resolve() == src:
             raise ClapsepError(f"{out}: refusing to write over the source file")
+
+
+@dataclass
+class Job:
+    """A planned job, then its outcome: the request, one result per input and what it cost.
+
+    :func:`plan_job` makes it (no model needed); an executor's ``run`` (a local
+    :class:`~clapsep_cli.jobs.session.Session`, or a :class:`~clapsep_cli.jobs.cluster.Cluster`)
+    separates its pending files and fills in the rest.
+    """
+
+    request: Request
+    results: list[FileResult]
+    stems_left_out: list[Path]
+    plan: OutputPlan
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    precision: str | None = None
+    model_loaded: bool = False
+    load_seconds: float = 0.0
+    query_seconds: float = 0.0
+    total_seconds: float = 0.0
+    embeddings: dict[str, Any] = field(default_factory=dict)
+    ray: dict[str, Any] = field(default_factory=dict)  # address and workers, when run on a cluster
+
+    @property
+    def pending(self) -> list[FileResult]:
+        return pending(self.results)
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    def to_json(self, name: Callable[[str], str] = str) -> dict[str, Any]:
+        """The job as JSON-ready data (what ``--json`` prints and ``--report`` writes); settings
+        in messages are spelled by ``name``."""
+        data: dict[str, Any] = {"query": self.request.query.describe()}
+        if self.request.method:
+            data["method"] = self.request.method
+        if self.stems_left_out:
+            data["stems_left_out"] = [str(p) for p in self.stems_left_out]
+        if self.embeddings:
+            data["query_embeddings"] = {**self.embeddings, "seconds": round(self.query_seconds, 3)}
+        data.update({
+            "model": self.model, "model_loaded": self.model_loaded,
+            "device": self.device if self.model_loaded else None, "precision": self.precision,
+            "results": [r.to_json(name) for r in self.results],
+            "failed": len(self.failed),
+            "timings": {"model_load_seconds": round(self.load_seconds, 3),
+                        "total_seconds": round(self.total_seconds, 3)},
+        })
+        if self.ray:
+            data["ray"] = self.ray
+        return data
+
+
+def plan_job(inputs: Iterable[str | Path | Item], req: Request, plan: OutputPlan | None = None,
+             region: Region | None = None, pattern: str | None = None, include_stems: bool = False) -> Job:
+    """Check every input and decide every output, without a model.
+
+    ``inputs``: files, folders (every audio file under them, see :func:`collect_inputs`) and
+    :class:`Item` s (a file with its own region or stem path). ``plan`` (default: the request's
+    residual choice) says where stems go; ``region`` applies to inputs without their own.
+    Bad inputs become failed results and inputs whose stems exist skipped ones; raises
+    :class:`ClapsepError` only for what stops the whole job: no inputs, a missing reference
+    clip, output collisions.
+    """
+    started = time.perf_counter()
+    plan = plan or OutputPlan(residual=req.residual)
+    items, stems = collect_inputs([i if isinstance(i, Item) else Path(i) for i in inputs], pattern, include_stems)
+    if not items:
+        raise ClapsepError("no audio files found in the given folders"
+                           + (f" ({len(stems)} stems of earlier runs left out; {{setting}} takes them)"
+                              if stems else ""), setting="include_stems" if stems else None)
+    if plan.output is not None and len(items) > 1:
+        raise SettingError("output", "names one stem; with several inputs name a folder or a name template")
+    check_references(req.query)
+    job = Job(req, plan_results(items, req.query, plan, region or Region()), stems, plan)
+    job.total_seconds = time.perf_counter() - started
+    return job

@@ -5,72 +5,91 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
+import torch
 
 from clapsep_cli.audio.reader import peak, read_blocks
 from clapsep_cli.audio.writer import StemWriter
+from clapsep_cli.engine.batch import SeparationModel
 from clapsep_cli.engine.options import EngineOptions
 from clapsep_cli.engine.segments import segment_count
 from clapsep_cli.engine.stream import Batcher, Source
 from clapsep_cli.errors import AudioError, ClapsepError
-from clapsep_cli.jobs.plan import FileResult, OutputPlan, Planned, Region, plan_job
+from clapsep_cli.jobs.plan import FileResult, Planned, pending
 from clapsep_cli.network.architecture import SAMPLE_RATE
-from clapsep_cli.queries.embedding import EmbeddingCache, condition
-from clapsep_cli.queries.spec import Query
 
 
 class Progress(Protocol):
-    """Receives progress of a job (the CLI draws bars; the library default ignores it)."""
+    """Receives a job's progress, local or on a cluster (the CLI draws bars, the editors write
+    labels and logs; the library default ignores it). A job first calls ``start_job``, then
+    reports its files one after another: ``start_file``, any number of ``advance``,
+    ``end_file``. A cluster reports each file as it finishes on a worker, all three calls at
+    once."""
+
+    def start_job(self, files: int, where: str) -> None:
+        """``files`` are to be separated; ``where`` is ``""`` in this process, else where they
+        run (``"on 2 Ray workers"``)."""
 
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
         """``segments``: the 10 s network segments ``path`` takes; ``seconds``: its audio length."""
 
-    def advance(self, segments: int) -> None: ...
+    def advance(self, segments: int) -> None:
+        """``segments`` more of the current file's segments are separated."""
 
-    def end_file(self) -> None: ...
+    def end_file(self, result: FileResult) -> None:
+        """The current file is done: ``result`` says how (ok, failed, or still pending when the
+        job was stopped)."""
 
 
 class NoProgress:
+    def start_job(self, files: int, where: str) -> None:
+        pass
+
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
         pass
 
     def advance(self, segments: int) -> None:
         pass
 
-    def end_file(self) -> None:
+    def end_file(self, result: FileResult) -> None:
         pass
 
 
-class Extractor:
-    """Runs one query over many files with one loaded model."""
+def segments_of(planned: Planned, options: EngineOptions) -> int:
+    """The 10 s segments separating ``planned`` takes."""
+    return segment_count(-(-(planned.last - planned.first) * SAMPLE_RATE // planned.info.rate), options)
 
-    def __init__(self, model: Any, query: Query, options: EngineOptions, plan: OutputPlan,
-                 cache: EmbeddingCache, region: Region | None = None, progress: Progress | None = None,
-                 invert: bool = False):
-        """``invert`` writes source minus the separated sound as the stem (and the separated
-        sound as the residual): removal by subtraction."""
-        self.model, self.query, self.options, self.plan, self.invert = model, query, options, plan, invert
-        self.region = region or Region()
+
+class Runner:
+    """Separates planned files with one loaded model and one ready condition.
+
+    ``condition`` is the (1, 1024) conditioning vector of the job's query; ``invert`` writes
+    source minus the separated sound as the stem (and the separated sound as the residual):
+    removal by subtraction.
+    """
+
+    def __init__(self, model: SeparationModel, condition: torch.Tensor, options: EngineOptions,
+                 progress: Progress | None = None, invert: bool = False):
+        self.model, self.condition, self.options, self.invert = model, condition, options, invert
         self.progress = progress or NoProgress()
-        t0 = time.perf_counter()
-        self.condition = condition(model, query, cache, model.cfg.joint_embed_dim)
-        self.query_seconds = time.perf_counter() - t0
 
     def run(self, planned: list[FileResult]) -> list[FileResult]:
-        """Separate every pending result of :func:`plan_job` (in place); returns them all.
+        """Separate every pending result of :func:`~clapsep_cli.jobs.plan.plan_results` (in
+        place); returns them all.
 
         The files' segments share the network's batches (see :class:`Batcher`): each
         stem is bit for bit what a run on its file alone writes. Files are reported to the
         progress one after another, in order; a file's ``processing_seconds`` run from the end of
         the one before it (or the start) to its own end, so together they add up to the run's.
         """
-        todo = [r for r in planned if r.status == "pending" and r.planned is not None]
+        todo = pending(planned)
         if not todo:
             return planned
-        stop = self.region.end is not None  # to the real end (ffmpeg lengths may be estimates)
-        sources = (Source(read_blocks(p.info, p.first, p.last if stop else None), p.info.rate)
+        self.progress.start_job(len(todo), "")
+        # An open region reads to the real end (ffmpeg's lengths may be estimates).
+        sources = (Source(read_blocks(p.info, p.first, p.last if p.bounded else None), p.info.rate)
                    for p in (r.planned for r in todo if r.planned is not None))
         batcher = Batcher(self.model, self.condition, sources, self.options)
         last_end = time.perf_counter()
@@ -92,28 +111,19 @@ class Extractor:
                         current.abort()
                         todo[index].settle("failed", err)
                         batcher.drop(index)
-                    self.progress.end_file()
                     now = time.perf_counter()
                     if todo[index].status == "ok":
                         todo[index].seconds = now - last_end
                     last_end = now
+                    self.progress.end_file(todo[index])
+                    current = None  # done with: a progress that stops the job in start_file leaves nothing open
                     index, current = self._begin(todo, index + 1, batcher)
             except BaseException:
                 if current is not None:
                     current.abort()
-                    self.progress.end_file()
+                    self.progress.end_file(todo[index])
                 raise
         return planned
-
-    def run_one(self, source: Path) -> FileResult:
-        """Plan and separate one file."""
-        try:
-            result = plan_job([source], self.query, self.plan, self.region)[0]
-        except ClapsepError as err:
-            result = FileResult(source)
-            result.settle("failed", err)
-            return result
-        return self.run([result])[0]
 
     def _begin(self, todo: list[FileResult], index: int, batcher: Batcher) -> tuple[int, _FileRun | None]:
         """Open the stems of ``todo[index]`` (or, where that fails, of the next file that can)."""
@@ -121,15 +131,13 @@ class Extractor:
             result = todo[index]
             p = result.planned
             assert p is not None
-            samples32 = -(-(p.last - p.first) * SAMPLE_RATE // p.info.rate)
-            self.progress.start_file(result.input, segment_count(samples32, self.options),
-                                     (p.last - p.first) / p.info.rate)
+            self.progress.start_file(result.input, segments_of(p, self.options), (p.last - p.first) / p.info.rate)
             try:
-                return index, _FileRun(result.input, p, self.plan.overwrite, self.query.slug(), self.invert)
+                return index, _FileRun(result.input, p, self.invert)
             except ClapsepError as err:
                 result.settle("failed", err)
                 batcher.drop(index)
-                self.progress.end_file()
+                self.progress.end_file(result)
             index += 1
         return index, None
 
@@ -137,9 +145,9 @@ class Extractor:
 class _FileRun:
     """One file's stems being written: atomic writers, the source's peak and length."""
 
-    def __init__(self, source: Path, p: Planned, overwrite: bool, label: str, invert: bool):
+    def __init__(self, source: Path, p: Planned, invert: bool):
         self.source, self.invert = source, invert
-        info = p.info
+        info, overwrite, label = p.info, p.overwrite, p.label
         self.writers = [StemWriter(p.target, info.rate, info.channels, p.fmt, p.clip, overwrite, label)]
         if p.residual is not None:
             try:

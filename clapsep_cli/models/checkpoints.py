@@ -72,11 +72,6 @@ def read(path: Path, trust_pickle: bool = False) -> dict:
     return data
 
 
-def first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
-
-
 def _tensors(data: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clapsep_cli.errors import ClapsepError, ModelMissingError
-from clapsep_cli.models import checkpoints, store
+from clapsep_cli.errors import ClapsepError, ModelMissingError, first_line
+from clapsep_cli.models import store
 from clapsep_cli.models.install import TOKENIZER_FILES, check_free, install, sha256_file
 from clapsep_cli.models.store import DEFAULT_MODEL, InstalledModel
 from clapsep_cli.network.architecture import RELEASED, ModelConfig
@@ -64,7 +64,7 @@ def _reason(err: Exception) -> str:
     if isinstance(err, HfHubHTTPError) and err.response is not None:
         status = err.response.status_code
         return f"HTTP {status}{' (not found)' if status == 404 else ''}"
-    return checkpoints.first_line(err)
+    return first_line(err)
 
 
 def fetch(file: HubFile, folder: Path, log: Callable[[str], None] = lambda _: None) -> Path:

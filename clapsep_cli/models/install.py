@@ -64,7 +64,7 @@ def install(name: str, clap_file: Path, clapsep_file: Path, tokenizer_dir: Path 
             origin: str = "import", log: Callable[[str], None] = lambda _: None) -> InstalledModel:
     """Convert official checkpoints into a store entry named ``name``."""
     from clapsep_cli.network.encoders import AudioEncoder, TextEncoder
-    from clapsep_cli.network.separation import Separator
+    from clapsep_cli.network.separation import SeparationNet
 
     check_free(name, overwrite)
     log(f"reading {clap_file}")
@@ -78,7 +78,8 @@ def install(name: str, clap_file: Path, clapsep_file: Path, tokenizer_dir: Path 
         "audio": checkpoints.fit_to_module(audio_state, AudioEncoder(config), f"CLAP checkpoint {clap_file}"),
     }
     clap_audio_branch = {k[len("audio_branch."):]: v for k, v in audio_state.items() if k.startswith("audio_branch.")}
-    separator = checkpoints.separator_state(sep_raw, clap_audio_branch, config, Separator(config), str(clapsep_file))
+    separator = checkpoints.separator_state(sep_raw, clap_audio_branch, config, SeparationNet(config),
+                                            str(clapsep_file))
     found = checkpoints.apply_query_tensors(parts, separator.query, str(clapsep_file))
     if found["differ_from_clap"]:
         log(f"{found['differ_from_clap']} of the {found['tensors']} query-encoder tensors in {clapsep_file.name} "

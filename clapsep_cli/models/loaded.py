@@ -6,18 +6,18 @@ query needs them, so a run whose query embeddings are cached starts with the sep
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Mapping
 
 import torch
 
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.models.store import InstalledModel
 from clapsep_cli.network.encoders import AudioEncoder, TextEncoder, Tokenizer, fit_query_clip
-from clapsep_cli.network.separation import Separator
+from clapsep_cli.network.separation import SeparationNet, autocast
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISION_CHOICES = ("auto", *PRECISIONS)
+DEFAULT_PRECISION = "auto"
 # CPU features that compute bf16 products in hardware: AMX tiles, AVX-512 BF16 dot products.
 BF16_CPU_FEATURES = ("amx_bf16", "avx512_bf16")
 
@@ -102,7 +102,7 @@ class ClapSep:
         self.device = device
         self.precision = resolve_precision(precision, device)
         self.dtype = PRECISIONS[self.precision]
-        self.separator: Separator = installed.load("separator", Separator, device)
+        self.separator: SeparationNet = installed.load("separator", SeparationNet, device)
         if self.dtype != torch.float32:
             # Autocast would cast each weight on every call; cast the matrix weights once instead
             # (same arithmetic). Norms and statistics stay in float32 under autocast.
@@ -117,18 +117,10 @@ class ClapSep:
     def text_encoder_loaded(self) -> bool:
         return self._text is not None
 
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.dtype == torch.float32:
-            yield
-        else:
-            with torch.autocast(self.device.type, dtype=self.dtype):
-                yield
-
     @torch.inference_mode()
     def masks(self, mixture: torch.Tensor, condition: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
         """Masks (B, 513, frames) for 32 kHz segments (B, samples) with their STFT ``spec``."""
-        with self._autocast():
+        with autocast(self.device, self.dtype):
             mask = self.separator.mask(mixture, condition, spec)
         return mask.float()
 
@@ -151,3 +143,14 @@ class ClapSep:
         clips = fit_query_clip(wave48.float()).to(self.device)
         emb = self._audio(clips).float().cpu().mean(0)
         return torch.nn.functional.normalize(emb, dim=-1)
+
+
+def load_model(name: str, device: torch.device, precision: str, log: Callable[[str], None] = lambda _: None
+               ) -> tuple[ClapSep, float]:
+    """Model ``name`` (downloaded first if it is the default model, missing and online) loaded
+    on ``device`` at ``precision``, and the seconds that took."""
+    from clapsep_cli.models.download import ensure_model
+
+    started = time.perf_counter()
+    model = ClapSep(ensure_model(name, log=log), device, precision)
+    return model, time.perf_counter() - started

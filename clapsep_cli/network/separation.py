@@ -8,6 +8,8 @@ checkpoint: ``audio_branch.*`` (a copy of CLAP's HTS-AT with LoRA merged) and
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import torch
@@ -48,7 +50,7 @@ def log_mel(encoder: nn.Module, cfg: HTSATConfig, wave: torch.Tensor) -> torch.T
     return encoder.bn0(x.transpose(1, 3)).transpose(1, 3)
 
 
-class Separator(nn.Module):
+class SeparationNet(nn.Module):
     """Query-conditioned mask estimation and masking for 10 s segments at 32 kHz."""
 
     def __init__(self, cfg: ModelConfig):
@@ -80,6 +82,27 @@ class Separator(nn.Module):
 
     def forward(self, mixture: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """Target estimate (B, samples): iSTFT of the mask times the mixture's STFT."""
-        spec = dsp.stft(mixture)
-        mask = self.mask(mixture, condition, spec)
-        return dsp.istft(spec * mask.to(spec.real.dtype), mixture.shape[-1])
+        return masked_estimate(mixture, lambda spec: self.mask(mixture, condition, spec))
+
+
+def apply_mask(spec: torch.Tensor, mask: torch.Tensor, length: int) -> torch.Tensor:
+    """The estimate of ``length`` samples: iSTFT of ``spec`` (..., 513, frames) times ``mask``
+    (broadcast to it, cast to its real dtype)."""
+    return dsp.istft(spec * mask.to(spec.real.dtype), length)
+
+
+def masked_estimate(mixture: torch.Tensor, mask_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The separation step for 32 kHz segments (B, samples): STFT, ``mask_of(spec)`` (the
+    network's mask for that STFT, (B, 513, frames)), iSTFT of their product."""
+    spec = dsp.stft(mixture)
+    return apply_mask(spec, mask_of(spec), mixture.shape[-1])
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Run the network's arithmetic in ``dtype`` (bf16, fp16) on ``device``; fp32 runs as is."""
+    if dtype == torch.float32:
+        yield
+    else:
+        with torch.autocast(device.type, dtype=dtype):
+            yield

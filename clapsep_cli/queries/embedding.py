@@ -102,8 +102,8 @@ def load_reference(ref: AudioRef) -> torch.Tensor:
 
 
 def audio_embedding(model: Embedder, ref: AudioRef, cache: EmbeddingCache) -> torch.Tensor:
-    if not ref.path.is_file():
-        raise ClapsepError(f"{ref.path}: no such file (reference clip)")
+    """The unit-norm audio embedding (512,) of a reference clip, from the cache where possible.
+    The clip must have been checked (see :func:`clapsep_cli.jobs.plan.check_references`)."""
     key = ref.cache_key()
     emb = cache.get(key)
     if emb is None:
@@ -129,7 +129,8 @@ def combine(texts: torch.Tensor | None, audios: torch.Tensor | None, audio_weigh
 
 
 def condition(model: Embedder, query: Query, cache: EmbeddingCache, dim: int) -> torch.Tensor:
-    """The conditioning vector (1, 2 * dim) for ``query``."""
+    """The conditioning vector (1, 2 * dim) for ``query``: its positive side, then its negative
+    side, each by the rule in the module doc (a missing side is zeros)."""
     sides = []
     for texts, refs in ((query.positive, query.positive_audio), (query.negative, query.negative_audio)):
         t = text_embeddings(model, list(texts), cache) if texts else None

@@ -1,7 +1,7 @@
 """What a query asks for: texts and reference clips to keep or reject, and the audio/text weight.
 
 Only the description lives here (parsing, validation, file-name tags), so that listing and showing
-presets never imports torch; :mod:`clapsep_cli.queries` turns a :class:`Query` into embeddings.
+presets never imports torch; :mod:`clapsep_cli.queries.embedding` turns a :class:`Query` into embeddings.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clapsep_cli.audio.region import check_window
 from clapsep_cli.errors import ClapsepError, SettingError
 
 
@@ -46,8 +47,10 @@ class AudioRef:
             path, region = match.group(1), (match.group(2), match.group(3))
         start = parse_time(region[0]) if region and region[0] else None
         end = parse_time(region[1]) if region and region[1] else None
-        if start is not None and end is not None and end <= start:
-            raise ClapsepError(f"{spec}: the region's end must come after its start")
+        try:
+            check_window(start or 0.0, end)
+        except ClapsepError as err:
+            raise ClapsepError(f"{spec}: {err}") from None
         return cls(Path(path), start, end)
 
     def __str__(self) -> str:

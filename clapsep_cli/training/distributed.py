@@ -7,17 +7,17 @@ import os
 import torch
 
 
-def _world_size() -> int:
+def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _distributed_rank() -> int:
+def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
 def init_distributed(device: torch.device) -> torch.device:
     """Join the process group torchrun set up (if any); returns this process's device."""
-    if _world_size() == 1:
+    if world_size() == 1:
         return device
     import torch.distributed as dist
 
@@ -31,7 +31,7 @@ def init_distributed(device: torch.device) -> torch.device:
 
 
 def finish_distributed() -> None:
-    if _world_size() > 1:
+    if world_size() > 1:
         import torch.distributed as dist
 
         if dist.is_initialized():

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapsep_cli.audio.reader import AudioInfo, probe
+from clapsep_cli.audio.reader import BLOCK, AudioInfo, probe
 from clapsep_cli.engine.batch import separate_batch
 from clapsep_cli.engine.stream import separate_stream
 from clapsep_cli.errors import ClapsepError
@@ -155,7 +155,7 @@ class Evaluator:
         """Estimates for 10 s clips (one segment each, batched) or one long pair (streamed)."""
         if mixtures.shape[-1] == SEGMENT_SAMPLES:
             return torch.cat(separate_batch(self.model, list(mixtures[:, None]), conds))
-        blocks = [mixtures[0, i : i + 65536].numpy()[:, None] for i in range(0, mixtures.shape[-1], 65536)]
+        blocks = [mixtures[0, i : i + BLOCK].numpy()[:, None] for i in range(0, mixtures.shape[-1], BLOCK)]
         out = separate_stream(self.model, conds, blocks, SAMPLE_RATE, self.separator.options)
         return torch.from_numpy(np.concatenate([t for t, _ in out])[:, 0])[None]
 

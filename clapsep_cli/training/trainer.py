@@ -23,10 +23,10 @@ from clapsep_cli.models.install import write_model
 from clapsep_cli.network import lora
 from clapsep_cli.network.architecture import ENCODER_RATE, QUERY_SECONDS, SAMPLE_RATE, SEGMENT_SAMPLES, ModelConfig
 from clapsep_cli.network.encoders import AudioEncoder, TextEncoder, Tokenizer
-from clapsep_cli.network.separation import Separator
+from clapsep_cli.network.separation import SeparationNet, autocast, masked_estimate
 from clapsep_cli.training import metrics
 from clapsep_cli.training.data import load_mono32, mix_at_0db, pad_or_trim
-from clapsep_cli.training.distributed import _distributed_rank, _world_size
+from clapsep_cli.training.distributed import rank, world_size
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class MixtureDataset(torch.utils.data.Dataset):
 class MaskModule(nn.Module):
     """The separator's masking as a module forward (what DistributedDataParallel wraps)."""
 
-    def __init__(self, separator: Separator):
+    def __init__(self, separator: SeparationNet):
         super().__init__()
         self.separator = separator
 
@@ -130,7 +130,7 @@ class Trainer:
                  text_state: dict[str, torch.Tensor], audio_state: dict[str, torch.Tensor], tokenizer_dir: Path,
                  device: torch.device, origin: dict[str, Any], log: Callable[[str], None] = print):
         self.settings, self.cfg, self.device, self.origin, self.log = settings, cfg, device, origin, log
-        self.rank, self.world = _distributed_rank(), _world_size()
+        self.rank, self.world = rank(), world_size()
         torch.manual_seed(settings.seed + self.rank)
         random.seed(settings.seed + self.rank)
         self.text = TextEncoder(cfg)
@@ -141,7 +141,7 @@ class Trainer:
         for module in (self.text, self.audio):
             module.to(device).eval().requires_grad_(False)
         self._spec_augment()
-        self.separator = Separator(cfg)
+        self.separator = SeparationNet(cfg)
         self.separator.load_state_dict(separator_state)
         self.separator.requires_grad_(False)
         if settings.full_encoder:  # the parts the separator's encoder pass uses (not the tagging head)
@@ -197,10 +197,15 @@ class Trainer:
                 self._text_cache[caption] = emb
         return torch.stack([self._text_cache[c] for c in captions])
 
-    def _autocast(self) -> Any:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+    def _estimate(self, net: nn.Module, mixture: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The separation step through ``net``, its mask computed in bf16 on GPUs (fp32 elsewhere)."""
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+
+        def mask_of(spec: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, dtype):
+                return net(mixture, cond, spec)
+
+        return masked_estimate(mixture, mask_of)
 
     def train_step(self, batch: dict[str, Any]) -> float:
         self.separator.audio_branch.eval()
@@ -220,10 +225,7 @@ class Trainer:
             elif mode < 0.5:
                 pos = torch.zeros_like(pos)
             cond = F.normalize(torch.cat([pos, neg], dim=-1), dim=-1)
-            spec = dsp.stft(mixture)
-        with self._autocast():
-            mask = self.net(mixture, cond, spec)
-        estimate = dsp.istft(spec * mask.float(), mixture.shape[-1])
+        estimate = self._estimate(self.net, mixture, cond)
         loss = loss_fn(estimate, target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -242,10 +244,7 @@ class Trainer:
             mixture, target = batch["mixture"].to(self.device), batch["target"].to(self.device)
             cond = torch.cat([self.text_embedding(list(batch["pos_caption"])),
                               self.text_embedding(list(batch["neg_caption"]))], dim=-1)
-            spec = dsp.stft(mixture)
-            with self._autocast():
-                mask = self.separator.mask(mixture, cond, spec)
-            estimate = dsp.istft(spec * mask.float(), mixture.shape[-1])
+            estimate = self._estimate(MaskModule(self.separator), mixture, cond)
             values.append(metrics.improvement("si_sdr", estimate, mixture, target).cpu())
         return float(torch.cat(values).mean())
 
@@ -345,7 +344,7 @@ def from_scratch(cfg: ModelConfig, seed: int) -> tuple[dict[str, torch.Tensor], 
     a random-feature encoder whose embeddings differ per caption.
     """
     torch.manual_seed(seed)
-    text, audio, separator = TextEncoder(cfg), AudioEncoder(cfg), Separator(cfg)
+    text, audio, separator = TextEncoder(cfg), AudioEncoder(cfg), SeparationNet(cfg)
     for module in text.modules():
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=RANDOM_TEXT_STD)

@@ -17,14 +17,8 @@ from clapsep_cli.bridges.audacity.pipe import AudacityPipe
 from clapsep_cli.errors import ClapsepError
 
 WAV_ENCODING = "/FileFormats/ExportFormat_SF1_Type/WAV_10000"  # libsndfile subtype of Audacity's WAV export
-
-
 SKIP_LEADING_SILENCE = "/AudioFiles/SkipSilenceAtBeginning"
-
-
 DEFAULTS = {WAV_ENCODING: "0", SKIP_LEADING_SILENCE: "0"}  # what Audacity does with the setting unset
-
-
 SF_FORMAT_FLOAT = 6
 
 
@@ -115,7 +109,7 @@ def _preferences(pipe: AudacityPipe, values: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _kept_selection(pipe: AudacityPipe, now: list[Track]) -> Iterator[None]:
+def kept_selection(pipe: AudacityPipe, now: list[Track]) -> Iterator[None]:
     """Give back the track selection of ``now`` and the time selection (through Audacity's
     stored selection, exactly; Audacity 3.2 leaves a selection of 0-0 s unrestored)."""
     pipe.command("SelSave:")
@@ -140,7 +134,7 @@ def select_tracks(pipe: AudacityPipe, indices: list[int], count: int) -> None:
         pipe.command(f"SelectTracks: Track={run[0]} TrackCount={len(run)} Mode={'Set' if n == 0 else 'Add'}")
 
 
-def _locate(now: list[Track], sources: tuple[Track, ...]) -> list[Track]:
+def locate(now: list[Track], sources: tuple[Track, ...]) -> list[Track]:
     """The source tracks in ``now``: at their old place if still named so, else the one track
     with their name."""
     found = []
@@ -156,26 +150,26 @@ def _locate(now: list[Track], sources: tuple[Track, ...]) -> list[Track]:
     return found
 
 
-def _same_audio(first: Path, second: Path) -> bool:
+def same_audio(first: Path, second: Path) -> bool:
     a, rate_a = sf.read(str(first), dtype="float32", always_2d=True)
     b, rate_b = sf.read(str(second), dtype="float32", always_2d=True)
     return rate_a == rate_b and a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-def _channels(sources: list[Track]) -> int:
+def export_channels(sources: list[Track]) -> int:
     return 2 if any(t.channels > 1 for t in sources) else 1
 
 
-def _names(sources: list[Track]) -> str:
+def track_names(sources: list[Track]) -> str:
     return ", ".join(f"'{t.name}'" for t in sources)
 
 
-def _decimal(value: float) -> str:
+def decimal_text(value: float) -> str:
     """A time as plain decimal text that reads back as the same number (no exponent)."""
     return format(Decimal(repr(value)), "f")
 
 
-def _quotable(text: str) -> str:
+def quotable(text: str) -> str:
     """Text that fits in a double-quoted command parameter (Audacity has no escapes there)."""
     return " ".join(text.replace('"', "'").split())
 

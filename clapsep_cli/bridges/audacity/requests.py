@@ -7,7 +7,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -16,44 +16,25 @@ from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError
 from clapsep_cli.bridges.audacity.project import (
     Label,
     Track,
-    _channels,
-    _decimal,
-    _kept_selection,
-    _locate,
-    _names,
-    _quotable,
-    _same_audio,
     chosen_sources,
+    decimal_text,
+    export_channels,
     export_selection,
+    kept_selection,
     labels,
+    locate,
+    quotable,
+    same_audio,
     select_tracks,
+    track_names,
     tracks,
 )
 from clapsep_cli.bridges.audacity.setup import REQUEST_PREFIX, request_command
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.jobs.plan import OutputPlan
-from clapsep_cli.jobs.run import Progress
-from clapsep_cli.queries.spec import Query
 
 REQUEST = re.compile(rf"^{REQUEST_PREFIX}([a-z0-9][a-z0-9_-]{{0,47}})$")
-
-
 PROGRESS_STEP = 25  # percent between progress updates of a request label
-
-
 PROGRESS_EVERY = 5.0  # seconds at least between them (each is an undo step in Audacity 3.2)
-
-
-@dataclass(frozen=True)
-class Job:
-    """What to extract: a query, whether the residual comes too, and the tag in track names."""
-
-    query: Query
-    residual: bool
-
-    @property
-    def tag(self) -> str:
-        return self.query.slug()
 
 
 @dataclass(frozen=True)
@@ -86,17 +67,18 @@ class Taken:
 
 
 class Separate(Protocol):
-    """Separates ``source`` for ``job``, writing stems into ``folder``."""
+    """Separates ``source`` for ``req``, writing stems into ``folder``."""
 
-    def __call__(self, source: Path, job: Job, folder: Path, progress: Progress) -> list[Stem]: ...
+    def __call__(self, source: Path, req: api.Request, folder: Path, progress: api.Progress) -> list[Stem]: ...
 
 
-def make_job(text: str | None, preset: str | None, negative: tuple[str, ...], residual: bool | None) -> Job:
-    """A job from a query text and/or a preset, plus negatives (combined by the library's one
+def make_request(text: str | None, preset: str | None, negative: tuple[str, ...], residual: bool | None
+                 ) -> api.Request:
+    """The request of a query text and/or a preset, plus negatives (combined by the library's one
     rule, :func:`clapsep_cli.api.request`); the preset decides the residual unless ``residual``
     is given."""
     req = api.request(*([text] if text else []), preset=preset, negative=negative)
-    return Job(req.query, req.residual if residual is None else residual)
+    return req if residual is None else replace(req, residual=residual)
 
 
 class StemMaker:
@@ -106,35 +88,35 @@ class StemMaker:
     def __init__(self, separator: api.Separator):
         self.separator = separator
 
-    def __call__(self, source: Path, job: Job, folder: Path, progress: Progress) -> list[Stem]:
-        plan = OutputPlan(output=folder / f"{job.tag}.wav", residual=job.residual, fmt="wav", bit_depth="32f",
-                          overwrite=True)
-        result = self.separator.extract([source], api.Request(job.query), plan, progress=progress).results[0]
+    def __call__(self, source: Path, req: api.Request, folder: Path, progress: api.Progress) -> list[Stem]:
+        plan = api.OutputPlan(output=folder / f"{req.tag}.wav", residual=req.residual, fmt="wav", bit_depth="32f",
+                              overwrite=True)
+        result = self.separator.extract([source], req, plan, progress=progress).results[0]
         if result.status != "ok" or result.target is None:
             raise ClapsepError(str(result.error).replace(str(source), "the selected audio"))
-        stems = [Stem(result.target, job.tag)]
+        stems = [Stem(result.target, req.tag)]
         if result.residual is not None:
-            stems.append(Stem(result.residual, f"{job.tag}.residual"))
+            stems.append(Stem(result.residual, f"{req.tag}.residual"))
         return stems
 
 
-def extract_selection(pipe: AudacityPipe, job: Job, separate: Separate,
+def extract_selection(pipe: AudacityPipe, req: api.Request, separate: Separate,
                       report: Callable[[str], None] = lambda text: None) -> list[Track]:
     """Mark the selection as a request (a label, as the macros do) and serve it at once; the
     added tracks (times to six digits, as Audacity reports them)."""
     chosen_sources(tracks(pipe))
     with tempfile.TemporaryDirectory(prefix="clapsep-audacity-") as tmp:
         export_selection(pipe, Path(tmp) / "check.wav", 1)  # an empty range stops here, before Nyquist's dialog
-    before = {_key(lb) for lb in labels(pipe)}
-    text = f"{REQUEST_PREFIX}{job.tag}"
+    before = {label_key(lb) for lb in labels(pipe)}
+    text = f"{REQUEST_PREFIX}{req.tag}"
     pipe.command(request_command(text))
-    added = [lb for lb in labels(pipe) if lb.text == text and _key(lb) not in before]
+    added = [lb for lb in labels(pipe) if lb.text == text and label_key(lb) not in before]
     if not added:
         raise ClapsepError("Audacity did not add the request label (is a time range selected?)")
-    return serve(pipe, added[0], job, separate, report)
+    return serve(pipe, added[0], req, separate, report)
 
 
-def serve(pipe: AudacityPipe, request: Label, job: Job, separate: Separate,
+def serve(pipe: AudacityPipe, request: Label, req: api.Request, separate: Separate,
           report: Callable[[str], None] = lambda text: None) -> list[Track]:
     """Take ``request``, separate its range, and finish it; the added tracks. A failure is
     written into the request label (so it is not served again) and raised."""
@@ -145,10 +127,10 @@ def serve(pipe: AudacityPipe, request: Label, job: Job, separate: Separate,
         except PipeError:
             raise
         except ClapsepError as err:
-            _rename_copies(pipe, request, f"{request.text} failed: {err}")
+            rename_copies(pipe, request, f"{request.text} failed: {err}")
             raise
         try:
-            stems = separate(taken.audio, job, folder, LabelProgress(pipe, taken.head, report))
+            stems = separate(taken.audio, req, folder, LabelProgress(pipe, taken.head, report))
             return finish(pipe, taken, stems, folder)
         except PipeError:
             raise
@@ -165,13 +147,13 @@ def take(pipe: AudacityPipe, request: Label, folder: Path) -> Taken:
     now = tracks(pipe)
     sources = chosen_sources(now)
     head = f"{request.text} #{secrets.token_hex(3)}"
-    start, end = _decimal(request.start), _decimal(request.end)
-    with _kept_selection(pipe, now):
+    start, end = decimal_text(request.start), decimal_text(request.end)
+    with kept_selection(pipe, now):
         for _ in [lb for lb in labels(pipe) if _same_request(lb, request)]:
             copy = next(lb for lb in labels(pipe) if _same_request(lb, request))
-            pipe.command(f'SetLabel: Label={copy.index} Text="{_quotable(head)} 0%" Start={start} End={end}')
+            pipe.command(f'SetLabel: Label={copy.index} Text="{quotable(head)} 0%" Start={start} End={end}')
         pipe.command(f"SelectTime: Start={start} End={end}")
-        audio = export_selection(pipe, folder / "request.wav", _channels(sources))
+        audio = export_selection(pipe, folder / "request.wav", export_channels(sources))
     return Taken(head, start, end, tuple(sources), audio)
 
 
@@ -182,14 +164,14 @@ def finish(pipe: AudacityPipe, taken: Taken, stems: list[Stem], folder: Path) ->
     if (label.start, label.end) != (float(taken.start), float(taken.end)):
         raise ClapsepError(f"the request label was moved from {taken.span} while the job ran; nothing inserted")
     now = tracks(pipe)
-    sources = _locate(now, taken.sources)
+    sources = locate(now, taken.sources)
     names = [f"{taken.base}.{stem.tag}" for stem in stems]
-    with _kept_selection(pipe, now):
+    with kept_selection(pipe, now):
         select_tracks(pipe, [t.index for t in sources], len(now))
         pipe.command(f"SelectTime: Start={taken.start} End={taken.end}")
-        again = export_selection(pipe, folder / "again.wav", _channels(list(taken.sources)))
-        if not _same_audio(taken.audio, again):
-            raise ClapsepError(f"the audio of {_names(sources)} over {taken.span} changed while the job ran; "
+        again = export_selection(pipe, folder / "again.wav", export_channels(list(taken.sources)))
+        if not same_audio(taken.audio, again):
+            raise ClapsepError(f"the audio of {track_names(sources)} over {taken.span} changed while the job ran; "
                                "nothing inserted")
         set_taken_text(pipe, taken.head, f"{taken.head} done: {' + '.join(names)}")
         for i, (stem, name) in enumerate(zip(stems, names)):
@@ -198,8 +180,8 @@ def finish(pipe: AudacityPipe, taken: Taken, stems: list[Stem], folder: Path) ->
             if count != len(now) + i + 1:
                 raise ClapsepError(f"Audacity imported {count - len(now) - i} tracks for one stem")
             select_tracks(pipe, [count - 1], count)
-            pipe.command(f'SetTrack: Name="{_quotable(name)}"')
-            pipe.command(f'SetClip: Start={taken.start} Name="{_quotable(taken.head)}"')
+            pipe.command(f'SetTrack: Name="{quotable(name)}"')
+            pipe.command(f'SetClip: Start={taken.start} Name="{quotable(taken.head)}"')
             pipe.command("ToggleSpectralSelection:")  # twice: a no-op that writes the above into
             pipe.command("ToggleSpectralSelection:")  # the import's undo state
     return tracks(pipe)[len(now):]
@@ -215,7 +197,7 @@ def find_taken(pipe: AudacityPipe, head: str) -> Label:
 
 def set_taken_text(pipe: AudacityPipe, head: str, text: str) -> None:
     """Set the text of a taken request's label (and its copies); one undo step each."""
-    text = _quotable(text)
+    text = quotable(text)
     for _ in [lb for lb in labels(pipe) if _is_taken(lb, head)]:  # each rename may reorder the labels
         label = next((lb for lb in labels(pipe) if _is_taken(lb, head) and lb.text != text), None)
         if label is None:
@@ -232,6 +214,9 @@ class LabelProgress:
         self.total = self.done = self.shown = 0
         self.last = time.monotonic()
 
+    def start_job(self, files: int, where: str) -> None:
+        pass
+
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
         self.total, self.done = max(segments, 1), 0
 
@@ -243,23 +228,23 @@ class LabelProgress:
             set_taken_text(self.pipe, self.head, f"{self.head} {percent}%")
             self.shown, self.last = percent, time.monotonic()
 
-    def end_file(self) -> None:
+    def end_file(self, result: api.FileResult) -> None:
         pass
 
 
-def _rename_copies(pipe: AudacityPipe, request: Label, text: str) -> None:
+def rename_copies(pipe: AudacityPipe, request: Label, text: str) -> None:
     for label in labels(pipe):
         if _same_request(label, request):
-            pipe.command(f'SetLabel: Label={label.index} Text="{_quotable(text)}"')
+            pipe.command(f'SetLabel: Label={label.index} Text="{quotable(text)}"')
 
 
 def _is_taken(label: Label, head: str) -> bool:
     return label.text == head or label.text.startswith(head + " ")
 
 
-def _key(label: Label) -> tuple[str, float, float]:
+def label_key(label: Label) -> tuple[str, float, float]:
     return label.text, label.start, label.end
 
 
 def _same_request(label: Label, request: Label) -> bool:
-    return (label.track, *_key(label)) == (request.track, *_key(request))
+    return (label.track, *label_key(label)) == (request.track, *label_key(request))

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from clapsep_cli.audio import atomic
 from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError, PipePaths
 from clapsep_cli.bridges.audacity.project import Label, labels
-from clapsep_cli.bridges.audacity.requests import REQUEST, Separate, _key, _rename_copies, make_job, serve
+from clapsep_cli.bridges.audacity.requests import REQUEST, Separate, label_key, make_request, rename_copies, serve
 from clapsep_cli.errors import ClapsepError
 
 
@@ -20,7 +20,7 @@ def pending_requests(pipe: AudacityPipe) -> list[Label]:
     seen: dict[tuple[int, str, float, float], Label] = {}
     for label in labels(pipe):
         if REQUEST.match(label.text):
-            seen.setdefault((label.track, *_key(label)), label)
+            seen.setdefault((label.track, *label_key(label)), label)
     return list(seen.values())
 
 
@@ -97,7 +97,7 @@ def watch(connect: Callable[[], AudacityPipe], separate: Separate, residual: boo
                     yield "Audacity is here"
                     absent = None
                 for request in pending_requests(pipe):
-                    key = _key(request)
+                    key = label_key(request)
                     if key in taken:
                         if key not in told:
                             told.add(key)
@@ -124,13 +124,13 @@ def _serve_one(pipe: AudacityPipe, request: Label, separate: Separate, residual:
                note: Callable[[str], None]) -> Iterator[str]:
     note(f"serving {request.text}")
     try:
-        job = make_job(None, REQUEST.match(request.text).group(1), (), residual)  # type: ignore[union-attr]
+        req = make_request(None, REQUEST.match(request.text).group(1), (), residual)  # type: ignore[union-attr]
     except ClapsepError as err:
-        _rename_copies(pipe, request, f"{request.text} failed: {err}")
+        rename_copies(pipe, request, f"{request.text} failed: {err}")
         yield f"{request.text} failed: {err}"
         return
     try:
-        added = serve(pipe, request, job, separate, lambda text: note(f"serving {text}"))
+        added = serve(pipe, request, req, separate, lambda text: note(f"serving {text}"))
     except PipeError:
         raise
     except ClapsepError as err:

@@ -12,7 +12,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,37 +20,23 @@ from clapsep_cli import __version__, api
 from clapsep_cli.audio import atomic
 from clapsep_cli.bridges.reaper.lua import lua_literal
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.jobs.plan import FileResult, OutputPlan, Region
 from clapsep_cli.queries import presets
-from clapsep_cli.queries.spec import Query
 
 JOB_VERSION = 2
-
-
 STEM_FORMAT, STEM_DEPTH = "wav", "32f"
-
-
 HEARTBEAT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
-class JobItem:
-    """One window of one source file, in seconds of the source (``end`` None: to its end)."""
-
-    source: Path
-    start: float
-    end: float | None
-
-
-@dataclass(frozen=True)
-class Job:
-    """A job file from a REAPER action: a text or a preset file, where stems go, what to
-    extract, and the store and ffmpeg recorded at install time."""
+class JobFile:
+    """A job file from a REAPER action: a text or a preset file, where stems go, the windows
+    to extract (each an :class:`~clapsep_cli.api.Item`: a source file and a region of it), and
+    the store and ffmpeg recorded at install time."""
 
     text: str | None
     preset_file: Path | None
     out_dir: Path
-    items: list[JobItem]
+    items: list[api.Item]
     store: Path
     ffmpeg: Path | None
 
@@ -83,7 +69,7 @@ def _absolute(path: Path, value: Any, key: str) -> Path:
     return Path(value)
 
 
-def read_job(path: Path) -> Job:
+def read_job(path: Path) -> JobFile:
     """Parse and check a job file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -102,11 +88,11 @@ def read_job(path: Path) -> Job:
         raise ClapsepError(f"{path}: 'items' must list the windows to extract")
     preset_file = _absolute(path, query["preset_file"], "preset_file") if "preset_file" in query else None
     ffmpeg = _absolute(path, data["ffmpeg"], "ffmpeg") if "ffmpeg" in data else None
-    return Job(query.get("text"), preset_file, Path(out_dir), [_job_item(path, i) for i in items],
+    return JobFile(query.get("text"), preset_file, Path(out_dir), [_job_item(path, i) for i in items],
                _absolute(path, data.get("store"), "store"), ffmpeg)
 
 
-def _job_item(path: Path, item: Any) -> JobItem:
+def _job_item(path: Path, item: Any) -> api.Item:
     def number(key: str) -> float:
         value = item.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -115,15 +101,15 @@ def _job_item(path: Path, item: Any) -> JobItem:
 
     if not isinstance(item, dict) or not isinstance(item.get("source"), str):
         raise ClapsepError(f"{path}: every item needs a 'source' file")
-    start = number("start")
-    end = number("end") if "end" in item else None
-    if not (0 <= start and (end is None or start < end)):
-        raise ClapsepError(f"{path}: an item's window must have 0 <= start < end (got {start}, {end})")
-    return JobItem(Path(item["source"]), start, end)
+    try:
+        region = api.Region(number("start"), number("end") if "end" in item else None)
+    except ClapsepError as err:
+        raise ClapsepError(f"{path}: an item's {err}") from None
+    return api.Item(Path(item["source"]), region)
 
 
 @contextlib.contextmanager
-def job_environment(job: Job) -> Iterator[None]:
+def job_environment(job: JobFile) -> Iterator[None]:
     """The store and ffmpeg the action recorded, for the duration of the job: REAPER may start
     clapsep with almost no environment (launchd's minimal PATH and no shell variables when it
     was started from the macOS Dock)."""
@@ -141,7 +127,7 @@ def job_environment(job: Job) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def job_request(job: Job) -> api.Request:
+def job_request(job: JobFile) -> api.Request:
     """The job's request: its text, or the preset file the action was installed from."""
     if job.preset_file is not None:
         if not job.preset_file.is_file():
@@ -150,13 +136,14 @@ def job_request(job: Job) -> api.Request:
     return api.request(job.text or "")
 
 
-def free_stem_path(source: Path, query: Query, out_dir: Path) -> Path:
-    """``<source stem>.<query>.wav`` in ``out_dir``, numbered ``-2``, ``-3`` ... if taken."""
-    base = f"{source.stem}.{query.slug()}"
+def free_stem_path(source: Path, tag: str, out_dir: Path, chosen: set[Path] = frozenset()) -> Path:
+    """``<source stem>.<tag>.wav`` in ``out_dir``, numbered ``-2``, ``-3`` ... if taken (on disk
+    or in ``chosen``, the paths other items of the job were given)."""
+    base = f"{source.stem}.{tag}"
     n = 1
     while True:
         candidate = out_dir / f"{base}{'' if n == 1 else f'-{n}'}.{STEM_FORMAT}"
-        if not candidate.exists():
+        if not candidate.exists() and candidate not in chosen:
             return candidate
         n += 1
 
@@ -165,39 +152,78 @@ class Cancelled(Exception):
     """The action removed the job file: it was stopped, nobody waits for the result."""
 
 
-def extract_items(job: Job, log: Callable[[str], None], cancelled: Callable[[], bool]) -> list[FileResult]:
-    """Extract every item's window with one model load; a failing item is recorded, not raised.
-    Before each item and at the end, ``cancelled()`` is asked; if true, the stems written so
-    far are removed and :class:`Cancelled` is raised."""
-    req = job_request(job)
-    separator = api.Separator()
-    results: list[FileResult] = []
+class ItemLog:
+    """The job's progress (:class:`~clapsep_cli.api.Progress`) as lines in its log, one item
+    after another, asking ``cancelled()`` before each item starts."""
 
-    def stop_if_cancelled() -> None:
-        if cancelled():
-            remove_stems(results)
+    def __init__(self, job: api.Job, log: Callable[[str], None], cancelled: Callable[[], bool]):
+        self.results, self.log, self.cancelled = job.results, log, cancelled
+        self.told = 0  # items logged
+
+    def start_job(self, files: int, where: str) -> None:
+        pass
+
+    def start_file(self, path: Path, segments: int, seconds: float) -> None:
+        if self.cancelled():
             raise Cancelled
+        while self.results[self.told].status != "pending":  # items the job does not separate
+            self.up_to(1)
+        self._item()
 
-    for n, item in enumerate(job.items, 1):
-        stop_if_cancelled()
-        end = "its end" if item.end is None else f"{item.end:.6f} s"
-        log(f"item {n}/{len(job.items)}: {item.source} from {item.start:.6f} s to {end}")
-        plan = OutputPlan(output=free_stem_path(item.source, req.query, job.out_dir), fmt=STEM_FORMAT,
-                          bit_depth=STEM_DEPTH)
-        result = separator.extract([item.source], req, plan, Region(item.start, item.end)).results[0]
-        log(f"  {result.status}: {result.target if result.status == 'ok' else result.error}")
-        results.append(result)
-    stop_if_cancelled()
-    return results
+    def advance(self, segments: int) -> None:
+        pass
+
+    def end_file(self, result: api.FileResult) -> None:
+        self.log(f"  {result.status}: {result.target if result.status == 'ok' else result.error}")
+
+    def up_to(self, count: int) -> None:
+        """Log the next ``count`` items, which the job does not separate (failed or skipped)."""
+        for _ in range(count):
+            self._item()
+            self.end_file(self.results[self.told - 1])
+
+    def _item(self) -> None:
+        result = self.results[self.told]
+        self.told += 1
+        planned = result.planned
+        window = ""
+        if planned is not None:
+            end = f"{planned.last / planned.info.rate:.6f} s" if planned.bounded else "its end"
+            window = f" from {planned.first / planned.info.rate:.6f} s to {end}"
+        self.log(f"item {self.told}/{len(self.results)}: {result.input}{window}")
 
 
-def remove_stems(results: list[FileResult]) -> None:
+def extract_items(job: JobFile, log: Callable[[str], None], cancelled: Callable[[], bool]) -> list[api.FileResult]:
+    """Extract every item's window in one job (one plan, one model load, shared batches); a
+    failing item is recorded, not raised. Before each item and at the end, ``cancelled()`` is
+    asked; if true, the stems written so far are removed and :class:`Cancelled` is raised."""
+    req = job_request(job)
+    items: list[api.Item] = []
+    chosen: set[Path] = set()
+    for item in job.items:
+        output = free_stem_path(item.path, req.tag, job.out_dir, chosen)
+        chosen.add(output)
+        items.append(replace(item, output=output))
+    planned = api.plan(items, req, api.OutputPlan(fmt=STEM_FORMAT, bit_depth=STEM_DEPTH))
+    progress = ItemLog(planned, log, cancelled)
+    try:
+        api.Separator().run(planned, progress)
+        if cancelled():
+            raise Cancelled
+    except Cancelled:
+        remove_stems(planned.results)
+        raise
+    progress.up_to(len(planned.results) - progress.told)
+    return planned.results
+
+
+def remove_stems(results: list[api.FileResult]) -> None:
     for result in results:
         if result.status == "ok" and result.target is not None:
             result.target.unlink(missing_ok=True)
 
 
-def stem_entry(result: FileResult) -> dict[str, Any]:
+def stem_entry(result: api.FileResult) -> dict[str, Any]:
     """What the action needs to place one stem (or to report why there is none)."""
     if result.status != "ok":
         return {"status": result.status, "error": result.error or result.status}

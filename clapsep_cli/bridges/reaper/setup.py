@@ -16,11 +16,7 @@ from clapsep_cli.models import store
 from clapsep_cli.queries import presets
 
 CORE = "clapsep_core.lua"
-
-
 MARKER = "-- clapsep action:"
-
-
 ASK_FILE = "clapsep - describe a sound.lua"
 
 

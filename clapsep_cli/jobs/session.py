@@ -1,0 +1,92 @@
+"""A session: one model on one device with fixed engine settings, loaded on first use; the local
+executor of planned jobs (a :class:`~clapsep_cli.jobs.cluster.Cluster` is the other one).
+
+Both executors take a :class:`~clapsep_cli.jobs.plan.Job` from
+:func:`~clapsep_cli.jobs.plan.plan_job` and a :class:`~clapsep_cli.jobs.run.Progress`, and
+fill in the job. A query becomes its conditioning vector here, in :meth:`Session.conditioning`,
+and nowhere else; the runner takes it ready.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from clapsep_cli.engine.options import DEFAULT_OVERLAP, for_device
+from clapsep_cli.jobs.plan import Job
+from clapsep_cli.jobs.run import Progress, Runner
+from clapsep_cli.models import store
+from clapsep_cli.models.loaded import DEFAULT_PRECISION, ClapSep, load_model, resolve_device, resolve_precision
+from clapsep_cli.queries.embedding import EmbeddingCache, condition
+from clapsep_cli.queries.spec import Query
+
+
+class Session:
+    """One model on one device with fixed engine settings.
+
+    ``device`` and ``precision`` are resolved at once (``auto`` becomes what this machine runs);
+    the model is loaded, and the default model downloaded when missing and online, on first use,
+    so inputs and outputs are checked before anything expensive happens. Query embeddings are
+    cached per model in the store, so a repeated query needs no CLAP encoder.
+    """
+
+    def __init__(self, model: str = store.DEFAULT_MODEL, *, device: str = "auto",
+                 precision: str = DEFAULT_PRECISION, overlap: float = DEFAULT_OVERLAP,
+                 batch_size: int | None = None, log: Callable[[str], None] | None = None):
+        self.model_name = model
+        self.device = resolve_device(device)
+        self.options = for_device(self.device, overlap, batch_size)
+        self.precision = resolve_precision(precision, self.device)
+        self.log = log or (lambda _msg: None)
+        self._model: ClapSep | None = None
+        self._cache: EmbeddingCache | None = None
+        self.load_seconds = 0.0
+        self.query_seconds = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> ClapSep:
+        """The loaded :class:`~clapsep_cli.models.loaded.ClapSep` (loading it on first use)."""
+        if self._model is None:
+            self._model, self.load_seconds = load_model(self.model_name, self.device, self.precision, self.log)
+        return self._model
+
+    @property
+    def cache(self) -> EmbeddingCache:
+        """Query embeddings of this model, on disk under the store."""
+        if self._cache is None:
+            self._cache = EmbeddingCache(store.store_root() / "embeddings", self.model.installed.fingerprint)
+        return self._cache
+
+    def conditioning(self, query: Query) -> torch.Tensor:
+        """The conditioning vector (1, 1024) of ``query``, from the cache where possible. Its
+        reference clips must have been checked (:func:`~clapsep_cli.jobs.plan.check_references`)."""
+        started = time.perf_counter()
+        vector = condition(self.model, query, self.cache, self.model.cfg.joint_embed_dim)
+        self.query_seconds += time.perf_counter() - started
+        return vector
+
+    def embedding_counts(self) -> dict[str, Any]:
+        """Where this session's query embeddings came from, and whether the text encoder loaded."""
+        return {"from_cache": self.cache.hits, "computed": self.cache.misses,
+                "text_encoder_loaded": self.model.text_encoder_loaded}
+
+    def run(self, job: Job, progress: Progress | None = None) -> Job:
+        """Separate the planned job's pending files (loading the model only if there are any)."""
+        started = time.perf_counter()
+        job.model, job.precision, job.device = self.model_name, self.precision, str(self.device)
+        if job.pending:
+            before = self.query_seconds
+            cond = self.conditioning(job.request.query)
+            job.query_seconds = self.query_seconds - before
+            Runner(self.model, cond, self.options, progress, invert=job.request.invert).run(job.results)
+            job.embeddings = self.embedding_counts()
+        job.model_loaded, job.load_seconds = self.loaded, self.load_seconds
+        job.total_seconds += time.perf_counter() - started
+        return job
