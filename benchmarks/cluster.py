@@ -2,7 +2,7 @@
 `clapsep extract` of the same files: the cost of the cluster (start-up of the workers, one model
 load per worker, shipping each file's plan), which on one machine's cores buys nothing.
 
-The cluster is the tests' one (tests/ray_cluster.py): ``--nodes`` node processes of ``--cpus``
+The cluster is the tests' one (testbed/ray_cluster.py): ``--nodes`` node processes of ``--cpus``
 CPUs each on 127.0.0.1, in a loopback-only network namespace when run as root; each worker takes
 ``--ray-cpus`` CPUs. Both runs are whole `clapsep` processes timed from start to exit, with the
 full-size architecture at random weights (``--tiny``: the tests' tiny one, for a smoke run).
@@ -31,14 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.throughput import QUERY, make_source, make_store  # noqa: E402
-from tests.ray_cluster import LocalCluster  # noqa: E402
+from testbed.ray_cluster import LocalCluster  # noqa: E402
 
 
 def make_tiny_store(root: Path) -> None:
     """A store holding the tests' tiny random-weight model."""
     from clapsep_cli.models import install, store
     from clapsep_cli.network.architecture import TINY
-    from tests import official
+    from testbed import official
 
     os.environ["CLAPSEP_HOME"] = str(root)
     if (root / "models" / store.DEFAULT_MODEL).exists():

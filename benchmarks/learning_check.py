@@ -102,7 +102,7 @@ def main() -> None:
     import torch
 
     from clapsep_cli.network.architecture import TINY
-    from tests.official import write_tokenizer
+    from testbed.official import write_tokenizer
 
     os.environ["CLAPSEP_HOME"] = str(args.out / "store")
     torch.set_num_threads(os.cpu_count() or 1)

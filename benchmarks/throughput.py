@@ -74,7 +74,7 @@ def make_store(root: Path) -> None:
     from clapsep_cli.network.architecture import RELEASED
     from clapsep_cli.network.encoders import AudioEncoder, TextEncoder
     from clapsep_cli.network.separation import SeparationNet
-    from tests.official import write_tokenizer
+    from testbed.official import write_tokenizer
 
     os.environ["CLAPSEP_HOME"] = str(root)
     if (root / "models" / store.DEFAULT_MODEL).exists():
@@ -124,7 +124,7 @@ def baseline_worker(source: Path, target: Path, device: torch.device) -> None:
     from clapsep_cli.audio.dsp import SincResampler
     from clapsep_cli.network.architecture import RELEASED, SEGMENT_SAMPLES
     from clapsep_cli.network.separation import SeparationNet
-    from tests.official import OfficialPath, random_clapsep_training_state
+    from testbed.official import OfficialPath, random_clapsep_training_state
 
     torch.manual_seed(0)
     clap = {k: v for k, v in SeparationNet(RELEASED).state_dict().items() if k.startswith("audio_branch.")}

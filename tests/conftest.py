@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated model store with tiny random-weight models, no network."""
+"""Shared fixtures: an isolated model store with tiny random-weight models, no network, a full disk."""
 
 from __future__ import annotations
 
@@ -7,19 +7,18 @@ import os
 # Before anything imports huggingface_hub, which reads this once: every hub lookup is local.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import shutil  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
-import torch
 
 from clapsep_cli.models import install, store
 from clapsep_cli.network.architecture import RELEASED, TINY, ModelConfig
-from tests import official
+from testbed import official
+from tests.helpers import Artefacts
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -37,17 +36,6 @@ def no_network() -> Iterator[None]:
     mp.setattr(socket.socket, "connect", guarded)
     yield
     mp.undo()
-
-
-@dataclass
-class Artefacts:
-    """Random-weight checkpoints of one architecture in official layouts, and their weights."""
-
-    clap: Path
-    tokenizer: Path
-    layouts: dict[int, Path]
-    clap_state: dict[str, torch.Tensor]
-    training_state: dict[str, torch.Tensor]
 
 
 def _artefacts(root: Path, cfg: ModelConfig, layouts: tuple[int, ...], clap_seed: int, training_seed: int) -> Artefacts:
@@ -94,15 +82,15 @@ def empty_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def tone(seconds: float, rate: int, channels: int = 1, freq: float = 440.0, seed: int = 0) -> np.ndarray:
-    """A tone plus a little noise, (frames, channels) float32, different per channel."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * rate))) / rate
-    cols = [0.3 * np.sin(2 * np.pi * freq * (1 + 0.1 * c) * t) + 0.05 * rng.standard_normal(len(t))
-            for c in range(channels)]
-    return np.stack(cols, axis=1).astype(np.float32)
-
-
-def write_audio(path: Path, data: np.ndarray, rate: int, subtype: str = "FLOAT", **kw: object) -> Path:
-    sf.write(str(path), data, rate, subtype=subtype, **kw)
-    return path
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Path:
+    """A 256 KiB tmpfs (needs root, as CI has)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)

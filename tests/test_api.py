@@ -21,7 +21,7 @@ from clapsep_cli.engine.options import (
 from clapsep_cli.errors import AudioError, ClapsepError, SettingError
 from clapsep_cli.jobs.plan import OutputPlan
 from clapsep_cli.queries import presets
-from tests.conftest import tone, write_audio
+from tests.helpers import tone, write_audio
 
 PACKAGE = Path(__file__).resolve().parent.parent / "clapsep_cli"
 

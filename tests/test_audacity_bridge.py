@@ -20,7 +20,7 @@ from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError
 from clapsep_cli.errors import ClapsepError
 from tests.audacity.fake_pipe import FakeAudacity, greeting
 from tests.audacity.mini_project import MiniProject
-from tests.conftest import tone
+from tests.helpers import tone
 
 RATE = 8000
 

@@ -22,7 +22,7 @@ from clapsep_cli.bridges.audacity import project, requests
 from clapsep_cli.bridges.audacity.pipe import PIPE_DIR_ENV, AudacityPipe
 from clapsep_cli.cli import main
 from tests.audacity import live
-from tests.conftest import tone, write_audio
+from tests.helpers import tone, write_audio
 
 RATE = 44100
 pytestmark = pytest.mark.e2e

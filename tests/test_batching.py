@@ -3,9 +3,7 @@ alone writes, a bad file fails alone, read-ahead stays bounded, progress adds up
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,23 +23,7 @@ from clapsep_cli.engine.options import EngineOptions
 from clapsep_cli.engine.segments import segment_count
 from clapsep_cli.engine.stream import Batcher, Source, separate_stream
 from clapsep_cli.models.loaded import ClapSep
-from tests.conftest import tone, write_audio
-from tests.test_safety import full_disk  # noqa: F401 - a fixture
-
-# (name, seconds, rate, channels, how it is stored): rates, channel counts, lengths (under one
-# segment, two, three) and containers (soundfile and ffmpeg decoding) all mixed.
-CLIPS = [("a.wav", 5.0, 44100, 2, "FLOAT"), ("b.flac", 3.2, 48000, 1, "PCM_24"), ("c.wav", 12.5, 32000, 1, "PCM_16"),
-         ("d.mp3", 4.0, 44100, 2, "mp3"), ("e.wav", 0.7, 22050, 3, "FLOAT"), ("f.aiff", 21.0, 16000, 2, "PCM_16"),
-         ("g.wav", 6.0, 8000, 1, "FLOAT")]
-
-
-def make_clip(folder: Path, name: str, seconds: float, rate: int, channels: int, kind: str, seed: int) -> Path:
-    data = tone(seconds, rate, channels, freq=300.0 + 50 * seed, seed=seed)
-    if kind != "mp3":
-        return write_audio(folder / name, data, rate, subtype=kind)
-    wav = write_audio(folder.parent / f"{name}.wav", data, rate)
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(wav), "-b:a", "128k", str(folder / name)], check=True)
-    return folder / name
+from tests.helpers import CLIPS, StandIn, make_clip, stems, tone, write_audio
 
 
 @pytest.fixture
@@ -83,22 +65,6 @@ def extract(*args: object) -> dict:
     result = CliRunner().invoke(main, ["extract", "dog barking", *map(str, args), "--json"])
     assert result.exit_code in (0, 1), result.output
     return json.loads(result.output)
-
-
-def as_written(path: Path) -> bytes:
-    """The file's bytes, but for the time of writing that libsndfile puts in the PEAK chunk of
-    float WAV and AIFF files (the one thing two runs on one file write differently; it is in
-    the header: version, then the timestamp, then the peaks)."""
-    data = bytearray(path.read_bytes())
-    at = data.find(b"PEAK", 0, 512)
-    if at >= 0:
-        data[at + 12 : at + 16] = bytes(4)
-    return bytes(data)
-
-
-def stems(folder: Path) -> dict[str, str]:
-    """Every file in ``folder`` by name: a digest of its bytes as written (see :func:`as_written`)."""
-    return {p.name: hashlib.sha256(as_written(p)).hexdigest() for p in sorted(folder.iterdir())}
 
 
 LAYOUTS = ["cpu", "shared"]  # batches as on the CPU (one file's segments), as on CUDA (shared)
@@ -165,7 +131,7 @@ def test_a_bad_file_between_good_ones_fails_alone(home: Path, tmp_path: Path, la
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_full_disk_fails_one_file_while_its_segments_are_in_flight(home: Path, tmp_path: Path, layout: str,
-                                                                      full_disk: Path,  # noqa: F811
+                                                                      full_disk: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
@@ -256,24 +222,6 @@ def test_progress_reports_file_after_file_and_adds_up(home: Path, tmp_path: Path
         sep.extract([folder], api.request("dog"), api.OutputPlan(out_dir=tmp_path / "out2"), progress=bar)
 
 
-class Stand:
-    """A stand-in network, fast, its mask a function of each time-frequency cell made of exactly
-    rounded operations only (vectorised or not, the same bits); can check a bound at every call."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, check: object = None):
-        self.check = check
-        self.rows: list[int] = []
-
-    def masks(self, mixture: torch.Tensor, condition: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
-        self.rows.append(mixture.shape[0])
-        if callable(self.check):
-            self.check()
-        power = spec.real * spec.real + spec.imag * spec.imag
-        return power / (power + 0.01)
-
-
 def shared(monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
     if layout == "shared":
         monkeypatch.setattr(stream, "shared_rows", lambda device, batch_size: batch_size)
@@ -309,7 +257,7 @@ def test_read_ahead_opens_a_bounded_number_of_files(batch: int, prefetch: int, l
         most[0] = max(most[0], len(begun) - len(finished))
         assert len(begun) - len(finished) <= (prefetch + 1) * batch + 2
 
-    model = Stand(check)
+    model = StandIn(check=check)
     sources = (Source(blocks(i), 16000 if i % 2 else 44100) for i in range(count))
     for out in Batcher(model, torch.zeros(1, 4), sources, options):
         assert out.error is None
@@ -332,11 +280,11 @@ def test_each_source_of_a_batcher_gives_what_it_gives_alone(layout: str, monkeyp
                enumerate([(2.0, 44100, 2), (17.0, 48000, 1), (0.3, 8000, 3), (31.0, 32000, 2), (9.9, 22050, 1)])]
     alone = []
     for x, rate in signals:
-        pairs = list(separate_stream(Stand(), torch.zeros(1, 4), [x[i:i + 7000] for i in range(0, len(x), 7000)],
+        pairs = list(separate_stream(StandIn(), torch.zeros(1, 4), [x[i:i + 7000] for i in range(0, len(x), 7000)],
                                      rate, options))
         alone.append((np.concatenate([t for t, _ in pairs]), np.concatenate([s for _, s in pairs])))
     together: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in signals]
-    model = Stand()
+    model = StandIn()
     sources = [Source([x[i:i + 7000] for i in range(0, len(x), 7000)], rate) for x, rate in signals]
     for out in Batcher(model, torch.zeros(1, 4), sources, options):
         together[out.index].extend(out.pairs)

@@ -13,7 +13,7 @@ import soundfile as sf
 from click.testing import CliRunner, Result
 
 from clapsep_cli.cli import main
-from tests.conftest import tone, write_audio
+from tests.helpers import tone, write_audio
 
 
 def run(*args: str) -> Result:

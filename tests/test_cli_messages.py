@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from clapsep_cli.cli import main
 from clapsep_cli.models import install, store
 from clapsep_cli.network.architecture import TINY
-from tests.conftest import Artefacts, tone, write_audio
+from tests.helpers import Artefacts, tone, write_audio
 
 REPO = Path(__file__).resolve().parents[1]
 

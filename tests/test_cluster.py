@@ -28,8 +28,8 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from clapsep_cli.cli import main
-from tests.conftest import tone, write_audio
-from tests.ray_cluster import LocalCluster, cmdline, descendants
+from testbed.ray_cluster import LocalCluster, cmdline, descendants
+from tests.helpers import tone, write_audio
 
 RUN_SECONDS = 300
 TEMP = re.compile(r"^\..+\.clapsep-(\d+)-[A-Za-z0-9_]+\.part$")

@@ -19,9 +19,8 @@ from clapsep_cli.cli import main
 from clapsep_cli.network.architecture import RELEASED
 from clapsep_cli.network.lora import merge_lora
 from clapsep_cli.network.separation import SeparationNet
-from tests import official
-from tests.conftest import Artefacts, tone, write_audio
-from tests.test_batching import CLIPS, make_clip, stems
+from testbed import official
+from tests.helpers import CLIPS, Artefacts, make_clip, stems, tone, write_audio
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -35,7 +35,7 @@ from clapsep_cli.models.download import (
     TOKENIZER_FILES,
     TOKENIZER_REPO,
 )
-from tests.conftest import Artefacts, tone, write_audio
+from tests.helpers import Artefacts, tone, write_audio
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

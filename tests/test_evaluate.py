@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from clapsep_cli.cli import main
 from clapsep_cli.training.data import load_mono32, mix_at_0db
-from tests.conftest import tone, write_audio
+from tests.helpers import tone, write_audio
 
 
 def run(*args: object) -> Result:

@@ -15,8 +15,8 @@ from clapsep_cli.models import install
 from clapsep_cli.network.architecture import RELEASED, TINY
 from clapsep_cli.network.encoders import TextEncoder, Tokenizer
 from clapsep_cli.network.separation import SeparationNet
-from tests import official
-from tests.conftest import Artefacts, tone, write_audio
+from testbed import official
+from tests.helpers import Artefacts, tone, write_audio
 
 
 def _text_embedding(clap_state: dict[str, torch.Tensor], tokenizer_dir: Path, text: str) -> torch.Tensor:

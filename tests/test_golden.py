@@ -12,7 +12,7 @@ from safetensors import safe_open
 from clapsep_cli.audio.dsp import SincResampler
 from clapsep_cli.network.architecture import DecoderConfig, HTSATConfig
 from clapsep_cli.network.decoder import Decoder
-from tests import official
+from testbed import official
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden.safetensors"
 

@@ -63,3 +63,23 @@ def test_every_layer_is_known_and_subpackages_start_empty() -> None:
 def test_the_leaves_import_nothing_of_the_package() -> None:
     for name in ("errors.py", "resources.py", "network/architecture.py"):
         assert imports(PACKAGE / name) <= {"__version__"}, name
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level names of every module ``path`` imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+    return found
+
+
+@pytest.mark.parametrize("folder,barred", [("clapsep_cli", {"tests", "testbed", "benchmarks"}),
+                                           ("testbed", {"tests", "benchmarks"}), ("benchmarks", {"tests"})])
+def test_what_ships_and_what_measures_stand_apart_from_the_tests(folder: str, barred: set[str]) -> None:
+    """The package stands alone; benchmarks share the test bed (testbed/), not the tests."""
+    root = PACKAGE.parent / folder
+    wrong = {str(p.relative_to(root)): sorted(top_level_imports(p) & barred) for p in root.rglob("*.py")}
+    assert not {p: m for p, m in wrong.items() if m}

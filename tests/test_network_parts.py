@@ -13,7 +13,7 @@ from clapsep_cli.network.architecture import RELEASED, TINY
 from clapsep_cli.network.decoder import PatchExpand
 from clapsep_cli.network.lora import merge_lora
 from clapsep_cli.network.separation import SeparationNet, build_htsat
-from tests.official import LoRALinear
+from testbed.official import LoRALinear
 
 TSV = Path(__file__).parent / "data" / "official-state-dict.tsv"
 

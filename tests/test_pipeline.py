@@ -18,26 +18,9 @@ from clapsep_cli.engine.segments import crossfade
 from clapsep_cli.engine.stream import separate_stream
 from clapsep_cli.errors import AudioError
 from clapsep_cli.network.architecture import SEGMENT_SAMPLES
+from tests.helpers import StandIn
 
 HANN = torch.hann_window(1024)
-
-
-class SpectralMask:
-    """A deterministic mask that depends on the input (a stand-in network)."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, delay: float = 0.0, fail_at: int | None = None, exc: type[BaseException] = RuntimeError):
-        self.delay, self.fail_at, self.exc = delay, fail_at, exc
-        self.calls = 0
-
-    def masks(self, mixture: torch.Tensor, condition: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.fail_at is not None and self.calls >= self.fail_at:
-            raise self.exc("network failed")
-        time.sleep(self.delay)
-        # contiguous first: complex abs() may differ in the last bit between memory layouts
-        return torch.sigmoid(torch.log1p(spec.contiguous().abs()) - 1.0)
 
 
 def signal_of(seconds: float, rate: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -54,7 +37,7 @@ def readers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "clapsep-reader"]
 
 
-def run(model: SpectralMask, x: np.ndarray, rate: int, options: EngineOptions, block: int = 30011
+def run(model: StandIn, x: np.ndarray, rate: int, options: EngineOptions, block: int = 30011
         ) -> tuple[np.ndarray, np.ndarray]:
     pairs = list(separate_stream(model, torch.zeros(1, 4), blocks_of(x, block), rate, options))
     return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
@@ -64,9 +47,9 @@ def run(model: SpectralMask, x: np.ndarray, rate: int, options: EngineOptions, b
 @pytest.mark.parametrize("overlap,batch", [(0.0, 2), (0.1, 2), (0.25, 3)])
 def test_read_ahead_gives_the_same_bits_as_one_thread(rate: int, channels: int, overlap: float, batch: int) -> None:
     x = signal_of(31.3, rate, channels)
-    serial = run(SpectralMask(), x, rate, EngineOptions(overlap=overlap, batch_size=batch, prefetch=0))
+    serial = run(StandIn(), x, rate, EngineOptions(overlap=overlap, batch_size=batch, prefetch=0))
     for prefetch in (1, 2):
-        threaded = run(SpectralMask(), x, rate, EngineOptions(overlap=overlap, batch_size=batch, prefetch=prefetch))
+        threaded = run(StandIn(), x, rate, EngineOptions(overlap=overlap, batch_size=batch, prefetch=prefetch))
         assert np.array_equal(serial[0], threaded[0]) and np.array_equal(serial[1], threaded[1])
     assert serial[0].shape == x.shape and np.array_equal(serial[1], x)
     assert readers() == []
@@ -86,7 +69,7 @@ def _reference_32k(x: np.ndarray, options: EngineOptions) -> np.ndarray:
         batch = torch.stack(segments[i : i + options.batch_size])
         spec = torch.stft(batch.reshape(-1, SEGMENT_SAMPLES), 1024, 320, 1024, HANN, center=True,
                           pad_mode="reflect", return_complex=True).reshape(*batch.shape[:2], 513, -1)
-        mask = SpectralMask().masks(batch.mean(dim=1), torch.zeros(1, 4), spec.mean(dim=1))
+        mask = StandIn().masks(batch.mean(dim=1), torch.zeros(len(batch), 4), spec.mean(dim=1))
         out = torch.istft((spec * mask.unsqueeze(1)).reshape(-1, 513, spec.shape[-1]), 1024, 320, 1024, HANN,
                           center=True, length=SEGMENT_SAMPLES)
         estimates.extend(out.reshape(batch.shape))
@@ -107,7 +90,7 @@ def test_32k_sources_are_bit_exact_to_the_whole_signal_definition(channels: int,
                                                                    overlap: float) -> None:
     x = signal_of(seconds, 32000, channels, seed=channels)
     options = EngineOptions(overlap=overlap, batch_size=2)
-    target, _ = run(SpectralMask(), x, 32000, options)
+    target, _ = run(StandIn(), x, 32000, options)
     assert np.array_equal(target, _reference_32k(x, options))
 
 
@@ -123,7 +106,7 @@ def test_an_error_in_the_reader_reaches_the_caller_and_stops_the_thread() -> Non
 
     out = []
     with pytest.raises(AudioError, match="decoder died"):
-        for target, _ in separate_stream(SpectralMask(), torch.zeros(1, 4), failing(), 44100, EngineOptions()):
+        for target, _ in separate_stream(StandIn(), torch.zeros(1, 4), failing(), 44100, EngineOptions()):
             out.append(target)
     assert sum(map(len, out)) > 0  # what came before the error was delivered first
     assert readers() == [] and closed_in == ["clapsep-reader"]
@@ -141,12 +124,12 @@ def test_a_failing_network_leaves_no_reader_running(exc: type[BaseException]) ->
             closed.append(True)
 
     with pytest.raises(exc):
-        list(separate_stream(SpectralMask(fail_at=2, exc=exc), torch.zeros(1, 4), endless(), 48000, EngineOptions()))
+        list(separate_stream(StandIn(fail_at=2, exc=exc), torch.zeros(1, 4), endless(), 48000, EngineOptions()))
     assert readers() == [] and closed == [True]
 
 
 def test_a_caller_that_stops_early_leaves_no_reader_running() -> None:
-    stream = separate_stream(SpectralMask(), torch.zeros(1, 4), blocks_of(signal_of(80.0, 32000, 1), 16000), 32000,
+    stream = separate_stream(StandIn(), torch.zeros(1, 4), blocks_of(signal_of(80.0, 32000, 1), 16000), 32000,
                              EngineOptions(batch_size=1))
     next(stream)
     assert len(readers()) == 1
@@ -166,7 +149,7 @@ def test_ctrl_c_while_waiting_for_the_reader_stops_it() -> None:
     timer.start()
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        list(separate_stream(SpectralMask(), torch.zeros(1, 4), slow(), 32000, EngineOptions()))
+        list(separate_stream(StandIn(), torch.zeros(1, 4), slow(), 32000, EngineOptions()))
     timer.join()
     assert time.monotonic() - start < 5
     assert readers() == []
@@ -184,13 +167,9 @@ def _backlog(options: EngineOptions, block: int) -> list[int]:
             consumed += len(b)
             yield b
 
-    class Spy(SpectralMask):
-        def masks(self, mixture: torch.Tensor, condition: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
-            time.sleep(0.05)  # the reader gets time to fill its queue
-            backlog.append(consumed - written)
-            return super().masks(mixture, condition, spec)
-
-    for target, _ in separate_stream(Spy(), torch.zeros(1, 4), source(), 32000, options):
+    # each call waits: the reader gets time to fill its queue
+    spy = StandIn(delay=0.05, check=lambda: backlog.append(consumed - written))
+    for target, _ in separate_stream(spy, torch.zeros(1, 4), source(), 32000, options):
         written += len(target)
     assert written == len(x)
     return backlog

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from clapsep_cli.cli import main
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.models.loaded import PRECISIONS, check_precision, cpu_computes_bf16, resolve_precision
-from tests.conftest import tone, write_audio
+from tests.helpers import tone, write_audio
 
 CPU = torch.device("cpu")
 

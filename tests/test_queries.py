@@ -19,7 +19,7 @@ from clapsep_cli.network.architecture import TINY
 from clapsep_cli.queries import presets
 from clapsep_cli.queries.embedding import EmbeddingCache, combine, condition
 from clapsep_cli.queries.spec import AudioRef, Query, parse_time
-from tests.conftest import Artefacts, tone, write_audio
+from tests.helpers import Artefacts, tone, write_audio
 
 
 def run(*args: object) -> Result:

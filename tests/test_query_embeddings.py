@@ -11,7 +11,7 @@ import torch
 from clapsep_cli.models import install
 from clapsep_cli.models.loaded import ClapSep
 from clapsep_cli.network.architecture import RELEASED
-from tests.conftest import Artefacts, tone
+from tests.helpers import Artefacts, tone
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import tone, write_audio
+from tests.helpers import tone, write_audio
 
 REPO = Path(__file__).resolve().parent.parent
 

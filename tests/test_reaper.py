@@ -48,7 +48,7 @@ from clapsep_cli.bridges.reaper.setup import (
 from clapsep_cli.cli import main
 from clapsep_cli.errors import AudioError
 from clapsep_cli.queries import presets
-from tests.conftest import tone, write_audio
+from tests.helpers import tone, write_audio
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = Path(__file__).resolve().parent / "reaper"

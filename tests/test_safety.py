@@ -26,7 +26,7 @@ from clapsep_cli.audio.atomic import TempFile
 from clapsep_cli.audio.reader import INTEGER_SUBTYPES, is_stem, probe, read_blocks
 from clapsep_cli.models import install
 from clapsep_cli.network.architecture import TINY
-from tests.conftest import Artefacts, tone, write_audio
+from tests.helpers import Artefacts, tone, write_audio
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -152,20 +152,6 @@ def test_a_codec_that_cannot_seek_is_read_from_any_offset(tmp_path: Path) -> Non
 
 
 # --- 3. a full disk ----------------------------------------------------------------------------
-
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Path:
-    """A 256 KiB tmpfs (needs root, as CI has)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if shutil.which("mount") is None or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
 
 def test_disk_full_fails_that_file_cleanly_and_the_batch_goes_on(home: Path, tmp_path: Path,
                                                                   full_disk: Path) -> None:

@@ -18,7 +18,7 @@ from clapsep_cli.models import store
 from clapsep_cli.network import laion
 from clapsep_cli.network.architecture import TINY
 from clapsep_cli.network.separation import SeparationNet
-from tests.conftest import tone, write_audio
+from tests.helpers import tone, write_audio
 
 ROOT = Path(__file__).resolve().parent.parent
 # Imported by laion-clap's utils.py (torchvision, h5py), by librosa.filters (scipy.signal, numba)

@@ -17,8 +17,8 @@ from clapsep_cli.cli import main
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.models import install, store
 from clapsep_cli.network.architecture import TINY
-from tests import official
-from tests.conftest import Artefacts, tone, write_audio
+from testbed import official
+from tests.helpers import Artefacts, tone, write_audio
 
 
 def run(*args: object) -> Result:

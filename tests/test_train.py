@@ -18,7 +18,7 @@ from clapsep_cli.cli import main
 from clapsep_cli.network import lora
 from clapsep_cli.network.architecture import TINY
 from clapsep_cli.training.trainer import Trainer, TrainSettings, from_scratch
-from tests.conftest import Artefacts, write_audio
+from tests.helpers import Artefacts, write_audio
 
 
 def run(*args: object) -> Result:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from clapsep_cli.bridges.audacity.pipe import AudacityPipe
 from tests.audacity import live
-from tests.conftest import tone, write_audio
+from tests.helpers import tone, write_audio
 
 
 def cpu_seconds(pid: int) -> float:
