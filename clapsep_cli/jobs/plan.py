@@ -31,7 +31,15 @@ NAME_FIELDS = {
 
 @dataclass(frozen=True)
 class OutputPlan:
-    """Where a source's stems go and how they are written."""
+    """Where a source's stems go and how they are written.
+
+    ``name_template``: the stem's file name from :data:`NAME_FIELDS` (default
+    :data:`DEFAULT_NAME`), in ``out_dir`` (default: beside the source); ``output``: one exact
+    stem path (a single input only); ``residual``: also write the rest of the source beside the
+    stem; ``fmt`` (a key of :data:`~clapsep_cli.audio.writer.FORMATS`), ``bit_depth`` (``16``,
+    ``24`` or ``32f``) and ``clip`` (``rescale``, ``clamp`` or ``none``): chosen from the source
+    where None; ``overwrite``: replace existing stems instead of skipping their source.
+    """
 
     name_template: str = DEFAULT_NAME
     out_dir: Path | None = None
