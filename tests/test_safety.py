@@ -127,15 +127,17 @@ def test_non_finite_samples_are_refused_naming_the_first(home: Path, tmp_path: P
 
 
 def test_integer_subtypes_skip_the_check_because_they_cannot_hold_non_finite_samples(tmp_path: Path) -> None:
-    """The finiteness check is skipped for integer codes: libsndfile itself turns any float,
-    infinite or NaN, into a finite code when it writes one, and reads codes back finite."""
+    """The finiteness check is skipped for integer codes: every code decodes to a finite sample.
+    Each file is written from every 16-bit value (all the codes of 8- and 16-bit subtypes; not
+    from inf or NaN, whose conversion to a code is undefined: libsndfile's u-law and A-law
+    writers crash on them)."""
     assert INTEGER_SUBTYPES <= set(sf.available_subtypes())
-    data = np.array([np.inf, -np.inf, np.nan, 0.5], dtype=np.float32)
+    data = np.arange(-32768, 32768, dtype=np.int16)
     for subtype in ("PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM", "GSM610"):
         if subtype not in INTEGER_SUBTYPES or not sf.check_format("WAV", subtype):
             continue
         path = tmp_path / f"{subtype}.wav"
-        sf.write(str(path), np.tile(data, 320), 8000, subtype=subtype, format="WAV")
+        sf.write(str(path), data, 8000, subtype=subtype, format="WAV")
         info = probe(path)
         assert info.subtype == subtype
         assert all(np.isfinite(block).all() for block in read_blocks(info)), subtype
