@@ -9,6 +9,9 @@ command line, the Audacity and REAPER bridges, ``evaluate`` and ``embed`` all go
     >>> job.results[0].target
     PosixPath('walk.dog_barking.wav')
     >>> stem, residual = sep.separate(wave, 44100, request(preset="dialogue"))  # (frames, channels)
+    >>> job = sep.find(["walk.wav"], request("dog barking"))   # where the sound occurs
+    >>> job.results[0].events[0]
+    Event(start=3.12, end=4.58, confidence=0.71, label='dog_barking')
 
 Queries are built by :func:`request` (texts, a preset, reference clips, negatives) and turned
 into removals by :func:`removal`; the same rules hold wherever a request comes from. A job is
@@ -30,10 +33,13 @@ from clapsep_cli.audio.region import Region
 from clapsep_cli.engine.options import DEFAULT_OVERLAP
 from clapsep_cli.engine.stream import separate_stream
 from clapsep_cli.errors import AudioError, ClapsepError, SettingError
+from clapsep_cli.events.detect import DetectOptions, Detector, Event
+from clapsep_cli.events.formats import EVENT_FORMATS
 from clapsep_cli.jobs.cluster import Cluster
 from clapsep_cli.jobs.plan import (
     DEFAULT_NAME,
     NAME_FIELDS,
+    EventPlan,
     FileResult,
     Item,
     Job,
@@ -47,10 +53,10 @@ from clapsep_cli.models.loaded import DEFAULT_PRECISION
 from clapsep_cli.queries.request import DEFAULT_REMOVE_METHOD, REMOVE_METHODS, Request, removal, request
 from clapsep_cli.queries.spec import AudioRef, Query
 
-__all__ = ["DEFAULT_NAME", "DEFAULT_OVERLAP", "DEFAULT_PRECISION", "DEFAULT_REMOVE_METHOD", "NAME_FIELDS",
-           "REMOVE_METHODS", "AudioError", "AudioRef", "ClapsepError", "Cluster", "FileResult", "Item", "Job",
-           "OutputPlan", "Progress", "Query", "Region", "Request", "Separator", "SettingError", "check_references",
-           "plan", "removal", "request"]
+__all__ = ["DEFAULT_NAME", "DEFAULT_OVERLAP", "DEFAULT_PRECISION", "DEFAULT_REMOVE_METHOD", "EVENT_FORMATS",
+           "NAME_FIELDS", "REMOVE_METHODS", "AudioError", "AudioRef", "ClapsepError", "Cluster", "DetectOptions",
+           "Event", "EventPlan", "FileResult", "Item", "Job", "OutputPlan", "Progress", "Query", "Region", "Request",
+           "Separator", "SettingError", "check_references", "plan", "removal", "request"]
 
 plan = plan_job  # Check every input and decide every output of a job, without a model.
 
@@ -94,6 +100,19 @@ class Separator(Session):
         job (no inputs, a missing reference clip, two inputs writing one stem)."""
         return self.run(plan_job(paths, req, plan, region, pattern, include_stems), progress)
 
+    def find(self, paths: Iterable[str | Path | Item], req: Request, plan: EventPlan | None = None,
+             region: Region | None = None, pattern: str | None = None, include_stems: bool = False,
+             progress: Progress | None = None) -> Job:
+        """Find where the sound ``req`` describes occurs in every file (and every audio file
+        under each folder): :func:`plan` with an :class:`EventPlan` (default: default
+        :class:`DetectOptions`, no events file), then :meth:`run`.
+
+        Returns the :class:`Job`; each ``ok`` result's ``events`` lists the :class:`Event` s
+        found (times in seconds from the file's start, ``region`` or not), and its events file,
+        where the plan names a format, is ``target``. Raises as :meth:`extract` does.
+        """
+        return self.run(plan_job(paths, req, plan or EventPlan(), region, pattern, include_stems), progress)
+
     def separate(self, audio: np.ndarray, rate: int, req: Request) -> tuple[np.ndarray, np.ndarray]:
         """Separate in-memory audio: ``audio`` is (frames,) or (frames, channels) at ``rate``.
 
@@ -101,20 +120,37 @@ class Separator(Session):
         float precision. The same engine as for files: 10 s segments, overlap, any length.
         Raises :class:`AudioError` for an empty array or a NaN or infinite sample.
         """
-        wave = np.asarray(audio, dtype=np.float32)
-        if wave.ndim not in (1, 2) or wave.shape[0] == 0 or (wave.ndim == 2 and wave.shape[1] == 0):
-            raise AudioError(f"audio must be (frames,) or (frames, channels) with frames > 0 (got {wave.shape})")
-        if not isinstance(rate, int) or rate <= 0:
-            raise SettingError("rate", f"must be a positive whole number of samples per second (got {rate!r})")
-        frames = wave.reshape(len(wave), -1)
-        bad = first_non_finite(frames)
-        if bad is not None:
-            raise AudioError(f"audio has a non-finite sample at frame {bad[0]} ({bad[0] / rate:.3f} s)")
+        wave = _checked(audio, rate)
         cond = self.condition(req)
-        stream = separate_stream(self.model, cond, _blocks(frames), rate, self.options)
+        stream = separate_stream(self.model, cond, _blocks(wave.reshape(len(wave), -1)), rate, self.options)
         target = np.concatenate([t for t, _ in stream]).reshape(wave.shape)
         stem = wave - target if req.invert else target
         return stem, wave - stem
+
+    def detect(self, audio: np.ndarray, rate: int, req: Request, options: DetectOptions | None = None
+               ) -> list[Event]:
+        """Where the sound ``req`` describes occurs in in-memory audio, (frames,) or (frames,
+        channels) at ``rate``: the :class:`Event` s, in seconds from its start, that
+        :meth:`find` gives for a file. Raises as :meth:`separate` does."""
+        wave = _checked(audio, rate)
+        detector = Detector(options or DetectOptions(), req.query.slug())
+        stream = separate_stream(self.model, self.condition(req), _blocks(wave.reshape(len(wave), -1)), rate,
+                                 self.options, model_rate=True)
+        events = [e for target, mixture in stream for e in detector.push(target, mixture)]
+        return events + detector.finish()
+
+
+def _checked(audio: np.ndarray, rate: int) -> np.ndarray:
+    """``audio`` as float32, refused (:class:`AudioError`) if empty, misshapen or not finite."""
+    wave = np.asarray(audio, dtype=np.float32)
+    if wave.ndim not in (1, 2) or wave.shape[0] == 0 or (wave.ndim == 2 and wave.shape[1] == 0):
+        raise AudioError(f"audio must be (frames,) or (frames, channels) with frames > 0 (got {wave.shape})")
+    if not isinstance(rate, int) or rate <= 0:
+        raise SettingError("rate", f"must be a positive whole number of samples per second (got {rate!r})")
+    bad = first_non_finite(wave.reshape(len(wave), -1))
+    if bad is not None:
+        raise AudioError(f"audio has a non-finite sample at frame {bad[0]} ({bad[0] / rate:.3f} s)")
+    return wave
 
 
 def _blocks(frames: np.ndarray) -> Iterator[np.ndarray]:

@@ -15,12 +15,13 @@ ALLOWED = {
     "network": {"audio"},
     "models": {"audio", "network"},
     "queries": {"audio"},
+    "events": set(),
     "engine": {"audio", "network"},
-    "jobs": {"audio", "network", "models", "queries", "engine"},
+    "jobs": {"audio", "network", "models", "queries", "engine", "events"},
     "training": {"audio", "network", "models", "queries", "engine"},
-    "api": {"audio", "network", "models", "queries", "engine", "jobs"},
-    "bridges": {"api", "audio", "models", "queries"},
-    "cli": {"api", "audio", "network", "models", "queries", "engine", "training", "bridges"},
+    "api": {"audio", "network", "models", "queries", "engine", "events", "jobs"},
+    "bridges": {"api", "audio", "models", "queries", "events"},
+    "cli": {"api", "audio", "network", "models", "queries", "engine", "events", "training", "bridges"},
 }
 
 

@@ -100,9 +100,10 @@ def writing(path: Path, overwrite: bool = True) -> Iterator[Path]:
         tmp.discard()
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a reader never sees half of it)."""
-    with writing(path) as tmp:
+def write_text(path: Path, text: str, overwrite: bool = True) -> None:
+    """Write ``text`` to ``path`` atomically (a reader never sees half of it); see
+    :meth:`TempFile.publish` for ``overwrite``."""
+    with writing(path, overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 

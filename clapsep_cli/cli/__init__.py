@@ -32,6 +32,8 @@ COMMANDS = {
                            "Keep the sound QUERY describes, from each FILE (or folder)."),
     "remove": LazyCommand("clapsep_cli.cli.extract_cmd:remove",
                           "Keep everything but the sound QUERY describes, from each FILE (or folder)."),
+    "find": LazyCommand("clapsep_cli.cli.find_cmd:find",
+                        "Find where the sound QUERY describes occurs in each FILE (or folder)."),
     "presets": LazyCommand("clapsep_cli.cli.presets_cmd:presets_group",
                            "Named queries: shipped ones, and your own (which override shipped ones by name)."),
     "embed": LazyCommand("clapsep_cli.cli.embed_cmd:embed",

@@ -2,59 +2,31 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from clapsep_cli import api
-from clapsep_cli.audio import atomic
 from clapsep_cli.audio.writer import CLIP_POLICIES, FORMATS, SUBTYPES
-from clapsep_cli.cli.common import TimeType, emit_json, engine_options, flag, model_options
-from clapsep_cli.errors import ClapsepError
-
-F = Callable[..., Any]
-
-
-def _apply(decorators: list[Callable[[F], F]], f: F) -> F:
-    for decorator in reversed(decorators):
-        f = decorator(f)
-    return f
-
-
-def query_options(f: F) -> F:
-    """-q, -p, -n, --query-audio, --negative-audio, --audio-weight."""
-    return _apply([
-        click.option("-q", "--query", "texts", multiple=True, metavar="TEXT",
-                     help="A description of the sound (repeatable; several are averaged). With -q or -p, "
-                          "every argument is a file."),
-        click.option("-p", "--preset", metavar="NAME", help="A named query preset (see `clapsep presets list`)."),
-        click.option("-n", "--negative", multiple=True, metavar="TEXT", help="A sound to reject (repeatable)."),
-        click.option("--query-audio", multiple=True, metavar="FILE[@START-END]",
-                     help="A reference clip of the sound (repeatable)."),
-        click.option("--negative-audio", multiple=True, metavar="FILE[@START-END]",
-                     help="A reference clip of a sound to reject (repeatable)."),
-        click.option("--audio-weight", type=click.FloatRange(0.0, 1.0),
-                     help="Weight of reference clips against texts on the same side (default 0.5)."),
-    ], f)
+from clapsep_cli.cli.common import engine_options, flag, model_options
+from clapsep_cli.cli.jobs import (
+    F,
+    apply_options,
+    cluster_options,
+    input_options,
+    job_options,
+    naming_options,
+    query_options,
+    resolve_request,
+    run_job,
+)
 
 
-def output_options(f: F) -> F:
-    """Where and how stems are written."""
-    return _apply([
-        click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Stem file for a single input (default: next to the source)."),
-        click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
-                     help="Write stems into this folder instead of next to each source."),
-        click.option("--name", "name_template", default=api.DEFAULT_NAME, show_default=True,
-                     help="Stem file name template; fields: "
-                          + "; ".join(f"{{{k}}} {v}" for k, v in api.NAME_FIELDS.items())
-                          + ". Two inputs that would get one name are refused."),
+def stem_options(f: F) -> F:
+    """--residual, --format, --bit-depth and --clip: how stems are written."""
+    return apply_options([
         click.option("--residual/--no-residual", default=None,
                      help="Also write the residual (source minus stem); a preset may turn it on."),
         click.option("--format", "fmt", type=click.Choice(list(FORMATS)),
@@ -64,66 +36,28 @@ def output_options(f: F) -> F:
         click.option("--clip", type=click.Choice(CLIP_POLICIES),
                      help="Samples beyond full scale: clamp (default for integer formats), rescale the "
                           "stem to peak 1, or none (float formats only; their default)."),
-        click.option("--overwrite", is_flag=True, help="Replace existing stems (sources are never touched)."),
-        click.option("--start", type=TimeType(), help="Process only from this time (s or hh:mm:ss.fff)."),
-        click.option("--end", type=TimeType(), help="Process only up to this time."),
-        click.option("--glob", "pattern", metavar="PATTERN",
-                     help="In folders, take files matching this pattern (default: known audio types)."),
-        click.option("--include-stems", is_flag=True,
-                     help="In folders, also take stems clapsep wrote (tagged in their metadata; "
-                          "left out by default)."),
-        click.option("--json", "json_output", is_flag=True, help="Print one machine-readable JSON result."),
-        click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Also write the JSON result to this file (atomically; written on failure too)."),
     ], f)
 
 
-def resolve_request(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
-                    query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None
-                    ) -> tuple[api.Request, list[Path]]:
-    """The request and the input paths from the command line.
-
-    With -q or -p every argument is a file. Otherwise the first argument is QUERY, except that
-    with --query-audio an existing file in first place is an input rather than a text. An empty
-    argument is never a file (it would name the current folder). How a preset combines with
-    texts is the library's rule (:func:`clapsep_cli.api.request`).
-    """
-    positive = list(texts)
-    if not texts and preset is None and args and not (query_audio and args[0] and Path(args[0]).exists()):
-        positive, args = [args[0]], args[1:]
-    if not args:
-        raise ClapsepError("no input files given")
-    if any(not a.strip() for a in args):
-        raise ClapsepError("an empty file name was given (an empty QUERY goes first, before the files)")
-    req = api.request(*positive, preset=preset, negative=negative, query_audio=query_audio,
-                      negative_audio=negative_audio, audio_weight=audio_weight)
-    return req, [Path(a) for a in args]
-
-
-def cluster_options(f: F) -> F:
-    """--ray, --ray-cpus and --ray-workers."""
-    return _apply([
-        click.option("--ray", "ray_address", metavar="ADDRESS",
-                     help="Run on a Ray cluster: auto (the one RAY_ADDRESS names, else one Ray finds on this "
-                          "machine), local (start one here for this job) or HOST:PORT. Needs the ray extra: "
-                          "pip install 'clapsep-cli[ray]'."),
-        click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="CPUs each CPU worker takes; GPU workers take one GPU and one CPU."),
-        click.option("--ray-workers", type=click.IntRange(min=1),
-                     help="At most this many workers (default: one per GPU, else as many as the CPUs hold)."),
-    ], f)
+def stem_plan(residual: bool, output: Path | None, out_dir: Path | None, name_template: str, fmt: str | None,
+              bit_depth: str | None, clip: str | None, overwrite: bool) -> api.OutputPlan:
+    return api.OutputPlan(name_template=name_template, out_dir=out_dir, output=output, residual=residual, fmt=fmt,
+                          bit_depth=bit_depth, clip=clip, overwrite=overwrite)
 
 
 @click.command()
 @click.argument("args", nargs=-1, required=True, metavar="[QUERY] FILE...")
 @query_options
-@output_options
+@naming_options("stem")
+@stem_options
+@input_options
 @model_options
 @engine_options
 @cluster_options
 def extract(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
             query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None,
-            residual: bool | None, **kwargs: Any) -> None:
+            residual: bool | None, output: Path | None, out_dir: Path | None, name_template: str,
+            fmt: str | None, bit_depth: str | None, clip: str | None, overwrite: bool, **kwargs: Any) -> None:
     """Keep the sound QUERY describes, from each FILE (or folder).
 
     \b
@@ -135,7 +69,9 @@ def extract(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, n
       clapsep extract "" -n "wind noise" take.flac
     """
     req, files = resolve_request(args, texts, preset, negative, query_audio, negative_audio, audio_weight)
-    run_job(req, files, job_options(residual=req.residual if residual is None else residual, **kwargs))
+    plan = stem_plan(req.residual if residual is None else residual, output, out_dir, name_template, fmt, bit_depth,
+                     clip, overwrite)
+    report(run_job(req, files, job_options(plan, **kwargs)), kwargs["json_output"])
 
 
 @click.command()
@@ -144,13 +80,16 @@ def extract(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, n
 @click.option("--method", type=click.Choice(api.REMOVE_METHODS), default=api.DEFAULT_REMOVE_METHOD, show_default=True,
               help="negative: ask the model for everything but QUERY (a negative-only query); "
                    "subtract: extract QUERY and keep the source minus it.")
-@output_options
+@naming_options("stem")
+@stem_options
+@input_options
 @model_options
 @engine_options
 @cluster_options
 def remove(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
            query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None,
-           method: str, residual: bool | None, **kwargs: Any) -> None:
+           method: str, residual: bool | None, output: Path | None, out_dir: Path | None, name_template: str,
+           fmt: str | None, bit_depth: str | None, clip: str | None, overwrite: bool, **kwargs: Any) -> None:
     """Keep everything but the sound QUERY describes, from each FILE (or folder).
 
     \b
@@ -160,94 +99,15 @@ def remove(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, ne
       clapsep remove -p hum-buzz --residual podcast.flac
     """
     req, files = resolve_request(args, texts, preset, negative, query_audio, negative_audio, audio_weight)
-    run_job(api.removal(req, method), files, job_options(residual=bool(residual), **kwargs))
+    plan = stem_plan(bool(residual), output, out_dir, name_template, fmt, bit_depth, clip, overwrite)
+    report(run_job(api.removal(req, method), files, job_options(plan, **kwargs)), kwargs["json_output"])
 
 
-@dataclass(frozen=True)
-class JobOptions:
-    """Everything about a run besides the query and the inputs, as the command line gave it."""
-
-    plan: api.OutputPlan
-    overlap: float
-    batch_size: int | None
-    region: api.Region
-    pattern: str | None
-    include_stems: bool
-    json_output: bool
-    report_file: Path | None
-    model_name: str
-    device: str
-    precision: str
-    ray_address: str | None
-    ray_cpus: int
-    ray_workers: int | None
-
-
-def job_options(residual: bool, output: Path | None, out_dir: Path | None, name_template: str, fmt: str | None,
-                bit_depth: str | None, clip: str | None, overwrite: bool, start: float | None, end: float | None,
-                pattern: str | None, include_stems: bool, json_output: bool, report_file: Path | None,
-                model_name: str, device: str, precision: str, overlap: float, batch_size: int | None,
-                ray_address: str | None, ray_cpus: int, ray_workers: int | None) -> JobOptions:
-    plan = api.OutputPlan(name_template=name_template, out_dir=out_dir, output=output, residual=residual, fmt=fmt,
-                      bit_depth=bit_depth, clip=clip, overwrite=overwrite)
-    return JobOptions(plan, overlap, batch_size, api.Region(start or 0.0, end), pattern, include_stems,
-                      json_output, report_file, model_name, device, precision, ray_address, ray_cpus, ray_workers)
-
-
-def run_job(req: api.Request, files: list[Path], opts: JobOptions) -> None:
-    """Check and plan everything, load the model only if a file is to be separated, separate,
-    report (to ``--report`` too, even on failure)."""
-    try:
-        job = _run(req, files, opts)
-    except ClapsepError as err:
-        if opts.report_file is not None:
-            write_report(opts.report_file, {"failed": 1, "error": err.render(flag), "results": []})
-        raise
-    report(job, opts)
-
-
-def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
-    from clapsep_cli.cli.progress import RichProgress, wanted
-
-    if opts.ray_address is None and (opts.ray_workers is not None or opts.ray_cpus != 1):
-        raise ClapsepError("--ray-cpus and --ray-workers shape the workers of a Ray cluster: give --ray too")
-    executor = _executor(opts)
-    job = api.plan(files, req, opts.plan, opts.region, opts.pattern, opts.include_stems)
-    bar = RichProgress() if job.pending and wanted(opts.json_output) else None
-    with bar if bar else contextlib.nullcontext():
-        return executor.run(job, bar)
-
-
-def _executor(opts: JobOptions) -> api.Separator | api.Cluster:
-    """Where the job runs: here, or on the Ray cluster ``--ray`` names."""
-    if opts.ray_address is not None:
-        return api.Cluster(opts.ray_address, opts.model_name, device=opts.device, precision=opts.precision,
-                           overlap=opts.overlap, batch_size=opts.batch_size, worker_cpus=opts.ray_cpus,
-                           max_workers=opts.ray_workers)
-    return api.Separator(opts.model_name, device=opts.device, precision=opts.precision, overlap=opts.overlap,
-                         batch_size=opts.batch_size,
-                         log=None if opts.json_output else lambda msg: click.echo(msg, err=True))
-
-
-def write_report(path: Path, data: dict[str, Any]) -> None:
-    """Write a JSON report atomically (a bridge polling for the file never sees half of it).
-    A report that cannot be written (a full disk) costs one line on stderr, not the job."""
-    try:
-        atomic.write_text(path, json.dumps(data, indent=2, ensure_ascii=False))
-    except OSError as err:
-        click.echo(f"clapsep: warning: {path}: cannot write the report ({err.strerror or err})", err=True)
-
-
-def report(job: api.Job, opts: JobOptions) -> None:
-    """Print (and write) the job's outcome; exit 1 if a file failed."""
+def report(job: api.Job, json_output: bool) -> None:
+    """Print the job's outcome (unless ``--json`` printed it); exit 1 if a file failed."""
     results, failed = job.results, job.failed
     attempted = [r for r in results if r.status != "skipped"]
-    data = job.to_json(flag)
-    if opts.report_file is not None:
-        write_report(opts.report_file, data)
-    if opts.json_output:
-        emit_json(data)
-    else:
+    if not json_output:
         for r in results:
             if r.status == "ok":
                 outs = " + ".join(str(p) for p in (r.target, r.residual) if p)

@@ -59,11 +59,12 @@ class _Piece:
         return len(self.segments) * SEGMENT_SAMPLES + block
 
 
-def _segmented(blocks: Iterable[np.ndarray], rate: int, segmenter: Segmenter
+def _segmented(blocks: Iterable[np.ndarray], rate: int, segmenter: Segmenter, model_rate: bool = False
                ) -> Iterator[tuple[np.ndarray | None, list[torch.Tensor]]]:
     """(source block, the 32 kHz segments it completes) for each non-empty block, then (None,
     the last segments: those the resampler's remaining output completes and the zero-padded last
-    one; none if there was no input)."""
+    one; none if there was no input). With ``model_rate`` the blocks given are the source
+    resampled to 32 kHz, the resampler's last output among them."""
     to32 = dsp.SincResampler(rate, SAMPLE_RATE).stream()
     channels = 0
     try:
@@ -72,31 +73,40 @@ def _segmented(blocks: Iterable[np.ndarray], rate: int, segmenter: Segmenter
                 continue
             channels = block.shape[1]
             block32 = to32.push(torch.from_numpy(block).T)  # a view; the resampler's buffer copies it once
-            yield block, [s for _, s in segmenter.push(block32)]
+            yield (block32.T.numpy() if model_rate else block), [s for _, s in segmenter.push(block32)]
     finally:
         close = getattr(blocks, "close", None)
         if close is not None:
             close()
-    last = [s for _, s in segmenter.push(to32.flush(channels))] + [s for _, s in segmenter.finish()] if channels else []
-    yield None, last
+    if not channels:
+        yield None, []
+        return
+    tail = to32.flush(channels)
+    last = [s for _, s in segmenter.push(tail)]
+    if model_rate and tail.shape[1]:
+        yield tail.T.numpy(), last
+        last = []
+    yield None, last + [s for _, s in segmenter.finish()]
 
 
-def _pieces(sources: Iterable[Source], hop: int, dropped: set[int]) -> Iterator[_Piece]:
+def _pieces(sources: Iterable[Source], hop: int, dropped: set[int], model_rate: bool) -> Iterator[_Piece]:
     """Every source's pieces in order; a source's failure (an :class:`Exception` from its blocks)
     becomes its last piece and the next source follows. Sources in ``dropped`` are skipped or,
-    when dropped while read, closed at their next block."""
+    when dropped while read, closed at their next block. With ``model_rate`` the pieces carry
+    32 kHz blocks (see :func:`_segmented`)."""
     for index, source in enumerate(sources):
         if index in dropped:
             continue
         segmenter = Segmenter(hop)
+        rate = SAMPLE_RATE if model_rate else source.rate
         try:
-            with contextlib.closing(_segmented(source.blocks, source.rate, segmenter)) as items:
+            with contextlib.closing(_segmented(source.blocks, source.rate, segmenter, model_rate)) as items:
                 for block, segments in items:
                     if index in dropped:
                         break
-                    yield _Piece(index, source.rate, block, segments, segmenter.total)
+                    yield _Piece(index, rate, block, segments, segmenter.total)
         except Exception as err:  # noqa: BLE001 - the source's own failure, handed to its consumer
-            yield _Piece(index, source.rate, None, [], error=err)
+            yield _Piece(index, rate, None, [], error=err)
 
 
 @contextlib.contextmanager
@@ -195,15 +205,18 @@ class Batcher:
     so a source's output is bit for bit what it gives alone.
 
     Iterating gives :class:`Output` s source by source, in order: all of a source's output, then
-    its last Output (``done``, or its ``error``), then the next source's. A source is done as
+    its last Output (``done``, or its ``error``), then the next source's. With ``model_rate`` the
+    pairs are the estimate and the source at the network's 32 kHz, not resampled back (what
+    finding events needs). A source is done as
     soon as its last segment is back. Memory: the reader (see :func:`_read`) runs at most
     ``prefetch`` batches of input ahead and sources are opened one at a time, so at most
     ``(prefetch + 1) * batch_size + 2`` sources are open at once, whatever their number.
     """
 
     def __init__(self, model: SeparationModel, condition: torch.Tensor, sources: Iterable[Source],
-                 options: EngineOptions):
+                 options: EngineOptions, model_rate: bool = False):
         self.model, self.condition, self.sources, self.options = model, condition, sources, options
+        self.model_rate = model_rate
         self._dropped: set[int] = set()  # read by the reader thread; adding is atomic
         self._joiners: dict[int, _Joiner] = {}  # sources begun and not yet reported finished, in order
         self._pending: deque[tuple[int, torch.Tensor]] = deque()
@@ -218,7 +231,7 @@ class Batcher:
             self._pending = deque(p for p in self._pending if p[0] != index)
 
     def __iter__(self) -> Iterator[Output]:
-        with _read(_pieces(self.sources, self.options.hop, self._dropped), self.options) as pieces:
+        with _read(_pieces(self.sources, self.options.hop, self._dropped, self.model_rate), self.options) as pieces:
             for piece in pieces:
                 if piece.index in self._dropped:
                     continue
@@ -280,15 +293,17 @@ class Batcher:
 
 def separate_stream(model: SeparationModel, condition: torch.Tensor, blocks: Iterable[np.ndarray], rate: int,
                     options: EngineOptions, on_segments: Callable[[int], None] | None = None,
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                    model_rate: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Separate a stream of float32 source blocks (n, channels) at ``rate``: a :class:`Batcher`
     of one source.
 
-    Yields aligned ``(target, source)`` blocks at ``rate`` that together cover the source
-    exactly; ``source - target`` is the residual. ``on_segments(k)`` reports progress; an error
-    of ``blocks`` is raised after the output that came before it.
+    Yields aligned ``(target, source)`` blocks at ``rate`` (with ``model_rate``: both at the
+    network's 32 kHz) that together cover the source exactly; ``source - target`` is the
+    residual. ``on_segments(k)`` reports progress; an error of ``blocks`` is raised after the
+    output that came before it.
     """
-    with contextlib.closing(iter(Batcher(model, condition, [Source(blocks, rate)], options))) as outputs:
+    batcher = Batcher(model, condition, [Source(blocks, rate)], options, model_rate)
+    with contextlib.closing(iter(batcher)) as outputs:
         for out in outputs:
             if out.error is not None:
                 raise out.error

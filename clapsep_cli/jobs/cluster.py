@@ -248,7 +248,7 @@ def _shipped(result: FileResult) -> FileResult:
 def _outcome(result: FileResult) -> dict[str, Any]:
     """A worker's result as plain data (library errors do not all survive pickling)."""
     out = {"status": result.status, "frames": result.frames, "seconds": result.seconds,
-           "clipped_samples": result.clipped_samples, "extra": result.extra}
+           "clipped_samples": result.clipped_samples, "extra": result.extra, "events": result.events}
     if result.problem is not None:
         out.update(error=result.problem.template, setting=result.problem.setting)
     elif result.error:
@@ -263,6 +263,7 @@ def _settle(result: FileResult, outcome: dict[str, Any]) -> None:
         result.status = outcome["status"]
     result.frames, result.seconds = outcome["frames"], outcome["seconds"]
     result.clipped_samples, result.extra = outcome["clipped_samples"], outcome["extra"]
+    result.events = outcome["events"]
 
 
 def _check_reachable(address: str) -> None:

@@ -15,6 +15,8 @@ from clapsep_cli.audio.reader import AudioInfo, is_stem, probe
 from clapsep_cli.audio.region import Region
 from clapsep_cli.audio.writer import OutputFormat, choose_format, resolve_clip
 from clapsep_cli.errors import ClapsepError, SettingError
+from clapsep_cli.events.detect import DetectOptions, Event
+from clapsep_cli.events.formats import EVENT_FORMATS, EventFormat
 from clapsep_cli.models.store import DEFAULT_MODEL
 from clapsep_cli.queries.request import Request
 from clapsep_cli.queries.spec import Query
@@ -23,10 +25,25 @@ DEFAULT_NAME = "{stem}.{query}.{ext}"
 NAME_FIELDS = {
     "stem": "the source's name without its extension",
     "query": "the query's tag (a preset's suffix, else the texts)",
-    "ext": "the stem format's extension",
+    "ext": "the output format's extension",
     "name": "the source's full file name",
     "suffix": "the source's extension, without the dot",
 }
+
+
+def output_path(template: str, out_dir: Path | None, source: Path, query: Query, extension: str) -> Path:
+    """The file ``template`` (fields: :data:`NAME_FIELDS`) names for ``source``, in ``out_dir``
+    (default: beside the source)."""
+    fields = {"stem": source.stem, "query": query.slug(), "ext": extension, "name": source.name,
+              "suffix": source.suffix.lstrip(".")}
+    try:
+        name = template.format(**fields)
+    except (KeyError, IndexError, ValueError, AttributeError) as err:
+        raise SettingError("name_template", f"{template!r} is not a usable template: fields are "
+                           f"{', '.join('{' + f + '}' for f in NAME_FIELDS)} ({err})") from None
+    if not name or "/" in name or name in (".", ".."):
+        raise SettingError("name_template", f"{template!r} must give a file name")
+    return (out_dir or source.parent) / name
 
 
 @dataclass(frozen=True)
@@ -54,24 +71,48 @@ class OutputPlan:
               ) -> tuple[Path, Path | None]:
         """(target path, residual path or None) for ``source``; ``output`` (else the plan's
         own) names the target exactly."""
-        if (output or self.output) is not None:
-            target = output or self.output
-        else:
-            fields = {"stem": source.stem, "query": query.slug(), "ext": fmt.extension, "name": source.name,
-                      "suffix": source.suffix.lstrip(".")}
-            try:
-                name = self.name_template.format(**fields)
-            except (KeyError, IndexError, ValueError, AttributeError) as err:
-                raise SettingError("name_template", f"{self.name_template!r} is not a usable template: fields are "
-                                   f"{', '.join('{' + f + '}' for f in NAME_FIELDS)} ({err})") from None
-            if not name or "/" in name or name in (".", ".."):
-                raise SettingError("name_template", f"{self.name_template!r} must give a file name")
-            target = (self.out_dir or source.parent) / name
+        target = output or self.output or output_path(self.name_template, self.out_dir, source, query, fmt.extension)
         residual = None
         if self.residual:
             stem = target.name[: -len(target.suffix)] if target.suffix else target.name
             residual = target.with_name(f"{stem}.residual{target.suffix}")
         return target, residual
+
+
+@dataclass(frozen=True)
+class EventPlan:
+    """How a source's events are found and where they are written.
+
+    ``detect``: how scores become events; ``fmt``: a key of
+    :data:`~clapsep_cli.events.formats.EVENT_FORMATS`, the file written for each source (None:
+    none, the events are in the results); ``name_template``, ``out_dir``, ``output`` and
+    ``overwrite`` as for an :class:`OutputPlan` (``{ext}`` is the format's extension, such as
+    ``labels.txt``).
+    """
+
+    detect: DetectOptions = field(default_factory=DetectOptions)
+    fmt: str | None = None
+    name_template: str = DEFAULT_NAME
+    out_dir: Path | None = None
+    output: Path | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fmt is not None and self.fmt not in EVENT_FORMATS:
+            raise SettingError("fmt", f"must be one of {', '.join(EVENT_FORMATS)} (got {self.fmt!r})")
+        if self.fmt is None and (self.output or self.out_dir):
+            raise SettingError("fmt", "is needed with an output file or folder: it names the events file's format")
+
+    @property
+    def format(self) -> EventFormat | None:
+        return EVENT_FORMATS[self.fmt] if self.fmt else None
+
+    def path(self, source: Path, query: Query, output: Path | None = None) -> Path | None:
+        """The events file for ``source`` (None when no format is written)."""
+        fmt = self.format
+        if fmt is None:
+            return None
+        return output or self.output or output_path(self.name_template, self.out_dir, source, query, fmt.extension)
 
 
 @dataclass(frozen=True)
@@ -88,18 +129,20 @@ class Item:
 class Planned:
     """One input, probed, with its outputs decided: all that separating it needs besides the
     model and the condition. ``bounded``: the region has an end (read up to it, not to the
-    decoder's end); ``label`` tags the stems' metadata."""
+    decoder's end); ``label`` tags the stems' metadata and names the events. Stems have a
+    format and a clip policy; events have ``detect``, and a format where a file is written."""
 
     info: AudioInfo
     first: int
     last: int
     bounded: bool
-    fmt: OutputFormat
-    clip: str
-    target: Path
+    fmt: OutputFormat | EventFormat | None
+    clip: str | None
+    target: Path | None
     residual: Path | None
     overwrite: bool
     label: str
+    detect: DetectOptions | None = None
 
 
 @dataclass
@@ -119,6 +162,7 @@ class FileResult:
     seconds: float = 0.0
     clipped_samples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] | None = None  # what a find job found
     planned: Planned | None = field(default=None, repr=False)
 
     def settle(self, status: str, problem: ClapsepError) -> None:
@@ -147,6 +191,8 @@ class FileResult:
             })
         if self.clipped_samples:
             out["clipped_samples"] = self.clipped_samples
+        if self.events is not None:
+            out["events"] = [e.to_json() for e in self.events]
         out.update(self.extra)
         return out
 
@@ -193,11 +239,16 @@ def check_references(query: Query) -> None:
         probe(ref.path)
 
 
-def plan_file(item: Item, query: Query, plan: OutputPlan, region: Region) -> Planned:
+def plan_file(item: Item, query: Query, plan: OutputPlan | EventPlan, region: Region) -> Planned:
     """Probe ``item``'s file and decide its outputs (``region``: where the item has none)."""
     info = probe(item.path)
     region = item.region or region
     first, last = region.frames(info)
+    if isinstance(plan, EventPlan):
+        target = plan.path(item.path, query, item.output)
+        _refuse_source_overwrite(item.path, [target])
+        return Planned(info, first, last, region.end is not None, plan.format, None, target, None, plan.overwrite,
+                       query.slug(), plan.detect)
     fmt = choose_format(info, plan.fmt, plan.bit_depth)
     clip = resolve_clip(plan.clip, fmt)
     target, residual = plan.paths(item.path, query, fmt, item.output)
@@ -206,7 +257,8 @@ def plan_file(item: Item, query: Query, plan: OutputPlan, region: Region) -> Pla
                    query.slug())
 
 
-def plan_results(inputs: list[Item], query: Query, plan: OutputPlan, region: Region) -> list[FileResult]:
+def plan_results(inputs: list[Item], query: Query, plan: OutputPlan | EventPlan, region: Region
+                 ) -> list[FileResult]:
     """A result per input: ``failed`` (bad input), ``skipped`` (its stems exist) or ``pending``
     with its plan. Refuses the whole job (:class:`ClapsepError`) if two inputs would write one
     path, or a stem to be written is one of the inputs. Our temporary files that killed runs
@@ -277,7 +329,7 @@ class Job:
     request: Request
     results: list[FileResult]
     stems_left_out: list[Path]
-    plan: OutputPlan
+    plan: OutputPlan | EventPlan
     model: str = DEFAULT_MODEL
     device: str | None = None
     precision: str | None = None
@@ -319,13 +371,14 @@ class Job:
         return data
 
 
-def plan_job(inputs: Iterable[str | Path | Item], req: Request, plan: OutputPlan | None = None,
+def plan_job(inputs: Iterable[str | Path | Item], req: Request, plan: OutputPlan | EventPlan | None = None,
              region: Region | None = None, pattern: str | None = None, include_stems: bool = False) -> Job:
     """Check every input and decide every output, without a model.
 
     ``inputs``: files, folders (every audio file under them, see :func:`collect_inputs`) and
     :class:`Item` s (a file with its own region or stem path). ``plan`` (default: the request's
-    residual choice) says where stems go; ``region`` applies to inputs without their own.
+    residual choice) says where stems go, or, an :class:`EventPlan`, that the job finds events
+    and where they go; ``region`` applies to inputs without their own.
     Bad inputs become failed results and inputs whose stems exist skipped ones; raises
     :class:`ClapsepError` only for what stops the whole job: no inputs, a missing reference
     clip, output collisions.

@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from clapsep_cli.audio import atomic
 from clapsep_cli.audio.reader import peak, read_blocks
 from clapsep_cli.audio.writer import StemWriter
 from clapsep_cli.engine.batch import SeparationModel
@@ -17,6 +18,8 @@ from clapsep_cli.engine.options import EngineOptions
 from clapsep_cli.engine.segments import segment_count
 from clapsep_cli.engine.stream import Batcher, Source
 from clapsep_cli.errors import AudioError, ClapsepError
+from clapsep_cli.events.detect import Detector, Event
+from clapsep_cli.events.formats import EventFormat
 from clapsep_cli.jobs.plan import FileResult, Planned, pending
 from clapsep_cli.network.architecture import SAMPLE_RATE
 
@@ -63,7 +66,8 @@ def segments_of(planned: Planned, options: EngineOptions) -> int:
 
 
 class Runner:
-    """Separates planned files with one loaded model and one ready condition.
+    """Separates planned files with one loaded model and one ready condition, into stems or,
+    for files planned with an :class:`~clapsep_cli.jobs.plan.EventPlan`, into events.
 
     ``condition`` is the (1, 1024) conditioning vector of the job's query; ``invert`` writes
     source minus the separated sound as the stem (and the separated sound as the residual):
@@ -91,7 +95,8 @@ class Runner:
         # An open region reads to the real end (ffmpeg's lengths may be estimates).
         sources = (Source(read_blocks(p.info, p.first, p.last if p.bounded else None), p.info.rate)
                    for p in (r.planned for r in todo if r.planned is not None))
-        batcher = Batcher(self.model, self.condition, sources, self.options)
+        finding = todo[0].planned is not None and todo[0].planned.detect is not None
+        batcher = Batcher(self.model, self.condition, sources, self.options, model_rate=finding)
         last_end = time.perf_counter()
         with contextlib.closing(iter(batcher)) as outputs:
             index, current = self._begin(todo, 0, batcher)
@@ -125,7 +130,8 @@ class Runner:
                 raise
         return planned
 
-    def _begin(self, todo: list[FileResult], index: int, batcher: Batcher) -> tuple[int, _FileRun | None]:
+    def _begin(self, todo: list[FileResult], index: int, batcher: Batcher
+               ) -> tuple[int, _FileRun | _FileFind | None]:
         """Open the stems of ``todo[index]`` (or, where that fails, of the next file that can)."""
         while index < len(todo):
             result = todo[index]
@@ -133,7 +139,7 @@ class Runner:
             assert p is not None
             self.progress.start_file(result.input, segments_of(p, self.options), (p.last - p.first) / p.info.rate)
             try:
-                return index, _FileRun(result.input, p, self.invert)
+                return index, _FileFind(result.input, p) if p.detect else _FileRun(result.input, p, self.invert)
             except ClapsepError as err:
                 result.settle("failed", err)
                 batcher.drop(index)
@@ -185,3 +191,40 @@ class _FileRun:
     def abort(self) -> None:
         for w in self.writers:
             w.abort()
+
+
+class _FileFind:
+    """One file's events being found from 32 kHz (estimate, mixture) pairs, written
+    (atomically) when the file is done."""
+
+    def __init__(self, source: Path, p: Planned):
+        assert p.detect is not None
+        self.source, self.planned = source, p
+        self.detector = Detector(p.detect, p.label, offset=p.first / p.info.rate)
+        self.events: list[Event] = []
+
+    def write(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for target, mixture in pairs:
+            self.events += self.detector.push(target, mixture)
+
+    def commit(self, result: FileResult) -> None:
+        """Find the last events, write the events file where one is planned; record the outcome."""
+        if self.detector.samples == 0:
+            raise AudioError(f"{self.source}: contains no audio")
+        self.events += self.detector.finish()
+        p = self.planned
+        if p.target is not None:
+            assert isinstance(p.fmt, EventFormat)
+            try:
+                atomic.write_text(p.target, p.fmt.render(self.events, self.source, p.label), p.overwrite)
+            except FileExistsError:
+                raise ClapsepError(f"{p.target}: appeared while finding ({{setting}} replaces it)",
+                                   setting="overwrite") from None
+            except OSError as err:
+                raise AudioError(f"{p.target}: cannot write ({err.strerror or err})") from None
+        result.status = "ok"
+        result.frames = p.last - p.first
+        result.events = self.events
+
+    def abort(self) -> None:
+        pass

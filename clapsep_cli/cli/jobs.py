@@ -1,0 +1,192 @@
+"""What the commands that run jobs share: query, naming, input and cluster options; planning
+and running a job here or on a Ray cluster; the JSON report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clapsep_cli import api
+from clapsep_cli.audio import atomic
+from clapsep_cli.cli.common import TimeType, emit_json, flag
+from clapsep_cli.errors import ClapsepError
+
+F = Callable[..., Any]
+
+
+def apply_options(decorators: list[Callable[[F], F]], f: F) -> F:
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def query_options(f: F) -> F:
+    """-q, -p, -n, --query-audio, --negative-audio, --audio-weight."""
+    return apply_options([
+        click.option("-q", "--query", "texts", multiple=True, metavar="TEXT",
+                     help="A description of the sound (repeatable; several are averaged). With -q or -p, "
+                          "every argument is a file."),
+        click.option("-p", "--preset", metavar="NAME", help="A named query preset (see `clapsep presets list`)."),
+        click.option("-n", "--negative", multiple=True, metavar="TEXT", help="A sound to reject (repeatable)."),
+        click.option("--query-audio", multiple=True, metavar="FILE[@START-END]",
+                     help="A reference clip of the sound (repeatable)."),
+        click.option("--negative-audio", multiple=True, metavar="FILE[@START-END]",
+                     help="A reference clip of a sound to reject (repeatable)."),
+        click.option("--audio-weight", type=click.FloatRange(0.0, 1.0),
+                     help="Weight of reference clips against texts on the same side (default 0.5)."),
+    ], f)
+
+
+def naming_options(noun: str) -> Callable[[F], F]:
+    """-o, --out-dir, --name and --overwrite, for files of ``noun`` ("stem", "events file")."""
+    def decorate(f: F) -> F:
+        return apply_options([
+            click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+                         help=f"The {noun} for a single input (default: next to the source)."),
+            click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
+                         help=f"Write each {noun} into this folder instead of next to its source."),
+            click.option("--name", "name_template", default=api.DEFAULT_NAME, show_default=True,
+                         help=f"{noun.capitalize()} name template; fields: "
+                              + "; ".join(f"{{{k}}} {v}" for k, v in api.NAME_FIELDS.items())
+                              + ". Two inputs that would get one name are refused."),
+            click.option("--overwrite", is_flag=True,
+                         help=f"Replace an existing {noun} (sources are never touched)."),
+        ], f)
+    return decorate
+
+
+def input_options(f: F) -> F:
+    """--start, --end, --glob, --include-stems, --json and --report."""
+    return apply_options([
+        click.option("--start", type=TimeType(), help="Process only from this time (s or hh:mm:ss.fff)."),
+        click.option("--end", type=TimeType(), help="Process only up to this time."),
+        click.option("--glob", "pattern", metavar="PATTERN",
+                     help="In folders, take files matching this pattern (default: known audio types)."),
+        click.option("--include-stems", is_flag=True,
+                     help="In folders, also take stems clapsep wrote (tagged in their metadata; "
+                          "left out by default)."),
+        click.option("--json", "json_output", is_flag=True, help="Print one machine-readable JSON result."),
+        click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Also write the JSON result to this file (atomically; written on failure too)."),
+    ], f)
+
+
+def resolve_request(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
+                    query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None
+                    ) -> tuple[api.Request, list[Path]]:
+    """The request and the input paths from the command line.
+
+    With -q or -p every argument is a file. Otherwise the first argument is QUERY, except that
+    with --query-audio an existing file in first place is an input rather than a text. An empty
+    argument is never a file (it would name the current folder). How a preset combines with
+    texts is the library's rule (:func:`clapsep_cli.api.request`).
+    """
+    positive = list(texts)
+    if not texts and preset is None and args and not (query_audio and args[0] and Path(args[0]).exists()):
+        positive, args = [args[0]], args[1:]
+    if not args:
+        raise ClapsepError("no input files given")
+    if any(not a.strip() for a in args):
+        raise ClapsepError("an empty file name was given (an empty QUERY goes first, before the files)")
+    req = api.request(*positive, preset=preset, negative=negative, query_audio=query_audio,
+                      negative_audio=negative_audio, audio_weight=audio_weight)
+    return req, [Path(a) for a in args]
+
+
+def cluster_options(f: F) -> F:
+    """--ray, --ray-cpus and --ray-workers."""
+    return apply_options([
+        click.option("--ray", "ray_address", metavar="ADDRESS",
+                     help="Run on a Ray cluster: auto (the one RAY_ADDRESS names, else one Ray finds on this "
+                          "machine), local (start one here for this job) or HOST:PORT. Needs the ray extra: "
+                          "pip install 'clapsep-cli[ray]'."),
+        click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="CPUs each CPU worker takes; GPU workers take one GPU and one CPU."),
+        click.option("--ray-workers", type=click.IntRange(min=1),
+                     help="At most this many workers (default: one per GPU, else as many as the CPUs hold)."),
+    ], f)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Everything about a run besides the query and the inputs, as the command line gave it."""
+
+    plan: api.OutputPlan | api.EventPlan
+    overlap: float
+    batch_size: int | None
+    region: api.Region
+    pattern: str | None
+    include_stems: bool
+    json_output: bool
+    report_file: Path | None
+    model_name: str
+    device: str
+    precision: str
+    ray_address: str | None
+    ray_cpus: int
+    ray_workers: int | None
+
+
+def job_options(plan: api.OutputPlan | api.EventPlan, start: float | None, end: float | None, pattern: str | None,
+                include_stems: bool, json_output: bool, report_file: Path | None, model_name: str, device: str,
+                precision: str, overlap: float, batch_size: int | None, ray_address: str | None, ray_cpus: int,
+                ray_workers: int | None) -> JobOptions:
+    return JobOptions(plan, overlap, batch_size, api.Region(start or 0.0, end), pattern, include_stems,
+                      json_output, report_file, model_name, device, precision, ray_address, ray_cpus, ray_workers)
+
+
+def run_job(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
+    """Check and plan everything, load the model only if a file is to be separated, separate;
+    write ``--report`` (even on failure) and print ``--json``. The command prints the rest."""
+    try:
+        job = _run(req, files, opts)
+    except ClapsepError as err:
+        if opts.report_file is not None:
+            write_report(opts.report_file, {"failed": 1, "error": err.render(flag), "results": []})
+        raise
+    data = job.to_json(flag)
+    if opts.report_file is not None:
+        write_report(opts.report_file, data)
+    if opts.json_output:
+        emit_json(data)
+    return job
+
+
+def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
+    from clapsep_cli.cli.progress import RichProgress, wanted
+
+    if opts.ray_address is None and (opts.ray_workers is not None or opts.ray_cpus != 1):
+        raise ClapsepError("--ray-cpus and --ray-workers shape the workers of a Ray cluster: give --ray too")
+    executor = _executor(opts)
+    job = api.plan(files, req, opts.plan, opts.region, opts.pattern, opts.include_stems)
+    bar = RichProgress() if job.pending and wanted(opts.json_output) else None
+    with bar if bar else contextlib.nullcontext():
+        return executor.run(job, bar)
+
+
+def _executor(opts: JobOptions) -> api.Separator | api.Cluster:
+    """Where the job runs: here, or on the Ray cluster ``--ray`` names."""
+    if opts.ray_address is not None:
+        return api.Cluster(opts.ray_address, opts.model_name, device=opts.device, precision=opts.precision,
+                           overlap=opts.overlap, batch_size=opts.batch_size, worker_cpus=opts.ray_cpus,
+                           max_workers=opts.ray_workers)
+    return api.Separator(opts.model_name, device=opts.device, precision=opts.precision, overlap=opts.overlap,
+                         batch_size=opts.batch_size,
+                         log=None if opts.json_output else lambda msg: click.echo(msg, err=True))
+
+
+def write_report(path: Path, data: dict[str, Any]) -> None:
+    """Write a JSON report atomically (a bridge polling for the file never sees half of it).
+    A report that cannot be written (a full disk) costs one line on stderr, not the job."""
+    try:
+        atomic.write_text(path, json.dumps(data, indent=2, ensure_ascii=False))
+    except OSError as err:
+        click.echo(f"clapsep: warning: {path}: cannot write the report ({err.strerror or err})", err=True)
+
+
