@@ -150,3 +150,42 @@ def test_a_find_job_locates_a_tone_across_files_and_segments(tmp_path: Path) -> 
     labels = (tmp_path / "a.tone.labels.txt").read_text().splitlines()
     assert [tuple(float(x) for x in line.split("\t")[:2]) for line in labels] == got[0]
     assert sf.info(str(a)).frames == 25 * 44100  # the source is as it was
+
+
+def test_extract_where_found_keeps_the_sound_only_inside_its_events(tmp_path: Path) -> None:
+    # The same route as `clapsep extract --where found`, with the stand-in network: the stem is
+    # the ungated stem inside the events, faded over 50 ms outside them, exactly silent elsewhere.
+    from clapsep_cli.jobs.run import GATE_FADE, gate
+
+    src = burst_file(tmp_path / "a.wav", 44100, [(2.0, 4.0), (15.0, 16.5)])
+    everywhere = plan_job([src], api.request("tone"), api.OutputPlan(name_template="{stem}.all.{ext}"))
+    found = plan_job([src], api.request("tone"), api.OutputPlan(residual=True, where=api.DetectOptions()))
+    for job in (everywhere, found):
+        Runner(StandIn(), torch.zeros(1, 8), EngineOptions()).run(job.results)
+    events = found.results[0].events
+    assert np.allclose([(e.start, e.end) for e in events], [(2.0, 4.0), (15.0, 16.5)], atol=0.08)
+    full, _ = sf.read(str(tmp_path / "a.all.wav"), dtype="float32")
+    stem, _ = sf.read(str(tmp_path / "a.tone.wav"), dtype="float32")
+    residual, _ = sf.read(str(tmp_path / "a.tone.residual.wav"), dtype="float32")
+    source, _ = sf.read(str(src), dtype="float32")
+    t = np.arange(len(source)) / 44100
+    inside = np.zeros(len(t), bool)
+    outside = np.ones(len(t), bool)
+    for e in events:
+        inside |= (t >= e.start) & (t < e.end)
+        outside &= (t < e.start - GATE_FADE) | (t >= e.end + GATE_FADE)
+    assert np.array_equal(stem[inside], full[inside])
+    assert not np.any(stem[outside]) and np.any(full[outside])  # the bleed is gone
+    np.testing.assert_allclose(stem, full * gate(events, t), atol=1e-7)
+    np.testing.assert_allclose(stem + residual, source, atol=1e-6)
+    assert not list(tmp_path.glob(".*"))  # no temporary left
+
+
+def test_detect_settings_without_where_found_are_refused(home: Path, src: Path) -> None:
+    result = run("extract", "dog", src, "--threshold", "0.4")
+    assert result.exit_code == 1 and result.output.strip() == (
+        "clapsep: error: --threshold shape what --where found keeps: give --where found too")
+    ok = run("extract", "dog", src, "--where", "found", "--threshold", "0.01,0.005", "--json")
+    assert ok.exit_code == 0, ok.output
+    data = json.loads(ok.output)["results"][0]
+    assert data["events"] and sf.info(data["target"]).frames == 13 * 44100

@@ -183,3 +183,12 @@ def test_an_event_across_a_segment_boundary_is_found_whole() -> None:
     # Within the smoothing's half window and the STFT's 32 ms window of the true edges.
     assert events[0].start == pytest.approx(8.5, abs=0.08) and events[0].end == pytest.approx(12.5, abs=0.08)
     assert events[0].confidence > 0.9
+
+
+def test_an_event_is_given_as_soon_as_nothing_can_merge_with_it() -> None:
+    opts = DetectOptions(threshold=0.5, min_duration=0.0, merge=0.2, smooth=0.0)  # merge: 10 frames
+    finder = EventFinder(opts, "x")
+    assert finder.push(curve(20, (5, 15, 1.0))) == []  # 5 frames after its end: one could still merge
+    assert finder.push(np.zeros(4)) == []  # 9 frames
+    assert spans(finder.push(np.zeros(1))) == [(5, 15)]  # 10: an event starting next would be 10 frames off
+    assert finder.finish(25 * FRAME_SECONDS) == []

@@ -15,6 +15,8 @@ from clapsep_cli.cli.jobs import (
     F,
     apply_options,
     cluster_options,
+    detect_options,
+    detect_settings,
     input_options,
     job_options,
     naming_options,
@@ -22,6 +24,7 @@ from clapsep_cli.cli.jobs import (
     resolve_request,
     run_job,
 )
+from clapsep_cli.errors import ClapsepError
 
 
 def stem_options(f: F) -> F:
@@ -40,9 +43,10 @@ def stem_options(f: F) -> F:
 
 
 def stem_plan(residual: bool, output: Path | None, out_dir: Path | None, name_template: str, fmt: str | None,
-              bit_depth: str | None, clip: str | None, overwrite: bool) -> api.OutputPlan:
+              bit_depth: str | None, clip: str | None, overwrite: bool, where: api.DetectOptions | None = None
+              ) -> api.OutputPlan:
     return api.OutputPlan(name_template=name_template, out_dir=out_dir, output=output, residual=residual, fmt=fmt,
-                          bit_depth=bit_depth, clip=clip, overwrite=overwrite)
+                          bit_depth=bit_depth, clip=clip, overwrite=overwrite, where=where)
 
 
 @click.command()
@@ -50,6 +54,10 @@ def stem_plan(residual: bool, output: Path | None, out_dir: Path | None, name_te
 @query_options
 @naming_options("stem")
 @stem_options
+@click.option("--where", type=click.Choice(["everywhere", "found"]), default="everywhere", show_default=True,
+              help="found: keep the sound only inside the events `clapsep find` finds (fading in and out over "
+                   "50 ms), silence elsewhere, so the stem holds no bleed where the sound is absent.")
+@detect_options
 @input_options
 @model_options
 @engine_options
@@ -57,7 +65,8 @@ def stem_plan(residual: bool, output: Path | None, out_dir: Path | None, name_te
 def extract(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
             query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None,
             residual: bool | None, output: Path | None, out_dir: Path | None, name_template: str,
-            fmt: str | None, bit_depth: str | None, clip: str | None, overwrite: bool, **kwargs: Any) -> None:
+            fmt: str | None, bit_depth: str | None, clip: str | None, overwrite: bool, where: str,
+            threshold: tuple[float, ...], min_duration: float, merge: float, **kwargs: Any) -> None:
     """Keep the sound QUERY describes, from each FILE (or folder).
 
     \b
@@ -69,9 +78,21 @@ def extract(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, n
       clapsep extract "" -n "wind noise" take.flac
     """
     req, files = resolve_request(args, texts, preset, negative, query_audio, negative_audio, audio_weight)
+    found = detect_settings(threshold, min_duration, merge) if where == "found" else None
+    if found is None:
+        _refuse_detect_options_alone()
     plan = stem_plan(req.residual if residual is None else residual, output, out_dir, name_template, fmt, bit_depth,
-                     clip, overwrite)
+                     clip, overwrite, found)
     report(run_job(req, files, job_options(plan, **kwargs)), kwargs["json_output"])
+
+
+def _refuse_detect_options_alone() -> None:
+    """--threshold, --min-duration and --merge shape what --where found keeps: alone they are a mistake."""
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in ("threshold", "min_duration", "merge")
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        raise ClapsepError(f"{' and '.join(given)} shape what --where found keeps: give --where found too")
 
 
 @click.command()

@@ -12,6 +12,8 @@ from clapsep_cli import api
 from clapsep_cli.cli.common import engine_options, flag, model_options
 from clapsep_cli.cli.jobs import (
     cluster_options,
+    detect_options,
+    detect_settings,
     input_options,
     job_options,
     naming_options,
@@ -20,26 +22,7 @@ from clapsep_cli.cli.jobs import (
     run_job,
 )
 
-DEFAULTS = api.DetectOptions()
 TABLE = "table"
-
-
-class ThresholdType(click.ParamType):
-    """``HIGH`` or ``HIGH,LOW``: the score at which an event begins and, optionally, the one
-    below which it ends."""
-
-    name = "HIGH[,LOW]"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            levels = tuple(float(v) for v in str(value).split(","))
-        except ValueError:
-            self.fail(f"{value!r} is not a number or two numbers separated by a comma", param, ctx)
-        if len(levels) not in (1, 2):
-            self.fail(f"{value!r}: give one level or two (HIGH,LOW)", param, ctx)
-        return levels
 
 
 @click.command()
@@ -49,13 +32,7 @@ class ThresholdType(click.ParamType):
               help="table: print the events; json, csv, audacity (a label file: File > Import > Labels), "
                    "reaper (regions), reaper-markers, vtt (WebVTT): write <name>.<query>.<ext> next to each "
                    "source.")
-@click.option("--threshold", type=ThresholdType(), default=str(DEFAULTS.threshold), show_default=True,
-              help="Score (the share of the sound's energy in a 20 ms frame, 0 to 1) at which an event "
-                   "begins; a second level, HIGH,LOW, is where it ends (default: half of HIGH).")
-@click.option("--min-duration", type=click.FloatRange(min=0.0), default=DEFAULTS.min_duration, show_default=True,
-              help="Shorter events are dropped (seconds).")
-@click.option("--merge", type=click.FloatRange(min=0.0), default=DEFAULTS.merge, show_default=True,
-              help="Events closer than this are joined (seconds).")
+@detect_options
 @naming_options("events file")
 @input_options
 @model_options
@@ -75,8 +52,7 @@ def find(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, nega
       clapsep find "cough" --format reaper --threshold 0.4 podcast.flac
     """
     req, files = resolve_request(args, texts, preset, negative, query_audio, negative_audio, audio_weight)
-    detect = api.DetectOptions(threshold=threshold[0], release=threshold[1] if len(threshold) > 1 else None,
-                               min_duration=min_duration, merge=merge)
+    detect = detect_settings(threshold, min_duration, merge)
     plan = api.EventPlan(detect, None if fmt == TABLE else fmt, name_template, out_dir, output, overwrite)
     job = run_job(req, files, job_options(plan, **kwargs))
     if not kwargs["json_output"]:

@@ -77,6 +77,44 @@ def input_options(f: F) -> F:
     ], f)
 
 
+class ThresholdType(click.ParamType):
+    """``HIGH`` or ``HIGH,LOW``: the score at which an event begins and, optionally, the one
+    below which it ends."""
+
+    name = "HIGH[,LOW]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            levels = tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a number or two numbers separated by a comma", param, ctx)
+        if len(levels) not in (1, 2):
+            self.fail(f"{value!r}: give one level or two (HIGH,LOW)", param, ctx)
+        return levels
+
+
+def detect_options(f: F) -> F:
+    """--threshold, --min-duration and --merge: how a sound is found."""
+    defaults = api.DetectOptions()
+    return apply_options([
+        click.option("--threshold", type=ThresholdType(), default=str(defaults.threshold), show_default=True,
+                     help="Score (the share of a 20 ms frame's energy that is the sound, 0 to 1) at which a "
+                          "found event begins; a second level, HIGH,LOW, is where it ends (default: half of HIGH)."),
+        click.option("--min-duration", type=click.FloatRange(min=0.0), default=defaults.min_duration,
+                     show_default=True, help="Shorter found events are dropped (seconds)."),
+        click.option("--merge", type=click.FloatRange(min=0.0), default=defaults.merge, show_default=True,
+                     help="Found events closer than this are joined (seconds)."),
+    ], f)
+
+
+def detect_settings(threshold: tuple[float, ...], min_duration: float, merge: float) -> api.DetectOptions:
+    """The library's options from :func:`detect_options`' values."""
+    return api.DetectOptions(threshold=threshold[0], release=threshold[1] if len(threshold) > 1 else None,
+                             min_duration=min_duration, merge=merge)
+
+
 def resolve_request(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
                     query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None
                     ) -> tuple[api.Request, list[Path]]:

@@ -72,12 +72,18 @@ class DetectOptions:
         return self.threshold / 2 if self.release is None else self.release
 
 
-class FrameScorer:
-    """Scores of 20 ms frames from aligned 32 kHz blocks of the estimate and the mixture
-    ((n, channels) each): the estimate's share of the mixture's energy, in [0, 1]. A frame's
-    energy sums every channel; the last, partial frame is scored by :meth:`finish`."""
+def frame_samples(rate: int) -> int:
+    """Samples in a frame at ``rate``: 20 ms, to the sample below."""
+    return max(rate // 50, 1)
 
-    def __init__(self) -> None:
+
+class FrameScorer:
+    """Scores of 20 ms frames from aligned blocks of the estimate and the mixture ((n,
+    channels) each, at ``rate``): the estimate's share of the mixture's energy, in [0, 1]. A
+    frame's energy sums every channel; the last, partial frame is scored by :meth:`finish`."""
+
+    def __init__(self, rate: int = SAMPLE_RATE) -> None:
+        self.frame = frame_samples(rate)
         self._target = np.zeros(0, np.float64)  # per-sample energy not yet a whole frame
         self._mixture = np.zeros(0, np.float64)
 
@@ -85,8 +91,8 @@ class FrameScorer:
         """Scores of the frames these blocks complete."""
         self._target = np.concatenate([self._target, _energy(target)])
         self._mixture = np.concatenate([self._mixture, _energy(mixture)])
-        whole = len(self._target) // FRAME_SAMPLES * FRAME_SAMPLES
-        frames = (-1, FRAME_SAMPLES)
+        whole = len(self._target) // self.frame * self.frame
+        frames = (-1, self.frame)
         scores = _scores(self._target[:whole].reshape(frames), self._mixture[:whole].reshape(frames))
         self._target, self._mixture = self._target[whole:], self._mixture[whole:]
         return scores
@@ -171,8 +177,11 @@ class EventFinder:
             if self._open is None:
                 if value >= high:
                     self._open = [i, value]
-                else:
-                    self._gap_sum += value
+                    continue
+                self._gap_sum += value
+                if self._pending is not None and (i + 1 - self._pending[1]) * self.frame >= self.options.merge:
+                    events += self._emit(*self._pending)  # no event can begin close enough to merge
+                    self._pending = None
             elif value >= low:
                 self._open[1] += value
             else:
@@ -204,12 +213,13 @@ class EventFinder:
 
 
 class Detector:
-    """Events from aligned 32 kHz blocks of a separated estimate and its mixture ((n, channels)
-    each): a :class:`FrameScorer` feeding an :class:`EventFinder`."""
+    """Events from aligned blocks of a separated estimate and its mixture ((n, channels) each,
+    at ``rate``): a :class:`FrameScorer` feeding an :class:`EventFinder`."""
 
-    def __init__(self, options: DetectOptions, label: str, offset: float = 0.0):
-        self.scorer = FrameScorer()
-        self.finder = EventFinder(options, label, offset=offset)
+    def __init__(self, options: DetectOptions, label: str, offset: float = 0.0, rate: int = SAMPLE_RATE):
+        self.rate = rate
+        self.scorer = FrameScorer(rate)
+        self.finder = EventFinder(options, label, self.scorer.frame / rate, offset)
         self.samples = 0
 
     def push(self, target: np.ndarray, mixture: np.ndarray) -> list[Event]:
@@ -219,7 +229,7 @@ class Detector:
 
     def finish(self) -> list[Event]:
         """The remaining events, at the end of the stream."""
-        return self.finder.push(self.scorer.finish()) + self.finder.finish(self.samples / SAMPLE_RATE)
+        return self.finder.push(self.scorer.finish()) + self.finder.finish(self.samples / self.rate)
 
 
 def find_events(scores: np.ndarray, options: DetectOptions, label: str = "", frame_seconds: float = FRAME_SECONDS,

@@ -55,7 +55,9 @@ class OutputPlan:
     stem path (a single input only); ``residual``: also write the rest of the source beside the
     stem; ``fmt`` (a key of :data:`~clapsep_cli.audio.writer.FORMATS`), ``bit_depth`` (``16``,
     ``24`` or ``32f``) and ``clip`` (``rescale``, ``clamp`` or ``none``): chosen from the source
-    where None; ``overwrite``: replace existing stems instead of skipping their source.
+    where None; ``overwrite``: replace existing stems instead of skipping their source;
+    ``where``: keep the separated sound only inside the events these options find in it (with
+    short fades), silence elsewhere (None: everywhere).
     """
 
     name_template: str = DEFAULT_NAME
@@ -66,6 +68,7 @@ class OutputPlan:
     bit_depth: str | None = None
     clip: str | None = None
     overwrite: bool = False
+    where: DetectOptions | None = None
 
     def paths(self, source: Path, query: Query, fmt: OutputFormat, output: Path | None = None
               ) -> tuple[Path, Path | None]:
@@ -130,7 +133,8 @@ class Planned:
     """One input, probed, with its outputs decided: all that separating it needs besides the
     model and the condition. ``bounded``: the region has an end (read up to it, not to the
     decoder's end); ``label`` tags the stems' metadata and names the events. Stems have a
-    format and a clip policy; events have ``detect``, and a format where a file is written."""
+    format and a clip policy (and ``gate``, to keep the sound only where it is found); events
+    have ``detect``, and a format where a file is written."""
 
     info: AudioInfo
     first: int
@@ -142,7 +146,8 @@ class Planned:
     residual: Path | None
     overwrite: bool
     label: str
-    detect: DetectOptions | None = None
+    detect: DetectOptions | None = None  # find events (no stems)
+    gate: DetectOptions | None = None  # stems kept only inside the events these find
 
 
 @dataclass
@@ -254,7 +259,7 @@ def plan_file(item: Item, query: Query, plan: OutputPlan | EventPlan, region: Re
     target, residual = plan.paths(item.path, query, fmt, item.output)
     _refuse_source_overwrite(item.path, [target, residual])
     return Planned(info, first, last, region.end is not None, fmt, clip, target, residual, plan.overwrite,
-                   query.slug())
+                   query.slug(), gate=plan.where)
 
 
 def plan_results(inputs: list[Item], query: Query, plan: OutputPlan | EventPlan, region: Region

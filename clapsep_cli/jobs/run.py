@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -164,15 +166,22 @@ class _FileRun:
                 raise
         self.peak = 0.0
         self.frames = 0
+        self.gate = None if p.gate is None else _Gate(p)
 
     def write(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
         for target, src in pairs:
             self.peak = max(self.peak, peak(src))
             self.frames += len(target)
-            stem = src - target if self.invert else target
-            self.writers[0].write(stem)
-            if len(self.writers) > 1:
-                self.writers[1].write(src - stem)
+            if self.gate is not None:  # written when the events are known
+                self.gate.push(target, src)
+            else:
+                self._write(target, src)
+
+    def _write(self, target: np.ndarray, src: np.ndarray) -> None:
+        stem = src - target if self.invert else target
+        self.writers[0].write(stem)
+        if len(self.writers) > 1:
+            self.writers[1].write(src - stem)
 
     def commit(self, result: FileResult) -> None:
         """Check what was written and rename the stems into place; record the outcome."""
@@ -180,6 +189,10 @@ class _FileRun:
             raise AudioError(f"{self.source}: contains no audio")
         if self.peak == 0.0:
             raise AudioError(f"{self.source}: is digital silence; there is nothing to extract")
+        if self.gate is not None:
+            result.events = self.gate.finish()
+            for target, src in self.gate.gated():
+                self._write(target, src)
         for w in self.writers:
             w.commit()
         result.status = "ok"
@@ -189,8 +202,64 @@ class _FileRun:
             result.extra["rescale_gain"] = [w.gain for w in self.writers]
 
     def abort(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
         for w in self.writers:
             w.abort()
+
+
+GATE_FADE = 0.05  # seconds of raised-cosine fade outside each event's edges
+
+
+class _Gate:
+    """A stem kept only inside its events: the separated sound is spooled to an unnamed
+    temporary file (gone with the process, whatever ends it) while its events are found at the
+    file's rate; then it is read back block by block beside the source, read again, and faded
+    in before each event and out after it. Memory stays flat; the spool takes the stem's
+    length in float32 on disk."""
+
+    def __init__(self, p: Planned):
+        assert p.gate is not None and p.target is not None
+        self.planned = p
+        self.detector = Detector(p.gate, p.label, offset=p.first / p.info.rate, rate=p.info.rate)
+        self.spool = tempfile.TemporaryFile(dir=p.target.parent)
+        self.events: list[Event] = []
+
+    def push(self, target: np.ndarray, src: np.ndarray) -> None:
+        self.events += self.detector.push(target, src)
+        np.ascontiguousarray(target, np.float32).tofile(self.spool)
+
+    def finish(self) -> list[Event]:
+        self.events += self.detector.finish()
+        return self.events
+
+    def gated(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(estimate inside the events, source) blocks, in order."""
+        p, rate = self.planned, self.planned.info.rate
+        self.spool.seek(0)
+        done = 0
+        for src in read_blocks(p.info, p.first, p.first + self.detector.samples):
+            target = np.fromfile(self.spool, np.float32, src.size).reshape(src.shape)
+            times = (done + np.arange(len(src))) / rate + p.first / rate
+            yield target * gate(self.events, times)[:, None], src
+            done += len(src)
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+def gate(events: list[Event], times: np.ndarray) -> np.ndarray:
+    """The gain at ``times`` (seconds, sorted): 1 inside an event, a raised-cosine fade over
+    :data:`GATE_FADE` before and after it, 0 elsewhere."""
+    out = np.zeros(len(times))
+    if not len(times):
+        return out
+    for e in events:
+        if e.end + GATE_FADE < times[0] or e.start - GATE_FADE > times[-1]:
+            continue
+        ramp = np.clip(np.minimum(times - (e.start - GATE_FADE), (e.end + GATE_FADE) - times) / GATE_FADE, 0, 1)
+        out = np.maximum(out, np.sin(0.5 * np.pi * ramp) ** 2)
+    return out
 
 
 class _FileFind:
