@@ -4,6 +4,8 @@ Five kinds of captioned sounds made here (speech from espeak-ng, beeps, noise bu
 trains, hum), mixed in pairs at 0 dB on the fly; the tiny architecture trains from scratch
 (random frozen CLAP, text queries, trainable encoder copy and decoder) for a few minutes;
 validation SI-SDRi on fixed held-out mixtures is printed before training and after every epoch.
+The best weights are installed as the model ``learning-check`` in the store under ``--out``
+(``benchmarks/find_accuracy.py`` uses it).
 
     python benchmarks/learning_check.py --minutes 10 --out bench-out/learning
 """
@@ -120,6 +122,7 @@ def main() -> None:
     trainer.fit(time_limit=args.minutes * 60)
     print(f"after {trainer.step} steps of {args.batch_size} mixtures ({(time.monotonic() - started) / 60:.1f} min): "
           f"best validation SI-SDRi {trainer.best:.2f} dB")
+    print(f"installed as model {trainer.export(overwrite=True).name!r} in {args.out / 'store'}")
 
 
 if __name__ == "__main__":
