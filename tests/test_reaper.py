@@ -7,7 +7,9 @@ A scenario (written for the fake as a Lua table) holds: ``os`` (GetOS), ``resour
 (GetResourcePath), ``project_path`` (GetProjectPath), ``project_file`` (the first tab's file),
 ``time_selection`` ({start, end} or nil), ``tracks`` ({name, items = {{position, length, loop,
 selected, take = {file, type, source_length, file_length, section, stretch_markers, values}}}}),
-``answer`` (what the user types into GetUserInputs; nil cancels), ``clock_speed`` (fake seconds
+``answer`` (what the user types into GetUserInputs: a text, or a list of texts for a dialog of
+several fields; nil cancels), ``extstate`` ({section = {key = value}}: REAPER's extended state at
+the start), ``clock_speed`` (fake seconds
 per real second), ``process_log`` (where started processes write), ``child_env`` (the only
 variables a started process gets), ``time_limit`` (real seconds), ``fail_call`` (a reaper
 function that raises) and ``events`` ({cycle, what}: what the user does that many defer cycles
@@ -31,14 +33,15 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from clapsep_cli import resources
+from clapsep_cli import api, resources
 from clapsep_cli.audio.reader import AudioInfo, probe
 from clapsep_cli.audio.region import END_TOLERANCE, Region
-from clapsep_cli.bridges.reaper.jobs import Heartbeat
+from clapsep_cli.bridges.reaper.jobs import Heartbeat, read_job
 from clapsep_cli.bridges.reaper.lua import lua_literal, lua_string
 from clapsep_cli.bridges.reaper.setup import (
     ASK_FILE,
     CORE,
+    FIND_FILE,
     MARKER,
     Environment,
     clapsep_command,
@@ -128,11 +131,14 @@ def fake_clapsep(path: Path, body: str) -> Path:
     return path
 
 
-def answer_with(tmp_path: Path, items: list[dict[str, Any]], delay: float = 0.0) -> Path:
-    """A fake clapsep that beats once and, after `delay` seconds, hands over this result the way
-    clapsep does (written under another name, then renamed into place)."""
+def answer_with(tmp_path: Path, items: list[dict[str, Any]] | None, delay: float = 0.0, error: str | None = None
+                ) -> Path:
+    """A fake clapsep that beats once and, after `delay` seconds, hands over this result (these
+    items, or this error for the whole job) the way clapsep does (written under another name,
+    then renamed into place)."""
     result = tmp_path / "result.lua"
-    result.write_text("return " + lua_literal({"state": "done", "items": items}) + "\n", encoding="utf-8")
+    outcome = {"state": "done", "items": items} if error is None else {"state": "done", "error": error}
+    result.write_text("return " + lua_literal(outcome) + "\n", encoding="utf-8")
     return fake_clapsep(tmp_path / "answering clapsep", f'printf . >> "$base.beat"\nsleep {delay}\n'
                         f'cp {shlex.quote(str(result))} "$base.tmp" && mv "$base.tmp" "$base.result.lua"')
 
@@ -179,8 +185,8 @@ def test_install_writes_one_action_per_preset_and_the_free_text_one(tmp_path: Pa
 
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in folder.glob("clapsep - *.lua"))
-    expected = {f"clapsep - {n}.lua" for n in [*SHIPPED_PRESETS, "my-truck"]} | {ASK_FILE, foreign.name}
-    assert set(names) == expected
+    expected = {f"clapsep - {kind}{n}.lua" for n in [*SHIPPED_PRESETS, "my-truck"] for kind in ("", "find ")}
+    assert set(names) == expected | {ASK_FILE, FIND_FILE, foreign.name}
     assert not stale.exists() and "Removed clapsep - gone.lua" in result.output
     assert (folder / CORE).read_bytes() == CORE.read_bytes()
     assert "skipped a preset" in result.output and "broken.toml" in result.output
@@ -191,6 +197,14 @@ def test_install_writes_one_action_per_preset_and_the_free_text_one(tmp_path: Pa
     assert config["command"] == clapsep_command() and config["label"] == "dog"
     assert config["preset_file"] == str(dog) and config["store"] == str(tmp_path / "store")
     assert read_config(folder / ASK_FILE).get("preset_file") is None
+    assert config["kind"] == "extract" and "threshold" not in config
+    find = read_config(folder / "clapsep - find dog.lua")
+    assert (find["kind"], find["preset_file"], find["label"]) == ("find", str(dog), "dog")
+    assert find["threshold"] == api.DetectOptions().threshold
+    assert (folder / "clapsep - find dog.lua").read_text(encoding="utf-8").startswith(
+        f"{MARKER} find 'dog' in the selected items.")
+    assert read_config(folder / FIND_FILE)["kind"] == "find" and read_config(folder / FIND_FILE).get(
+        "preset_file") is None
 
 
 def test_install_records_absolute_paths_for_a_bare_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -236,17 +250,22 @@ def test_every_lua_file_compiles(tmp_path: Path) -> None:
 
 # --- Lua and Python speaking to each other --------------------------------------------------
 
+def load_lua(path: Path) -> Any:
+    """What the Lua file ``path`` returns, as Lua reads it (through JSON)."""
+    script = f"local F = dofile({lua_string(str(HARNESS / 'fake_reaper.lua'))}) " \
+             f"io.write(F.to_json(dofile({lua_string(str(path))})))"
+    done = lua("-e", script)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 @needs_lua
 def test_lua_literals_load_back_unchanged(tmp_path: Path) -> None:
     value = {"text": 'q"uo\'te \\ back`slash\n\ttab \x00 nul \x7f é ü 漢', "n": [1, -2.5, 1e-300, 123456789012],
              "flag": True, "nested": {"list": ["a", ["b"]], "off": False}}
     spec = tmp_path / "value.lua"
     spec.write_text("return " + lua_literal(value) + "\n", encoding="utf-8")
-    script = f"local F = dofile({lua_string(str(HARNESS / 'fake_reaper.lua'))}) " \
-             f"io.write(F.to_json(dofile({lua_string(str(spec))})))"
-    done = lua("-e", script)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == value
+    assert load_lua(spec) == value
 
 
 UNIX_ARGS = ["/opt/my apps/python3", "plain", "with space", "it's", "ünïcödé 漢字", "C:dir/", ";rm -rf x|&><*?~#",
@@ -726,6 +745,168 @@ def test_a_clapsep_error_reaches_the_user_and_changes_nothing(tmp_path: Path, me
     assert "error: " in job_file.with_suffix(".log").read_text(encoding="utf-8")
 
 
+# --- find: regions and markers --------------------------------------------------------------
+
+LOW = 0.01  # the tiny random model scores low; this threshold finds something
+
+
+def expected_events(source: Path, start: float, end: float | None, text: str) -> list[api.Event]:
+    """What `Separator.find` finds in the same window at the threshold LOW."""
+    job = api.Separator().find([api.Item(source, api.Region(start, end))], api.request(text),
+                               api.EventPlan(api.DetectOptions(threshold=LOW)))
+    (result,) = job.results
+    assert result.status == "ok" and result.events, result.error
+    return result.events
+
+
+def marks(recorded: dict[str, Any]) -> list[tuple[bool, float, float, str]]:
+    return [(m["region"], m["position"], m["region_end"], m["name"]) for m in recorded["markers"]]
+
+
+@needs_lua
+def test_find_action_marks_each_event_where_the_take_plays_it(home: Path, tmp_path: Path,
+                                                               media: dict[str, Path]) -> None:
+    """The asked-for description, threshold and marks reach the real clapsep; each event found
+    becomes a region over the part of the timeline that plays it (take offset 0.5 s, playrate
+    1.5), in one undo step, and the choices are remembered for the next find."""
+    resource = tmp_path / "resource"
+    folder = install_into(resource)
+    walk = media["walk"]
+    tracks = [{"name": "Dialog", "items": [item(10.0, 2.0, take(walk, 4.0, values={"D_STARTOFFS": 0.5,
+                                                                                  "D_PLAYRATE": 1.5}))]}]
+    recorded = run_action(folder / FIND_FILE, {"resource": str(resource), "tracks": tracks,
+                                               "answer": ["dog barking", f" {LOW} ", "Regions"]}, tmp_path)
+
+    no_script_error(recorded)
+    assert recorded["messages"] == []
+    assert recorded["asked"]["count"] == 3 and recorded["asked"]["values"] == "\n0.3\nregions"
+    job = json.loads(recorded["execs"][0]["job"])
+    assert (job["kind"], job["query"], job["threshold"]) == ("find", {"text": "dog barking"}, LOW)
+    assert "out_dir" not in job and job["items"] == [{"source": str(walk), "start": 0.5, "end": 3.5}]
+    events = expected_events(walk, 0.5, 3.5, "dog barking")
+    assert marks(recorded) == [(True, pytest.approx(10.0 + (max(e.start, 0.5) - 0.5) / 1.5, abs=1e-9),
+                                pytest.approx(10.0 + (min(e.end, 3.5) - 0.5) / 1.5, abs=1e-9),
+                                f"dog_barking {e.confidence:.2f}") for e in events]
+    assert recorded["undo"] == [{"event": "begin"}, {"event": "end", "description": "clapsep: find dog barking",
+                                                     "flags": -1}]
+    assert recorded["changed_outside_undo"] == [] and recorded["refresh_prevented"] == 0
+    assert recorded["extstate"] == {"clapsep/find_threshold": {"value": "0.01", "persist": True},
+                                    "clapsep/find_marks": {"value": "regions", "persist": True}}
+    assert [t["name"] for t in recorded["tracks"]] == ["Dialog"] and leftover_jobs(resource) == []
+
+
+def event(start: float, end: float, confidence: float = 0.5) -> dict[str, Any]:
+    return {"start": start, "end": end, "confidence": confidence, "label": "dog"}
+
+
+@needs_lua
+@pytest.mark.parametrize("mode", ["regions", "markers"])
+def test_events_are_mapped_through_the_take_and_clipped_to_what_it_plays(tmp_path: Path, mode: str) -> None:
+    """Item A (at 10 s, 2 s long) plays its source from 1 s at playrate 2, so source 1..5 s.
+    Events before or after that are dropped, those across its edges clipped; markers (the
+    setting kept in REAPER's extended state) stand at the clipped starts."""
+    found = [event(0.2, 0.8), event(0.5, 1.5, 0.123), event(2.0, 3.0, 0.9), event(4.5, 6.0, 0.456),
+             event(5.5, 6.0)]
+    resource = tmp_path / "resource"
+    folder = install_into(resource, [str(answer_with(tmp_path, [{"status": "ok", "events": found},
+                                                                {"status": "ok", "events": [event(0.25, 0.5)]}]))])
+    tracks = [{"name": "A", "items": [item(10.0, 2.0, take(tmp_path / "a.wav", 8.0, values={"D_STARTOFFS": 1.0,
+                                                                                           "D_PLAYRATE": 2.0}))]},
+              {"name": "B", "items": [item(3.0, 1.0, take(tmp_path / "b.wav", 2.0))]}]
+    extstate = {"clapsep": {"find_marks": mode, "find_threshold": "0.25"}} if mode == "markers" else None
+    recorded = run_action(folder / "clapsep - find dog.lua", {"resource": str(resource), "tracks": tracks,
+                                                              "extstate": extstate}, tmp_path)
+    no_script_error(recorded)
+    assert recorded["messages"] == [] and recorded["asked"] is False
+    spans = [(10.0, 10.25, "dog 0.12"), (10.5, 11.0, "dog 0.90"), (11.75, 12.0, "dog 0.46"), (3.25, 3.5, "dog 0.50")]
+    if mode == "regions":
+        assert marks(recorded) == [(True, a, b, name) for a, b, name in spans]
+    else:
+        assert marks(recorded) == [(False, a, 0, name) for a, _, name in spans]
+    assert [m["number"] for m in recorded["markers"]] == [1, 2, 3, 4]
+    assert [u["event"] for u in recorded["undo"]] == ["begin", "end"] and recorded["changed_outside_undo"] == []
+    job_text = tmp_path / "sent.json"
+    job_text.write_text(recorded["execs"][0]["job"], encoding="utf-8")
+    sent = read_job(job_text)
+    assert sent.kind == "find" and sent.detect == api.DetectOptions(threshold=0.25 if mode == "markers" else 0.3)
+    assert sent.preset_file == resources.shipped("presets") / "dog.toml" and sent.out_dir is None
+    assert [(i.path.name, i.region) for i in sent.items] == [("a.wav", api.Region(1.0, 5.0)),
+                                                           ("b.wav", api.Region(0.0, 1.0))]
+    assert recorded["extstate"] == [] and leftover_jobs(resource) == []  # a preset's find asks nothing
+
+
+@needs_lua
+@pytest.mark.parametrize(("items", "error", "message"), [
+    (None, "the model store is empty", "clapsep failed: the model store is empty\n\nDetails are in the log"),
+    ([{"status": "failed", "error": "a.wav: cannot read"}, {"status": "ok", "events": [event(0.25, 0.5)]}], None,
+     "clapsep could not search 1 of 2 items:\n\nThe item at 1.000 s (a.wav): a.wav: cannot read\n\nDetails"),
+    ([{"status": "ok", "events": [event(3.0, 4.0)]}, {"status": "ok", "events": []}], None,
+     "clapsep found no dog in the selected items (threshold 0.3)."),
+])
+def test_a_failed_or_empty_find_says_so_in_one_message(tmp_path: Path, items: list[dict[str, Any]] | None,
+                                                       error: str | None, message: str) -> None:
+    """A failed job marks nothing; a failed item is named while the others' events land; events
+    only outside the items' windows are nothing found."""
+    resource = tmp_path / "resource"
+    folder = install_into(resource, [str(answer_with(tmp_path, items, error=error))])
+    tracks = [{"name": "A", "items": [item(1.0, 0.5, take(tmp_path / "a.wav", 2.0))]},
+              {"name": "B", "items": [item(3.0, 1.0, take(tmp_path / "b.wav", 2.0))]}]
+    recorded = run_action(folder / "clapsep - find dog.lua", {"resource": str(resource), "tracks": tracks}, tmp_path)
+    no_script_error(recorded)
+    (shown,) = recorded["messages"]
+    assert shown.startswith(message), shown
+    landed = [(True, 3.25, 3.5, "dog 0.50")] if error is None and items and items[0]["status"] == "failed" else []
+    assert marks(recorded) == landed
+    assert [u["event"] for u in recorded["undo"]] == (["begin", "end"] if landed else [])
+    job_file = Path(recorded["execs"][0]["argv"][-1])
+    kept = [job_file.name, job_file.with_suffix(".log").name] if "Details" in message else []
+    assert leftover_jobs(resource) == kept
+
+
+@needs_lua
+@pytest.mark.parametrize(("what", "landed", "message"), [
+    ("delete first track", [(True, 1.25, 1.5, "dog 0.50")], None),
+    ("close project", [], "The project was closed while clapsep ran; nothing was marked.\n\nDetails"),
+])
+def test_events_land_where_the_items_were_when_the_action_started(tmp_path: Path, what: str,
+                                                                  landed: list[Any], message: str | None) -> None:
+    """The item's track (and the item) deleted while clapsep runs: the region still marks where
+    the item played when asked. The project closed: nothing lands in another one."""
+    resource = tmp_path / "resource"
+    folder = install_into(resource, [str(answer_with(tmp_path, [{"status": "ok", "events": [event(0.25, 0.5)]}],
+                                                     delay=0.3))])
+    tracks = [{"name": "A", "items": [item(1.0, 0.5, take(tmp_path / "a.wav", 2.0))]}, {"name": "B"}]
+    recorded = run_action(folder / "clapsep - find dog.lua", {"resource": str(resource), "tracks": tracks,
+                                                              "events": [{"cycle": 0, "what": what}]}, tmp_path)
+    no_script_error(recorded)
+    assert marks(recorded) == landed
+    assert all(tab["markers"] == 0 for tab in recorded["tabs"] if tab["file"] != "/projects/song.rpp")
+    if message is None:
+        assert recorded["messages"] == [] and leftover_jobs(resource) == []
+    else:
+        assert recorded["messages"][0].startswith(message) and recorded["undo"] == []
+
+
+@needs_lua
+@pytest.mark.parametrize(("answer", "message"), [
+    (["dog", "2", "regions"], 'The threshold must be a number above 0 and at most 1, not "2".'),
+    (["dog", "zero", "regions"], 'The threshold must be a number above 0 and at most 1, not "zero".'),
+    (["dog", "0.5", "notes"], 'Mark the sound with "regions" or "markers", not "notes".'),
+    (["  ", "0.5", "regions"], None),
+    (None, None),
+])
+def test_the_find_dialog_refuses_bad_settings_and_starts_nothing(plain_install: Path, tmp_path: Path,
+                                                                 answer: list[str] | None, message: str | None
+                                                                 ) -> None:
+    tracks = [{"name": "A", "items": [item(0, 1, take(Path("/a.wav"), 2))]}]
+    recorded = run_action(plain_install / FIND_FILE, {"resource": str(tmp_path / "resource"), "tracks": tracks,
+                                                      "answer": answer}, tmp_path)
+    no_script_error(recorded)
+    assert recorded["messages"] == ([message] if message else [])
+    assert recorded["execs"] == [] and recorded["markers"] == [] and recorded["extstate"] == []
+    assert leftover_jobs(tmp_path / "resource") == []
+
+
 # --- clapsep reaper run on its own -------------------------------------------------------------
 
 def job_text(tmp_path: Path, **fields: Any) -> str:
@@ -743,6 +924,12 @@ def job_text(tmp_path: Path, **fields: Any) -> str:
      '[{"source": "/a.wav", "start": 2, "end": 1}]}', "0 <= start < end"),
     ('{"clapsep_reaper_job": 2, "query": {"text": "dog"}, "out_dir": "/x", "store": "relative", "items": '
      '[{"source": "/a.wav", "start": 0}]}', "'store' must be an absolute path"),
+    ('{"clapsep_reaper_job": 2, "kind": "separate", "query": {"text": "dog"}, "store": "/s", "items": '
+     '[{"source": "/a.wav", "start": 0}]}', "'kind' must be one of extract, find"),
+    ('{"clapsep_reaper_job": 2, "kind": "find", "query": {"text": "dog"}, "store": "/s", "threshold": "high", '
+     '"items": [{"source": "/a.wav", "start": 0}]}', "'threshold' must be a number"),
+    ('{"clapsep_reaper_job": 2, "kind": "find", "query": {"text": "dog"}, "store": "/s", "threshold": 2, '
+     '"items": [{"source": "/a.wav", "start": 0}]}', "threshold must be in (0, 1] (got 2)"),
 ])
 def test_run_reports_a_bad_job_in_its_result_file(tmp_path: Path, job: str, error: str) -> None:
     path = tmp_path / "job-1.json"
@@ -755,6 +942,39 @@ def test_run_reports_a_bad_job_in_its_result_file(tmp_path: Path, job: str, erro
     assert state == "done" and error in message
     log = (tmp_path / "job-1.log").read_text(encoding="utf-8")
     assert log.startswith("clapsep ") and f"error: {message}" in log and log.endswith("writing the result\n")
+
+
+@needs_lua
+def test_a_find_job_gives_each_window_its_events_in_the_source_clock(home: Path, tmp_path: Path) -> None:
+    """One job for every window: events as `Separator.find` gives them for the same windows, in
+    seconds of the source; a window sent twice gets its events twice, a broken file its reason.
+    No file is written beside the sources."""
+    source = write_audio(tmp_path / "talk.wav", tone(6.0, 16000, 2), 16000)
+    broken = tmp_path / "broken.wav"
+    broken.write_text("not audio at all")
+    windows = [{"source": str(source), "start": 1.0, "end": 4.0}, {"source": str(source), "start": 3.5},
+               {"source": str(source), "start": 1.0, "end": 4.0}, {"source": str(broken), "start": 0.0}]
+    job = tmp_path / "job-4.json"
+    job.write_text(job_text(tmp_path, kind="find", store=str(home), threshold=LOW, items=windows), encoding="utf-8")
+    result = CliRunner().invoke(main, ["reaper", "run", str(job)])
+    assert result.exit_code == 0, result.output
+
+    done = load_lua(tmp_path / "job-4.result.lua")
+    assert done["state"] == "done"
+    first, second, again, failed = done["items"]
+    expected = api.Separator().find([api.Item(source, api.Region(1.0, 4.0)), api.Item(source, api.Region(3.5))],
+                                    api.request("dog"), api.EventPlan(api.DetectOptions(threshold=LOW)))
+    for got, want, (start, end) in zip([first, second], expected.results, [(1.0, 4.0), (3.5, 6.0)], strict=True):
+        assert got["status"] == "ok" and got["events"]
+        assert got["events"] == [{"start": pytest.approx(e.start, abs=1e-9), "end": pytest.approx(e.end, abs=1e-9),
+                                  "confidence": pytest.approx(e.confidence, abs=1e-6), "label": "dog"}
+                                 for e in want.events]
+        assert all(start <= e["start"] < e["end"] <= end + 1e-9 for e in got["events"])
+    assert again == first
+    assert failed["status"] == "failed" and str(broken) in failed["error"]
+    log = job.with_suffix(".log").read_text(encoding="utf-8")
+    assert "item 1/3: " in log and f"  ok: {len(first['events'])} events" in log and "item 3/3: " in log
+    assert list(tmp_path.glob("talk*")) == [source] and not (tmp_path / "stems").exists()
 
 
 def test_run_without_its_job_file_leaves_nothing(tmp_path: Path) -> None:

@@ -50,7 +50,8 @@ COMMANDS = {
     "audacity": LazyCommand("clapsep_cli.cli.audacity_cmd:audacity",
                             "Work inside a running Audacity (mod-script-pipe)."),
     "reaper": LazyCommand("clapsep_cli.cli.reaper_cmd:reaper",
-                          "Install REAPER actions (one per preset, plus a free-text one)."),
+                          "Install REAPER actions that extract or find a sound (two per preset, plus two "
+                          "free-text ones)."),
 }
 
 

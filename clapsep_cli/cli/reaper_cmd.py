@@ -1,4 +1,4 @@
-"""``clapsep reaper``: ReaScript actions that extract from REAPER's selected items."""
+"""``clapsep reaper``: ReaScript actions that extract or find a sound in REAPER's selected items."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from clapsep_cli.bridges.reaper import jobs, setup
 
 @click.group()
 def reaper() -> None:
-    """Install REAPER actions (one per preset, plus a free-text one)."""
+    """Install REAPER actions that extract or find a sound (two per preset, plus two free-text ones)."""
 
 
 @reaper.command()

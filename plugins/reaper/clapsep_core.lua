@@ -1,12 +1,15 @@
 -- clapsep for REAPER: the code behind every "clapsep - ..." action.
 --
--- `clapsep reaper install` copies this file into REAPER's Scripts/clapsep/ folder next to one
--- small action script per preset; each action calls run(config) with
+-- `clapsep reaper install` copies this file into REAPER's Scripts/clapsep/ folder next to two
+-- small action scripts per preset (extract, find); each action calls run(config) with
+--   config.kind         "extract" (stems on new tracks) or "find" (regions or markers where the
+--                       sound occurs)
 --   config.command      the argv that starts clapsep, e.g. {"/abs/python", "-m", "clapsep_cli"}
 --   config.preset_file  the preset's file (absolute), or nil to ask the user to describe the sound
 --   config.label        what the preset is called (the new track's name)
 --   config.store        the model store (absolute), and config.ffmpeg, ffmpeg (absolute) or nil:
 --                       a process REAPER starts may not see the user's shell environment
+--   config.threshold    (find) the threshold until the user chooses one
 --
 -- run() reads the selected items (clipped to the time selection), writes a job file (JSON,
 -- UTF-8) and starts `clapsep reaper run JOB` without waiting. Only the clapsep command and the
@@ -14,8 +17,9 @@
 -- job, clapsep appends a byte to JOB.beat every second while it works, writes JOB.log, and
 -- finally renames its result (a Lua table) into place as JOB.result.lua; no file is ever
 -- replaced while the action may be reading it. A deferred poll waits for the result (or for
--- the heartbeat to stop), waits for the user to return to the job's project tab, and inserts
--- the stems on new tracks in one undo block.
+-- the heartbeat to stop), waits for the user to return to the job's project tab, and then, in
+-- one undo block, inserts the stems on new tracks or marks the events, where the items were
+-- when the action started.
 
 local M = {}
 
@@ -25,6 +29,9 @@ M.START_LIMIT = 180
 M.SILENCE_LIMIT = 60
 -- Tolerance, in seconds of source, for windows that end exactly at the source's edges.
 local EPS = 1e-7
+-- The section of REAPER's extended state (kept across restarts) where the find actions keep
+-- the threshold and the marks ("regions" or "markers") last chosen in "clapsep - find a sound".
+M.SETTINGS = "clapsep"
 
 local Refusal = {}
 
@@ -201,6 +208,43 @@ local function ask_query()
   return text
 end
 
+-- A find's threshold (a number above 0, at most 1) and marks ("regions" or "markers") from
+-- their text, or a refusal.
+local function checked_settings(threshold_text, marks_text)
+  local threshold = tonumber(threshold_text)
+  if not threshold or threshold <= 0 or threshold > 1 then
+    refuse("The threshold must be a number above 0 and at most 1, not \"" .. threshold_text .. "\".")
+  end
+  local marks = marks_text:lower():match("^%s*(%a+)%s*$")
+  if marks ~= "regions" and marks ~= "markers" then
+    refuse("Mark the sound with \"regions\" or \"markers\", not \"" .. marks_text .. "\".")
+  end
+  return threshold, marks
+end
+
+-- The threshold and marks last chosen (regions and the installed default until then).
+local function find_settings(config)
+  local threshold = reaper.GetExtState(M.SETTINGS, "find_threshold")
+  local marks = reaper.GetExtState(M.SETTINGS, "find_marks")
+  return checked_settings(threshold ~= "" and threshold or string.format("%g", config.threshold),
+    marks ~= "" and marks or "regions")
+end
+
+-- Ask for a description, a threshold and the marks, offering the last choices, and remember
+-- the new ones; nil if the user cancelled or gave no description.
+local function ask_find(threshold, marks)
+  local ok, answer = reaper.GetUserInputs("clapsep: find a sound", 3,
+    "Describe the sound:,Threshold (0 to 1):,Mark with (regions or markers):,separator=\n,extrawidth=320",
+    string.format("\n%g\n%s", threshold, marks))
+  if not ok then return nil end
+  local text, threshold_text, marks_text = answer:match("^(.-)\n(.-)\n(.*)$")
+  if not text:match("%S") then return nil end
+  threshold, marks = checked_settings(threshold_text, marks_text)
+  reaper.SetExtState(M.SETTINGS, "find_threshold", string.format("%g", threshold), true)
+  reaper.SetExtState(M.SETTINGS, "find_marks", marks, true)
+  return text, threshold, marks
+end
+
 local function write_file(path, text)
   local f, err = io.open(path, "wb")
   if not f then refuse("cannot write " .. path .. ": " .. tostring(err)) end
@@ -306,38 +350,49 @@ local function insert_stem(track, entry)
   reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", basename(stem.target), true)
 end
 
--- Insert every stem clapsep wrote, one new track per source track, in one undo block; returns
--- the lines describing the parts that failed. The UI refresh count and the undo block are
--- restored even if an insertion raises.
-local function insert_stems(job, stems)
-  local failures, ready = {}, {}
+-- Calls ok(part, entry) for each part whose result entry clapsep marks "ok" (ok may return
+-- why it could not use it); returns the lines naming the parts that failed.
+local function use_results(job, entries, ok)
+  local failures = {}
   for i, part in ipairs(job.parts) do
-    local stem = stems[i] or { error = "no result" }
-    if stem.status ~= "ok" then
-      failures[#failures + 1] = part.name .. ": " .. tostring(stem.error)
-    else
-      local source = reaper.PCM_Source_CreateFromFile(stem.target)
-      if source then
-        ready[#ready + 1] = { part = part, stem = stem, source = source }
-      else
-        failures[#failures + 1] = part.name .. ": REAPER cannot open the stem " .. stem.target
-      end
-    end
+    local entry = entries[i] or { error = "no result" }
+    local problem = tostring(entry.error)
+    if entry.status == "ok" then problem = ok(part, entry) end
+    if problem then failures[#failures + 1] = part.name .. ": " .. problem end
   end
-  if #ready == 0 then return failures end
+  return failures
+end
+
+-- Run change() in one undo block named `description`, with the UI refresh held; the refresh
+-- count and the undo block are restored even if change raises. Returns xpcall's outcome.
+local function in_undo_block(description, change)
   reaper.Undo_BeginBlock()
   reaper.PreventUIRefresh(1)
-  local ok, err = xpcall(function()
+  local ok, err = xpcall(change, debug.traceback)
+  reaper.PreventUIRefresh(-1)
+  reaper.UpdateTimeline()
+  reaper.Undo_EndBlock(description, -1)
+  return ok, err
+end
+
+-- Insert every stem clapsep wrote, one new track per source track, in one undo block; returns
+-- the lines describing the parts that failed.
+local function insert_stems(job, stems)
+  local ready = {}
+  local failures = use_results(job, stems, function(part, stem)
+    local source = reaper.PCM_Source_CreateFromFile(stem.target)
+    if not source then return "REAPER cannot open the stem " .. stem.target end
+    ready[#ready + 1] = { part = part, stem = stem, source = source }
+  end)
+  if #ready == 0 then return failures end
+  local ok, err = in_undo_block("clapsep: extract " .. job.label, function()
     local tracks = {}
     for _, entry in ipairs(ready) do
       local part = entry.part
       tracks[part.track] = tracks[part.track] or new_track(job.project, part.track, job.label)
       insert_stem(tracks[part.track], entry)
     end
-  end, debug.traceback)
-  reaper.PreventUIRefresh(-1)
-  reaper.UpdateArrange()
-  reaper.Undo_EndBlock("clapsep: extract " .. job.label, -1)
+  end)
   if not ok then
     for _, entry in ipairs(ready) do
       if not entry.attached then reaper.PCM_Source_Destroy(entry.source) end
@@ -347,14 +402,53 @@ local function insert_stems(job, stems)
   return failures
 end
 
+-- An event's span on the timeline, clipped to the part's window, or nil if it lies outside.
+-- Event times are seconds of the source's clock: the part plays source second s at
+-- t0 + (s - s0) / playrate.
+local function event_span(part, event)
+  local s0, s1 = math.max(event.start, part.s0), math.min(event["end"], part.s1)
+  if s1 <= s0 then return nil end
+  return part.t0 + (s0 - part.s0) / part.playrate, part.t0 + (s1 - part.s0) / part.playrate
+end
+
+-- Mark every event clapsep found, with a region over it or a marker at its start (job.marks),
+-- named "<tag> <confidence>", in one undo block; returns the lines describing the parts that
+-- failed, and a note when there is nothing to mark.
+local function mark_events(job, results)
+  local spans = {}
+  local failures = use_results(job, results, function(part, result)
+    for _, event in ipairs(result.events) do
+      local from, to = event_span(part, event)
+      if from then
+        spans[#spans + 1] = { from = from, to = to, name = string.format("%s %.2f", event.label, event.confidence) }
+      end
+    end
+  end)
+  if #spans == 0 then
+    return failures, string.format("clapsep found no %s in the selected items (threshold %g).", job.label,
+      job.threshold)
+  end
+  local regions = job.marks == "regions"
+  local ok, err = in_undo_block("clapsep: find " .. job.label, function()
+    for _, span in ipairs(spans) do
+      if reaper.AddProjectMarker2(0, regions, span.from, regions and span.to or 0, span.name, -1, 0) < 0 then
+        error(string.format("REAPER could not add a %s at %.3f s", regions and "region" or "marker", span.from))
+      end
+    end
+  end)
+  if not ok then error(err, 0) end
+  return failures
+end
+
 local function finish(job, result)
   if result.error then fail(job, "clapsep failed: " .. tostring(result.error)) end
-  local failures = insert_stems(job, result.items or {})
+  local failures, note = job.land(job, result.items or {})
   if #failures > 0 then
-    fail(job, string.format("clapsep could not extract %d of %d items:\n\n%s", #failures, #job.parts,
+    fail(job, string.format("clapsep could not %s %d of %d items:\n\n%s", job.verb, #failures, #job.parts,
       table.concat(failures, "\n")))
   end
   close_job(job, false)
+  if note then show(note) end
 end
 
 local poll
@@ -384,7 +478,7 @@ poll = function(job)
   end
   local where = project_state(job)
   if where == "gone" then
-    fail(job, "The project was closed while clapsep ran; the stems are in " .. job.out_dir)
+    fail(job, "The project was closed while clapsep ran; " .. job.gone_note)
   elseif where == "elsewhere" then
     return again(job)  -- the user is in another project tab: insert when they come back
   end
@@ -401,20 +495,43 @@ local function job_path()
   end
 end
 
-local function start(config)
-  local query = config.preset_file and { preset_file = config.preset_file } or nil
+-- What a job asks for and how its results land: the query, the label (the preset's name or
+-- the description), the job file's own fields, the verb and function that land the results,
+-- and what the user is told if the project closes first; nil if the user cancelled.
+local function extraction(config, query)
   local label = config.label
-  local parts = selected_parts()
   if not query then
     local text = ask_query()
-    if not text then return end
+    if not text then return nil end
     query, label = { text = text }, text
-  end
-  if not reaper.file_exists(config.command[1]) then
-    refuse("clapsep is not at " .. config.command[1] .. ".\nRun `clapsep reaper install` again.")
   end
   local out_dir = reaper.GetProjectPath("")
   if out_dir == "" then out_dir = reaper.GetResourcePath() .. "/Data/clapsep/stems" end
+  return { query = query, label = label, fields = { kind = "extract", out_dir = out_dir }, verb = "extract",
+    land = insert_stems, gone_note = "the stems are in " .. out_dir }
+end
+
+local function search(config, query)
+  local label = config.label
+  local threshold, marks = find_settings(config)
+  if not query then
+    local text
+    text, threshold, marks = ask_find(threshold, marks)
+    if not text then return nil end
+    query, label = { text = text }, text
+  end
+  return { query = query, label = label, fields = { kind = "find", threshold = threshold }, verb = "search",
+    land = mark_events, gone_note = "nothing was marked.", threshold = threshold, marks = marks }
+end
+
+local function start(config)
+  local parts = selected_parts()
+  local request = (config.kind == "find" and search or extraction)(config,
+    config.preset_file and { preset_file = config.preset_file } or nil)
+  if not request then return end
+  if not reaper.file_exists(config.command[1]) then
+    refuse("clapsep is not at " .. config.command[1] .. ".\nRun `clapsep reaper install` again.")
+  end
   local path = job_path()
   local base = path:gsub("%.json$", "")
   local argv = {}
@@ -424,9 +541,10 @@ local function start(config)
   local project, project_file = reaper.EnumProjects(-1)
   local job = {
     path = path, result = base .. ".result.lua", beat = base .. ".beat", log = base .. ".log",
-    parts = parts, label = label, out_dir = out_dir, project = project, project_file = project_file or "",
+    parts = parts, project = project, project_file = project_file or "",
     os_name = os_name, command = M.command_line(argv, os_name),
   }
+  for _, key in ipairs({ "label", "verb", "land", "gone_note", "threshold", "marks" }) do job[key] = request[key] end
   job.on_bug = function(traceback)
     note_in_log(job, "internal error: " .. traceback)
     close_job(job, true)
@@ -435,8 +553,10 @@ local function start(config)
   for i, part in ipairs(parts) do
     items[i] = { source = part.file, start = part.s0, ["end"] = not part.to_end and part.s1 or nil }
   end
-  write_file(path, json({ clapsep_reaper_job = 2, query = query, out_dir = out_dir, items = items,
-    store = config.store, ffmpeg = config.ffmpeg }))
+  local fields = { clapsep_reaper_job = 2, query = request.query, items = items, store = config.store,
+    ffmpeg = config.ffmpeg }
+  for key, value in pairs(request.fields) do fields[key] = value end
+  write_file(path, json(fields))
   -- Stopped by the user (REAPER's "script already running" dialog, or the running-scripts list)
   -- or ended by an error: removing the job file tells clapsep to stop and clean up its stems.
   reaper.atexit(function()
@@ -454,7 +574,7 @@ local function start(config)
   again(job)
 end
 
--- The action: extract config.preset_file (or an asked-for description) from the selected items.
+-- The action: extract or find config.preset_file (or an asked-for description) in the selected items.
 function M.run(config)
   guarded(start, nil, config)
 end

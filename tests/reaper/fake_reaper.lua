@@ -6,7 +6,8 @@
 -- documentation says nothing, the comment says what the fake assumes and why. Arguments are
 -- checked against the documented signatures, so a call REAPER would reject fails here too.
 --
--- Modelled: tracks, items, takes and sources of several project tabs; SECTION sources (a
+-- Modelled: tracks, items, takes and sources of several project tabs, and each project's
+-- markers and regions; REAPER's extended state (GetExtState/SetExtState); SECTION sources (a
 -- reversed or section take) whose own file name is empty; nil returns (no active take, a file
 -- REAPER cannot open); script instances with defer/atexit, including REAPER's "script already
 -- running" dialog (ReaScript task control) when an action is launched again; and child
@@ -128,7 +129,7 @@ function Fake.new(scenario)
   local state = {
     calls = {}, messages = {}, execs = {}, undo = {}, changed_outside_undo = {}, asked = false,
     refresh_prevented = 0, timed_out = false, dialogs = {}, script_errors = {}, destroyed_sources = 0,
-    atexit_ran = 0,
+    atexit_ran = 0, extstate = {},
   }
   local records = setmetatable({}, { __mode = "k" })
   local handle_mt = {
@@ -165,7 +166,7 @@ function Fake.new(scenario)
   local open, active = {}, nil
   local function new_project(file, h)
     h = h or setmetatable({}, handle_mt)
-    records[h] = { kind = "ReaProject", file = file, tracks = {} }
+    records[h] = { kind = "ReaProject", file = file, tracks = {}, markers = {} }
     open[#open + 1] = h
     active = h
     return h
@@ -514,8 +515,30 @@ function Fake.new(scenario)
     check(math.type(n) == "integer", "PreventUIRefresh(integer)")
     state.refresh_prevented = state.refresh_prevented + n
   end
-  -- v7.27: reaper.UpdateArrange() -- Redraw the arrange view
-  function api.UpdateArrange() end
+  -- v7.27: reaper.UpdateTimeline() -- Redraw the arrange view and ruler
+  function api.UpdateTimeline() end
+  -- v7.27: integer reaper.AddProjectMarker2(ReaProject proj, boolean isrgn, number pos, number
+  -- rgnend, string name, integer wantidx, integer color) -- Returns the index of the created
+  -- marker/region, or -1 on failure. Supply wantidx>=0 if you want a particular index number,
+  -- but you'll get a different index number a region and wantidx is already in use. color
+  -- should be 0 (default color), or ColorToNative(r,g,b)|0x1000000
+  -- With wantidx -1 the fake numbers markers and regions apart, each one past the highest of
+  -- its kind (REAPER's own choice of number is not documented; the actions ignore it).
+  function api.AddProjectMarker2(proj, isrgn, pos, rgnend, name, wantidx, color)
+    check(type(isrgn) == "boolean" and type(pos) == "number" and type(rgnend) == "number" and type(name) == "string"
+      and math.type(wantidx) == "integer" and math.type(color) == "integer",
+      "AddProjectMarker2(proj, boolean isrgn, pos, rgnend, name, integer wantidx, integer color)")
+    local markers = records[project_arg(proj)].markers
+    changing("AddProjectMarker2")
+    local number = 0
+    for _, m in ipairs(markers) do
+      if m.region == isrgn then number = math.max(number, m.number) end
+    end
+    number = wantidx >= 0 and wantidx or number + 1
+    table.insert(markers, { region = isrgn, position = pos, region_end = rgnend, name = name, number = number,
+      color = color })
+    return number
+  end
   -- v7.27: integer reaper.ShowMessageBox(string msg, string title, integer type) -- type 0=OK,...
   function api.ShowMessageBox(message, title, kind)
     check(type(message) == "string" and type(title) == "string" and kind == 0, "ShowMessageBox(msg, title, 0)")
@@ -526,12 +549,38 @@ function Fake.new(scenario)
   -- num_inputs, string captions_csv, string retvals_csv) -- ... Returns false if the user
   -- canceled the dialog. ... extrawidth=XXX to increase text field width, separator=X to use a
   -- different separator for returned fields.
+  -- A dialog of several fields returns them joined by the separator; scenario.answer is the
+  -- text of the one field, or a list of the fields' texts.
   function api.GetUserInputs(title, count, captions, values)
     check(type(title) == "string" and math.type(count) == "integer" and type(captions) == "string"
       and type(values) == "string", "GetUserInputs(title, num_inputs, captions_csv, retvals_csv)")
-    state.asked = { title = title, count = count, captions = captions }
+    state.asked = { title = title, count = count, captions = captions, values = values }
     if scenario.answer == nil then return false, values end
-    return true, scenario.answer
+    if type(scenario.answer) == "string" then
+      check(count == 1, "GetUserInputs: the scenario answers one field")
+      return true, scenario.answer
+    end
+    check(#scenario.answer == count, "GetUserInputs: the scenario answers another number of fields")
+    return true, table.concat(scenario.answer, captions:match(",separator=(.)") or ",")
+  end
+  -- v7.27: string reaper.GetExtState(string section, string key) -- Get the extended state
+  -- value for a specific section and key. See SetExtState, DeleteExtState, HasExtState.
+  -- A key never set gives "" (public scripts test for it; HasExtState tells the two apart).
+  -- The state starts as scenario.extstate ({section = {key = value}}).
+  function api.GetExtState(section, key)
+    check(type(section) == "string" and type(key) == "string", "GetExtState(string section, string key)")
+    local stored = state.extstate[section .. "/" .. key]
+    if stored then return stored.value end
+    return ((scenario.extstate or {})[section] or {})[key] or ""
+  end
+  -- v7.27: reaper.SetExtState(string section, string key, string value, boolean persist) -- Set
+  -- the extended state value for a specific section and key. persist=true means the value
+  -- should be stored and reloaded the next time REAPER is opened. See GetExtState,
+  -- DeleteExtState, HasExtState.
+  function api.SetExtState(section, key, value, persist)
+    check(type(section) == "string" and type(key) == "string" and type(value) == "string"
+      and type(persist) == "boolean", "SetExtState(string section, string key, string value, boolean persist)")
+    state.extstate[section .. "/" .. key] = { value = value, persist = persist }
   end
 
   -- v7.27: string reaper.ExecProcess(string cmdline, integer timeoutmsec) -- Executes command
@@ -704,8 +753,8 @@ function Fake.new(scenario)
     end
   end
 
-  -- The projects as plain tables, for the test to read: the first project's tracks, and the
-  -- track names of every open tab.
+  -- The projects as plain tables, for the test to read: the first project's tracks and
+  -- markers, and the track names and marker count of every open tab.
   local function snapshot_tracks(list)
     local tracks = {}
     for i, track in ipairs(list) do
@@ -729,9 +778,10 @@ function Fake.new(scenario)
     for i, project in ipairs(open) do
       local names = {}
       for j, track in ipairs(tracks_of(project)) do names[j] = records[track].name end
-      tabs[i] = { file = records[project].file, tracks = names }
+      tabs[i] = { file = records[project].file, tracks = names, markers = #records[project].markers }
     end
-    return { tracks = snapshot_tracks(state.closed_tracks or tracks_of(first)), tabs = tabs }
+    return { tracks = snapshot_tracks(state.closed_tracks or tracks_of(first)), tabs = tabs,
+      markers = records[first].markers }
   end
 
   return { reaper = reaper, state = state, launch = launch, run = run, snapshot = snapshot }

@@ -15,7 +15,8 @@ fake.run(0.05, scenario.time_limit or 120)
 local state, projects = fake.state, fake.snapshot()
 local out = assert(io.open(arg[3], "wb"))
 out:write(Fake.to_json({
-  tracks = projects.tracks, tabs = projects.tabs, messages = state.messages, execs = state.execs,
+  tracks = projects.tracks, markers = projects.markers, tabs = projects.tabs, messages = state.messages,
+  execs = state.execs, extstate = state.extstate,
   undo = state.undo, changed_outside_undo = state.changed_outside_undo, calls = state.calls, asked = state.asked,
   refresh_prevented = state.refresh_prevented, timed_out = state.timed_out, dialogs = state.dialogs,
   script_errors = state.script_errors, destroyed_sources = state.destroyed_sources, atexit_ran = state.atexit_ran,

@@ -29,16 +29,19 @@ HEARTBEAT_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class JobFile:
-    """A job file from a REAPER action: a text or a preset file, where stems go, the windows
-    to extract (each an :class:`~clapsep_cli.api.Item`: a source file and a region of it), and
-    the store and ffmpeg recorded at install time."""
+    """A job file from a REAPER action: what to do (``kind``: ``extract`` stems into ``out_dir``,
+    or ``find`` events as ``detect`` says), a text or a preset file, the windows to work on (each
+    an :class:`~clapsep_cli.api.Item`: a source file and a region of it), and the store and ffmpeg
+    recorded at install time."""
 
+    kind: str
     text: str | None
     preset_file: Path | None
-    out_dir: Path
+    out_dir: Path | None
     items: list[api.Item]
     store: Path
     ffmpeg: Path | None
+    detect: api.DetectOptions | None
 
 
 @dataclass(frozen=True)
@@ -78,26 +81,37 @@ def read_job(path: Path) -> JobFile:
     if not isinstance(data, dict) or data.get("clapsep_reaper_job") != JOB_VERSION:
         raise ClapsepError(f"{path}: not a clapsep REAPER job of version {JOB_VERSION} "
                            "(run `clapsep reaper install` again)")
+    kind = data.get("kind", "extract")
+    if kind not in RUNS:
+        raise ClapsepError(f"{path}: 'kind' must be one of {', '.join(RUNS)}")
     query, items, out_dir = data.get("query"), data.get("items"), data.get("out_dir")
     if not (isinstance(query, dict) and len(query) == 1 and set(query) <= {"text", "preset_file"}
             and isinstance(next(iter(query.values())), str)):
         raise ClapsepError(f"{path}: 'query' must hold one 'text' or one 'preset_file'")
-    if not isinstance(out_dir, str) or not out_dir:
+    if kind == "extract" and (not isinstance(out_dir, str) or not out_dir):
         raise ClapsepError(f"{path}: 'out_dir' must name a folder")
     if not isinstance(items, list) or not items:
-        raise ClapsepError(f"{path}: 'items' must list the windows to extract")
+        raise ClapsepError(f"{path}: 'items' must list the windows to work on")
     preset_file = _absolute(path, query["preset_file"], "preset_file") if "preset_file" in query else None
     ffmpeg = _absolute(path, data["ffmpeg"], "ffmpeg") if "ffmpeg" in data else None
-    return JobFile(query.get("text"), preset_file, Path(out_dir), [_job_item(path, i) for i in items],
-               _absolute(path, data.get("store"), "store"), ffmpeg)
+    return JobFile(kind, query.get("text"), preset_file, Path(out_dir) if kind == "extract" else None,
+                   [_job_item(path, i) for i in items], _absolute(path, data.get("store"), "store"), ffmpeg,
+                   _detect(path, data) if kind == "find" else None)
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float if it is a finite JSON number (not a boolean), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _job_item(path: Path, item: Any) -> api.Item:
     def number(key: str) -> float:
-        value = item.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        value = _number(item.get(key))
+        if value is None:
             raise ClapsepError(f"{path}: every item needs a number '{key}'")
-        return float(value)
+        return value
 
     if not isinstance(item, dict) or not isinstance(item.get("source"), str):
         raise ClapsepError(f"{path}: every item needs a 'source' file")
@@ -106,6 +120,19 @@ def _job_item(path: Path, item: Any) -> api.Item:
     except ClapsepError as err:
         raise ClapsepError(f"{path}: an item's {err}") from None
     return api.Item(Path(item["source"]), region)
+
+
+def _detect(path: Path, data: dict[str, Any]) -> api.DetectOptions:
+    """How a find job turns scores into events: its ``threshold``, where it gives one."""
+    if "threshold" not in data:
+        return api.DetectOptions()
+    threshold = _number(data["threshold"])
+    if threshold is None:
+        raise ClapsepError(f"{path}: 'threshold' must be a number")
+    try:
+        return api.DetectOptions(threshold=threshold)
+    except ClapsepError as err:
+        raise ClapsepError(f"{path}: {err}") from None
 
 
 @contextlib.contextmanager
@@ -174,7 +201,13 @@ class ItemLog:
         pass
 
     def end_file(self, result: api.FileResult) -> None:
-        self.log(f"  {result.status}: {result.target if result.status == 'ok' else result.error}")
+        if result.status != "ok":
+            outcome = result.error
+        elif result.events is not None:
+            outcome = f"{len(result.events)} events"
+        else:
+            outcome = str(result.target)
+        self.log(f"  {result.status}: {outcome}")
 
     def up_to(self, count: int) -> None:
         """Log the next ``count`` items, which the job does not separate (failed or skipped)."""
@@ -194,9 +227,8 @@ class ItemLog:
 
 
 def extract_items(job: JobFile, log: Callable[[str], None], cancelled: Callable[[], bool]) -> list[api.FileResult]:
-    """Extract every item's window in one job (one plan, one model load, shared batches); a
-    failing item is recorded, not raised. Before each item and at the end, ``cancelled()`` is
-    asked; if true, the stems written so far are removed and :class:`Cancelled` is raised."""
+    """Extract every item's window into a free stem path of the job's folder, in one job."""
+    assert job.out_dir is not None  # read_job requires one for an extraction
     req = job_request(job)
     items: list[api.Item] = []
     chosen: set[Path] = set()
@@ -204,7 +236,24 @@ def extract_items(job: JobFile, log: Callable[[str], None], cancelled: Callable[
         output = free_stem_path(item.path, req.tag, job.out_dir, chosen)
         chosen.add(output)
         items.append(replace(item, output=output))
-    planned = api.plan(items, req, api.OutputPlan(fmt=STEM_FORMAT, bit_depth=STEM_DEPTH))
+    return run_items(api.plan(items, req, api.OutputPlan(fmt=STEM_FORMAT, bit_depth=STEM_DEPTH)), log, cancelled)
+
+
+def find_items(job: JobFile, log: Callable[[str], None], cancelled: Callable[[], bool]) -> list[api.FileResult]:
+    """Find the job's sound in every item's window, in one job, writing no file: a result per
+    item, whose events are in seconds of its source's clock. A window the job holds twice is
+    searched once (a plan keeps one of equal items), and its result given to both."""
+    assert job.detect is not None  # read_job gives every find its options
+    windows = list(dict.fromkeys(job.items))
+    planned = api.plan(windows, job_request(job), api.EventPlan(job.detect))
+    found = dict(zip(windows, run_items(planned, log, cancelled), strict=True))
+    return [found[item] for item in job.items]
+
+
+def run_items(planned: api.Job, log: Callable[[str], None], cancelled: Callable[[], bool]) -> list[api.FileResult]:
+    """Run a planned job of items (one model load, shared batches), logging each item; a failing
+    item is recorded, not raised. Before each item and at the end, ``cancelled()`` is asked; if
+    true, the stems written so far are removed and :class:`Cancelled` is raised."""
     progress = ItemLog(planned, log, cancelled)
     try:
         api.Separator().run(planned, progress)
@@ -223,12 +272,29 @@ def remove_stems(results: list[api.FileResult]) -> None:
             result.target.unlink(missing_ok=True)
 
 
+def _failure(result: api.FileResult) -> dict[str, Any]:
+    return {"status": result.status, "error": result.error or result.status}
+
+
 def stem_entry(result: api.FileResult) -> dict[str, Any]:
     """What the action needs to place one stem (or to report why there is none)."""
     if result.status != "ok":
-        return {"status": result.status, "error": result.error or result.status}
+        return _failure(result)
     return {"status": "ok", "target": str(result.target), "rate": result.rate, "offset": result.offset_frames,
             "frames": result.frames}
+
+
+def event_entry(result: api.FileResult) -> dict[str, Any]:
+    """What the action needs to mark one item's events (or to report why it has none): each
+    event's start and end in seconds of the source's clock, its confidence and its label."""
+    if result.status != "ok":
+        return _failure(result)
+    return {"status": "ok", "events": [{"start": float(e.start), "end": float(e.end),
+                                        "confidence": float(e.confidence), "label": e.label}
+                                       for e in result.events or []]}
+
+
+RUNS = {"extract": (extract_items, stem_entry), "find": (find_items, event_entry)}  # per job kind
 
 
 def write_result(path: Path, data: dict[str, Any]) -> None:
@@ -302,9 +368,10 @@ def run_job_file(job_path: Path) -> None:
         try:
             job = read_job(job_path)
             log(f"model store {job.store}; ffmpeg {job.ffmpeg or 'not recorded'}")
+            run, entry = RUNS[job.kind]
             with job_environment(job):
-                results = extract_items(job, log, lambda: not job_path.exists())
-            outcome = {"state": "done", "items": [stem_entry(r) for r in results]}
+                results = run(job, log, lambda: not job_path.exists())
+            outcome = {"state": "done", "items": [entry(r) for r in results]}
         except Cancelled:
             pass
         except ClapsepError as err:

@@ -12,12 +12,14 @@ from pathlib import Path
 from clapsep_cli import resources
 from clapsep_cli.bridges.reaper.lua import lua_literal
 from clapsep_cli.errors import ClapsepError
+from clapsep_cli.events.detect import DetectOptions
 from clapsep_cli.models import store
 from clapsep_cli.queries import presets
 
 CORE = "clapsep_core.lua"
 MARKER = "-- clapsep action:"
 ASK_FILE = "clapsep - describe a sound.lua"
+FIND_FILE = "clapsep - find a sound.lua"
 
 
 def default_resource_path(platform: str = sys.platform, env: Mapping[str, str] = os.environ,
@@ -54,28 +56,39 @@ def current_environment() -> Environment:
 
 @dataclass(frozen=True)
 class Action:
-    """One action script: a preset's, or (preset_file None) the one that asks for a description."""
+    """One action script: a preset's, or (preset_file None) one that asks for a description;
+    ``kind`` is what it does with the sound: ``extract`` it onto a new track, or ``find`` it
+    (regions or markers where it occurs)."""
 
     file_name: str
     preset_file: Path | None
     label: str
     description: str
+    kind: str = "extract"
 
 
 def actions(available: list[presets.Preset]) -> list[Action]:
-    """The free-text action, then one per preset, sorted by name."""
-    out = [Action(ASK_FILE, None, "describe a sound", "Asks for a description of the sound.")]
+    """The free-text extract and find actions, then each preset's two, sorted by name."""
+    out = [Action(ASK_FILE, None, "describe a sound", "Asks for a description of the sound."),
+           Action(FIND_FILE, None, "find a sound", "Asks for a description of the sound, a threshold and "
+                  "whether to mark it with regions or markers.", "find")]
     for p in sorted(available, key=lambda p: p.name):
-        out.append(Action(f"clapsep - {p.name}.lua", p.path.absolute(), p.name, p.description or p.name))
+        description = p.description or p.name
+        out.append(Action(f"clapsep - {p.name}.lua", p.path.absolute(), p.name, description))
+        out.append(Action(f"clapsep - find {p.name}.lua", p.path.absolute(), p.name, description, "find"))
     return out
 
 
 def action_script(action: Action, command: list[str], env: Environment) -> str:
-    """The text of one action: its settings, then a call into clapsep_core.lua beside it."""
-    config = {"command": command, "preset_file": action.preset_file and str(action.preset_file),
+    """The text of one action: its settings, then a call into clapsep_core.lua beside it. A find
+    action also records the default threshold, for the first find before the user chose one."""
+    config = {"kind": action.kind, "command": command, "preset_file": action.preset_file and str(action.preset_file),
               "label": action.label, "store": str(env.store), "ffmpeg": env.ffmpeg and str(env.ffmpeg)}
+    if action.kind == "find":
+        config["threshold"] = DetectOptions().threshold
     summary = " ".join(action.description.split())
-    return (f"{MARKER} extract {action.label!r} from the selected items.\n"
+    what = "extract {!r} from" if action.kind == "extract" else "find {!r} in"
+    return (f"{MARKER} {what.format(action.label)} the selected items.\n"
             f"-- {summary}\n"
             "-- Written by `clapsep reaper install`; run that again after adding or changing presets,\n"
             "-- or after moving clapsep, its model store or ffmpeg.\n"
@@ -155,5 +168,6 @@ def toolbar_help(installed: Installed) -> str:
         "  2. Right-click a toolbar > Customize toolbar... > Add..., search 'clapsep', pick the action, "
         "Save (repeat for each button you want).",
         "Then select items (and a time selection if you like) and click a button: the stem appears on a new "
-        "track below, named after the sound.",
+        "track below, named after the sound; a 'find' action marks where the sound occurs with regions "
+        "(or markers).",
     ])
