@@ -13,6 +13,8 @@ same run; full-size released architecture, random weights.
   time factors, for stereo 44.1 kHz WAV and 32 kHz mono, with the read-ahead thread (the
   default where the network runs on a GPU) and without it (``prefetch=0``, everything in one
   thread: the default on the CPU).
+* ``find``: `clapsep find` beside `clapsep extract`, both at default settings, on the same stereo
+  44.1 kHz files (``--find-minutes``, default 10 and 60): whole process, peak RSS.
 * ``clips``: a folder of short stereo clips (``--clips`` of ``--clip-seconds``) against one file
   of the same total length, both by one `clapsep extract` at default settings: one job, its
   files read ahead, on CUDA their segments sharing batches (see ``Batcher``).
@@ -112,6 +114,15 @@ def ours(sources: list[Path], out_dir: Path, device: str, env: dict[str, str]) -
             "precision": report["precision"]}
 
 
+def finding(source: Path, device: str, env: dict[str, str]) -> dict[str, Any]:
+    """One `clapsep find` at default settings on ``source``."""
+    cmd = [sys.executable, "-m", "clapsep_cli", "find", QUERY, str(source), "--json", "--device", device]
+    wall, peak, out = spawn(cmd, env)
+    report = json.loads(out)
+    return {"wall_s": wall, "process_s": report["results"][0]["processing_seconds"], "peak_mib": peak,
+            "precision": report["precision"], "events": len(report["results"][0]["events"])}
+
+
 def baseline(source: Path, out_dir: Path, device: str, env: dict[str, str]) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--baseline-worker", str(source), str(out_dir / "baseline.wav"),
            "--device", device]
@@ -184,6 +195,24 @@ def run_default(args: argparse.Namespace, env: dict[str, str]) -> list[dict[str,
     return rows
 
 
+def run_find(args: argparse.Namespace, env: dict[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    for minutes in args.find_minutes:
+        source = make_source(args.out / f"stereo44k_{minutes:g}min.wav", minutes)
+        case = f"{minutes:g} min stereo 44.1 kHz"
+        mine = ours([source], args.out, args.device, env)
+        rows.append({"case": case, "pipeline": f"clapsep extract ({mine['precision']})", "audio_s": minutes * 60,
+                     **mine})
+        found = finding(source, args.device, env)
+        rows.append({"case": case, "pipeline": f"clapsep find ({found['precision']})", "audio_s": minutes * 60,
+                     **found})
+    print("\n| audio | command | whole process | processing | peak RSS |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['pipeline']} | {r['wall_s']:.1f} s | {r['process_s']:.1f} s | "
+              f"{r['peak_mib']:.0f} MiB |")
+    return rows
+
+
 def run_free(args: argparse.Namespace) -> list[dict[str, Any]]:
     device = torch.device(args.device)
     minutes = args.free_seconds / 60
@@ -220,8 +249,10 @@ def run_clips(args: argparse.Namespace, env: dict[str, str]) -> list[dict[str, A
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=["default", "free", "clips"], default=["default", "free", "clips"])
+    parser.add_argument("--only", nargs="+", choices=["default", "free", "clips", "find"],
+                        default=["default", "free", "clips", "find"])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10])
+    parser.add_argument("--find-minutes", type=float, nargs="+", default=[10, 60])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--free-seconds", type=float, default=600)
     parser.add_argument("--repeat", type=int, default=3)
@@ -240,7 +271,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     if "free" in args.only:
         rows += run_free(args)
-    if {"default", "clips"} & set(args.only):
+    if {"default", "clips", "find"} & set(args.only):
         make_store(args.out / "store")
         path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
         env = {**os.environ, "CLAPSEP_HOME": str(args.out / "store"), "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
@@ -249,6 +280,8 @@ def main() -> None:
             rows += run_default(args, env)
         if "clips" in args.only:
             rows += run_clips(args, env)
+        if "find" in args.only:
+            rows += run_find(args, env)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

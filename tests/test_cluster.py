@@ -188,6 +188,23 @@ def test_remove_on_the_cluster_matches_a_local_remove(cluster: LocalCluster, sou
     assert_same_stems(tmp_path / "ray", tmp_path / "local")
 
 
+def test_find_on_the_cluster_gives_the_events_and_files_of_a_local_find(cluster: LocalCluster, sources: Path,
+                                                                         tmp_path: Path) -> None:
+    files = [sources / n for n in ("a02.wav", "a08.ogg", "a16.flac")]
+    args = ["find", "dog barking", *files, "--threshold", "0.01,0.005", "--format", "audacity", "--json"]
+    reports = {}
+    for where, extra in (("local", ["--device", "cpu"]), ("ray", ["--ray", cluster.address])):
+        rc, stdout, err = finish(clapsep(cluster, *args, "--out-dir", tmp_path / where, *extra))
+        assert rc == 0, err
+        reports[where] = json.loads(stdout)
+    events = [r["events"] for r in reports["local"]["results"]]
+    assert all(events) and [r["events"] for r in reports["ray"]["results"]] == events
+    assert shape(reports["ray"], tmp_path / "ray") == shape(reports["local"], tmp_path / "local")
+    for f in files:
+        name = f"{f.stem}.dog_barking.labels.txt"
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
+
+
 def test_a_worker_killed_mid_file_is_replaced_and_the_job_completes(cluster: LocalCluster, sources: Path,
                                                                     local: tuple[Path, dict], tmp_path: Path) -> None:
     """``auto`` through RAY_ADDRESS; with --json, whose stdout must stay one JSON document
