@@ -1,5 +1,5 @@
-"""The bridge's logic (export, import, alignment, naming, selection, requests) on a mini project
-behind the fake pipe; the real Audacity is exercised in test_audacity_e2e.py."""
+"""The bridge's logic (export, import, alignment, naming, selection, extraction and find requests)
+on a mini project behind the fake pipe; the real Audacity is exercised in test_audacity_e2e.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import soundfile as sf
 
 from clapsep_cli import api
 from clapsep_cli.api import Progress
-from clapsep_cli.bridges.audacity import requests, watcher
+from clapsep_cli.bridges.audacity import finding, requests, watcher
 from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError
 from clapsep_cli.errors import ClapsepError
 from tests.audacity.fake_pipe import FakeAudacity, greeting
@@ -43,6 +43,22 @@ class CopySeparate:
             stems.append(requests.Stem(folder / f"{req.tag}.residual.wav", f"{req.tag}.residual"))
             shutil.copy(stems[0].path, stems[1].path)
         return stems
+
+
+class FixedFind:
+    """A stand-in search: the same events (seconds from the range's start) whatever the audio,
+    found after doing to the project what a user might do while the job runs."""
+
+    def __init__(self, events: list[api.Event], mini: MiniProject | None = None,
+                 meddle: Callable[[MiniProject], None] = lambda mini: None):
+        self.events, self.mini, self.meddle = events, mini, meddle
+        self.sources: list[np.ndarray] = []
+
+    def __call__(self, source: Path, req: api.Request, progress: Progress) -> list[api.Event]:
+        self.sources.append(sf.read(str(source), dtype="float32", always_2d=True)[0])
+        if self.mini is not None:
+            self.meddle(self.mini)
+        return self.events
 
 
 @pytest.fixture
@@ -79,9 +95,10 @@ def test_stems_are_inserted_aligned_and_named_and_the_selection_is_kept(project:
     assert [(lane.name, lane.selected) for lane in mini.lanes] == [
         ("walk", True), ("Labels", True), ("other", False), ("voice", True), ("mix.dog", False),
         ("mix.dog.residual", False)]
-    (request,) = [label for label in mini.lanes[1].labels if label[2] != "mine"]
-    assert request[:2] == (1.0, 2.5) and re.fullmatch(r"clapsep:dog #[0-9a-f]{6} done: mix\.dog \+ mix\.dog\.residual",
-                                                     request[2])
+    copies = [label for label in mini.lanes[1].labels if label[2] != "mine"]  # Nyquist ran once per track
+    assert len(copies) == 2 and len({text for _, _, text in copies}) == 1
+    assert copies[0][:2] == (1.0, 2.5) and re.fullmatch(
+        r"clapsep:dog #[0-9a-f]{6} done: mix\.dog \+ mix\.dog\.residual", copies[0][2])
     assert mini.selection == (1.0, 2.5)
     assert mini.prefs["/FileFormats/ExportFormat_SF1_Type/WAV_10000"] == "4"  # the user's setting is back
     assert mini.prefs["/AudioFiles/SkipSilenceAtBeginning"] == "0"
@@ -144,7 +161,7 @@ def test_requests_count_once_and_other_labels_are_not_requests(project: tuple[Mi
     mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog"), (0.5, 1.5, "clapsep:dog"), (2.0, 2.5, "clapsep:rain")])
     mini.label_track("notes", [(0.1, 0.2, "clapsep:Dog"), (0.3, 0.4, "clapsep:dog failed: x"), (1, 2, "mine")])
     with connect(fake)() as pipe:
-        found = watcher.pending_requests(pipe)
+        found = [label for label, _ in watcher.pending_requests(pipe, [watcher.Extracting(CopySeparate())])]
     assert [(r.index, r.track, r.text, r.start, r.end) for r in found] == [
         (0, 1, "clapsep:dog", 0.5, 1.5), (2, 1, "clapsep:rain", 2.0, 2.5)]
 
@@ -161,7 +178,7 @@ def test_a_request_is_served_over_its_span_once(project: tuple[MiniProject, Fake
     mini.selection = (3.0, 3.5)  # moved since the request was made
     separate = CopySeparate()
 
-    lines = list(watcher.watch(connect(fake), separate, once=True))
+    lines = list(watcher.watch(connect(fake), [watcher.Extracting(separate)], once=True))
 
     assert lines == ["clapsep:dog: 0.500-1.500 s", "  added track 'walk.dog' (0.500-1.500 s)"]
     assert [(lane.name, lane.selected, lane.start) for lane in mini.lanes] == [
@@ -171,7 +188,7 @@ def test_a_request_is_served_over_its_span_once(project: tuple[MiniProject, Fake
     assert mini.selection == (3.0, 3.5)
     np.testing.assert_array_equal(separate.sources[0], walk[RATE // 2:int(1.5 * RATE)])
     np.testing.assert_array_equal(mini.lanes[3].audio, walk[RATE // 2:int(1.5 * RATE)] / 2)
-    assert list(watcher.watch(connect(fake), separate, once=True)) == []
+    assert list(watcher.watch(connect(fake), [watcher.Extracting(separate)], once=True)) == []
 
 
 class Meddling(CopySeparate):
@@ -224,6 +241,7 @@ def _move_label(mini: MiniProject) -> None:
     lane.labels = [(start + 0.25, end + 0.25, text) for start, end, text in lane.labels]
 
 
+@pytest.mark.parametrize("kind", ["extract", "find"])
 @pytest.mark.parametrize("meddle, why", [
     (_delete_source, "the source track 'walk' was deleted or renamed while the job ran; nothing inserted"),
     (_edit_source, "the audio of 'walk' over 1.000-2.000 s changed while the job ran; nothing inserted"),
@@ -231,18 +249,24 @@ def _move_label(mini: MiniProject) -> None:
     (_delete_label, "the request label is gone (deleted, or undone); nothing inserted"),
 ])
 def test_a_request_whose_range_no_longer_means_the_same_audio_fails_and_inserts_nothing(
-        project: tuple[MiniProject, FakeAudacity], meddle: Callable[[MiniProject], None], why: str) -> None:
+        project: tuple[MiniProject, FakeAudacity], meddle: Callable[[MiniProject], None], why: str,
+        kind: str) -> None:
     mini, fake = project
     mini.wave("walk", tone(4.0, RATE, 2))
     mini.wave("other", tone(4.0, RATE, 2, seed=1), selected=False)
     mini.selection = (1.0, 2.0)
     with connect(fake)() as pipe, pytest.raises(ClapsepError) as caught:
-        requests.extract_selection(pipe, DOG, Meddling(mini, meddle))
+        if kind == "extract":
+            requests.extract_selection(pipe, DOG, Meddling(mini, meddle))
+        else:
+            finding.find_selection(pipe, DOG, FixedFind(EVENTS, mini, meddle))
     assert str(caught.value) == why
     assert not any(c.startswith("Import2") for c in fake.commands)
+    assert sum(c.startswith("NyquistPrompt") for c in fake.commands) == 1  # the request's label only
     assert mini.selection == (1.0, 2.0)
+    prefix = "clapsep:dog" if kind == "extract" else "clapsep-find:dog"
     for label in mini.labels():
-        assert re.fullmatch(r"clapsep:dog #[0-9a-f]{6} failed: " + re.escape(why), label[2])
+        assert re.fullmatch(re.escape(prefix) + r" #[0-9a-f]{6} failed: " + re.escape(why), label[2])
 
 
 def test_a_request_undo_brings_back_is_not_served_again(project: tuple[MiniProject, FakeAudacity]) -> None:
@@ -250,7 +274,7 @@ def test_a_request_undo_brings_back_is_not_served_again(project: tuple[MiniProje
     mini.wave("walk", tone(4.0, RATE, 2))
     mini.label_track("Labels 1", [(0.5, 1.5, "clapsep:dog")])
     separate = CopySeparate()
-    watching = watcher.watch(connect(fake), separate, poll=0.01)
+    watching = watcher.watch(connect(fake), [watcher.Extracting(separate)], poll=0.01)
     assert list(itertools.islice(watching, 2))[1].startswith("  added track 'walk.dog'")
     mini.lanes = mini.lanes[:2]  # what undo does: the stem goes, the label reads as the request again
     mini.lanes[1].labels = [(0.5, 1.5, "clapsep:dog")]
@@ -303,12 +327,12 @@ def test_a_failed_request_says_why_in_its_label_and_is_not_served_again(
     mini, fake = project
     mini.wave("walk", tone(4.0, RATE, 2))
     mini.label_track("Labels 1", [(0.5, 1.5, text)])
-    lines = list(watcher.watch(connect(fake), separate, once=True))
+    lines = list(watcher.watch(connect(fake), [watcher.Extracting(separate)], once=True))
     assert lines[0] == f"{text}: 0.500-1.500 s" and lines[1].startswith(f"{text} failed: ") and why in lines[1]
     (label,) = mini.labels()
     assert re.match(re.escape(text) + r"( #[0-9a-f]{6})? failed: ", label[2]) and why in label[2]
     assert [lane.name for lane in mini.lanes] == ["walk", "Labels 1"]
-    assert list(watcher.watch(connect(fake), separate, once=True)) == []
+    assert list(watcher.watch(connect(fake), [watcher.Extracting(separate)], once=True)) == []
 
 
 def test_watcher_status_says_whether_one_is_alive(tmp_path: Path) -> None:
@@ -337,7 +361,7 @@ def test_watch_waits_for_audacity_and_carries_on_when_it_comes(project: tuple[Mi
             raise PipeError("nothing answers")
         return connect(fake)()
 
-    watching = watcher.watch(flaky, CopySeparate(), poll=0.01)
+    watching = watcher.watch(flaky, [watcher.Extracting(CopySeparate())], poll=0.01)
     lines = list(itertools.islice(watching, 4))
     watching.close()
     assert lines == ["waiting for Audacity (nothing answers)", "Audacity is here", "clapsep:dog: 0.500-1.500 s",
@@ -349,7 +373,7 @@ def test_watch_once_without_audacity_is_an_error(tmp_path: Path) -> None:
 
     paths = PipePaths(tmp_path / "to", tmp_path / "from", tmp_path / "lock")
     with pytest.raises(PipeError, match="does not exist"):
-        list(watcher.watch(lambda: AudacityPipe(paths, settle=0.1), CopySeparate(), once=True))
+        list(watcher.watch(lambda: AudacityPipe(paths, settle=0.1), [watcher.Extracting(CopySeparate())], once=True))
 
 
 def test_make_request_from_a_text_or_a_preset() -> None:
@@ -363,3 +387,95 @@ def test_make_request_from_a_text_or_a_preset() -> None:
     assert both.query.positive == preset.query.positive + ("a dog growls",) and both.tag == "dog"
     with pytest.raises(ClapsepError, match="empty query"):
         requests.make_request(None, None, (), None)
+
+
+EVENTS = [api.Event(0.1, 0.5, 0.8, "dog"), api.Event(0.75, 1.25, 0.3456, "dog")]  # the second ends past 1 s
+FOUND = r"clapsep-find:dog #[0-9a-f]{6}"
+
+
+def test_find_adds_one_label_track_over_the_request_and_keeps_the_selection(
+        project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    walk, voice = tone(4.0, RATE, 2), tone(4.0, RATE, 1, seed=2)
+    mini.wave("walk", walk)
+    mini.wave("voice", voice)
+    mini.selection = (1.0, 2.0)
+    search = FixedFind(EVENTS)
+
+    with connect(fake)() as pipe:
+        found = finding.find_selection(pipe, DOG, search)
+
+    assert [(lane.name, lane.selected) for lane in mini.lanes] == [
+        ("walk", True), ("voice", True), ("Labels 1", False), ("find: dog", False)]
+    assert mini.lanes[3].labels == [(1.1, 1.5, "dog 0.80"), (1.75, 2.0, "dog 0.35")]  # once, though 2 tracks
+    assert [re.sub(FOUND, "#", text) for _, _, text in mini.lanes[2].labels] == ["# done: 2 events in find: dog"] * 2
+    assert found.track is not None and found.track.name == "find: dog"
+    assert [(e.start, e.end) for e in found.events] == [(1.1, 1.5), (1.75, 2.0)]
+    assert mini.selection == (1.0, 2.0)
+    span = slice(RATE, 2 * RATE)
+    np.testing.assert_array_equal(search.sources[0], walk[span] + voice[span])
+    assert not any(c.startswith(("Import2", "SetClip")) for c in fake.commands)  # no audio comes back
+
+
+def test_find_with_nothing_found_adds_no_track_and_says_so(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(4.0, RATE, 2))
+    mini.selection = (1.0, 2.0)
+    with connect(fake)() as pipe:
+        found = finding.find_selection(pipe, DOG, FixedFind([]))
+    assert found == finding.Found([], None)
+    assert [lane.name for lane in mini.lanes] == ["walk", "Labels 1"]
+    assert [re.sub(FOUND, "#", text) for _, _, text in mini.labels()] == ["# done: no dog found"]
+
+
+def test_the_labels_land_at_the_requests_range_whatever_is_selected_meanwhile(
+        project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(4.0, RATE, 2))
+    mini.label_track("notes", [(0.1, 0.2, "mine")])
+    mini.selection = (1.0, 2.0)
+
+    def meddle(mini: MiniProject) -> None:
+        _move_selection(mini)
+        mini.lanes[1].selected = True  # a label track selected: the events must not go there
+
+    with connect(fake)() as pipe:
+        finding.find_selection(pipe, DOG, FixedFind(EVENTS, mini, meddle))
+    assert [(lane.name, lane.selected) for lane in mini.lanes] == [
+        ("walk", False), ("notes", True), ("Labels 2", False), ("new take", True), ("find: dog", False)]
+    assert mini.lanes[1].labels == [(0.1, 0.2, "mine")]
+    assert mini.lanes[4].labels == [(1.1, 1.5, "dog 0.80"), (1.75, 2.0, "dog 0.35")]
+    assert mini.selection == (2.25, 3.75)
+
+
+def test_the_watcher_serves_find_and_extraction_requests(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(4.0, RATE, 2))
+    mini.label_track("Labels 1", [(0.5, 1.5, "clapsep-find:dog"), (2.0, 3.0, "clapsep:dog"),
+                                  (3.0, 3.5, "clapsep-find:nosuch")])
+    search = FixedFind(EVENTS[:1])
+    kinds = [watcher.Extracting(CopySeparate()), watcher.Finding(search)]
+
+    lines = list(watcher.watch(connect(fake), kinds, once=True))
+
+    assert lines[:4] == ["clapsep-find:dog: 0.500-1.500 s", "  added label track 'find: dog' (1 event)",
+                         "clapsep:dog: 2.000-3.000 s", "  added track 'walk.dog' (2.000-3.000 s)"]
+    assert lines[4] == "clapsep-find:nosuch: 3.000-3.500 s" and "unknown preset 'nosuch'" in lines[5]
+    assert [(lane.name, lane.start) for lane in mini.lanes] == [
+        ("walk", 0.0), ("Labels 1", 0.0), ("find: dog", 0.0), ("walk.dog", 2.0)]
+    assert mini.lanes[2].labels == [(0.6, 1.0, "dog 0.80")]
+    assert [re.sub(r" #[0-9a-f]{6}", "", text) for _, _, text in mini.lanes[1].labels] == [
+        "clapsep-find:dog done: 1 event in find: dog", "clapsep:dog done: walk.dog",
+        "clapsep-find:nosuch failed: unknown preset 'nosuch' (see `clapsep presets list`)"]
+    assert list(watcher.watch(connect(fake), kinds, once=True)) == []
+
+
+def test_many_events_are_one_nyquist_step_of_a_short_command(project: tuple[MiniProject, FakeAudacity]) -> None:
+    mini, fake = project
+    mini.wave("walk", tone(40.0, RATE, 1))
+    mini.selection = (1.0, 39.0)
+    events = [api.Event(0.1 * i, 0.1 * i + 0.05, 0.5, "dog") for i in range(300)]
+    with connect(fake)() as pipe:  # a command over the pipe's line limit would be refused
+        finding.find_selection(pipe, DOG, FixedFind(events))
+    assert len(mini.lanes[-1].labels) == 300 and mini.lanes[-1].labels[-1][2] == "dog 0.50"
+    assert sum(c.startswith("NyquistPrompt") for c in fake.commands) == 2  # the request's label, the events

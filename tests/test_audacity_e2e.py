@@ -5,6 +5,7 @@ Skipped where Audacity or Xvfb is missing, except under CI=true, where that is a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -18,36 +19,37 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner, Result
 
-from clapsep_cli.bridges.audacity import project, requests
-from clapsep_cli.bridges.audacity.pipe import PIPE_DIR_ENV, AudacityPipe
+from clapsep_cli.bridges.audacity import finding, project, requests
+from clapsep_cli.bridges.audacity.pipe import AudacityPipe
 from clapsep_cli.cli import main
 from tests.audacity import live
 from tests.helpers import tone, write_audio
 
 RATE = 44100
 pytestmark = pytest.mark.e2e
+# The tiny random model scores the bursts' edges highest; these settings find one event per burst.
+FIND = ("--threshold", "0.25,0.2", "--device", "cpu", "--precision", "fp32")
 
 
 @pytest.fixture(scope="module")
 def audacity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[live.LiveAudacity]:
-    if os.environ.get(PIPE_DIR_ENV):
-        pytest.fail(f"unset {PIPE_DIR_ENV}: these tests talk to the real Audacity's pipes")
-    reason = live.missing()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true, and the Audacity end-to-end tests cannot run: {reason}")
-        pytest.skip(reason)
-    session = live.start(tmp_path_factory.mktemp("audacity"))
-    try:
-        yield session
-    finally:
-        live.stop(session)
+    yield from live.session(tmp_path_factory)
 
 
 @pytest.fixture
 def walk(tmp_path: Path) -> Path:
     """A 6 s stereo float tone, different in each channel."""
     return write_audio(tmp_path / "walk.wav", tone(6.0, RATE, 2), RATE)
+
+
+@pytest.fixture
+def bursts(tmp_path: Path) -> Path:
+    """6 s of quiet stereo noise with tone bursts over 2.0-2.6 s and 3.4-4.2 s."""
+    t = np.arange(6 * RATE) / RATE
+    on = ((t >= 2.0) & (t < 2.6)) | ((t >= 3.4) & (t < 4.2))
+    noise = 0.001 * np.random.default_rng(2).standard_normal((len(t), 2))
+    return write_audio(tmp_path / "bursts.wav", (noise + 0.5 * (np.sin(2 * np.pi * 440 * t) * on)[:, None]
+                                                 ).astype(np.float32), RATE)
 
 
 def fresh_project(source: Path) -> None:
@@ -313,3 +315,92 @@ def test_nothing_selected_is_one_clear_line(audacity: live.LiveAudacity, home: P
     assert result.exit_code == 1 and "no time range with audio is selected" in result.output
     with AudacityPipe() as pipe:
         assert [t.name for t in project.tracks(pipe)] == ["walk"]
+
+
+def events_of(source: Path, start: float, end: float) -> list[tuple[float, float, float]]:
+    """What `clapsep find` finds in ``source`` from ``start`` to ``end`` (the file's clock)."""
+    result = run("find", "dog", source, "--start", start, "--end", end, "--json", *FIND)
+    assert result.exit_code == 0, result.output
+    return [(e["start"], e["end"], e["confidence"]) for e in json.loads(result.output)["results"][0]["events"]]
+
+
+def find_labels() -> tuple[str, list[tuple[float, float, float]]]:
+    """The last track's name and its labels as (start, end, confidence)."""
+    with AudacityPipe() as pipe:
+        last = project.tracks(pipe)[-1]
+        found = [lb for lb in project.labels(pipe) if lb.track == last.index]
+    assert all(lb.text.startswith("dog ") for lb in found)
+    return last.name, [(lb.start, lb.end, float(lb.text.split()[1])) for lb in found]
+
+
+def test_find_labels_each_event_over_the_selection_in_one_undo_step(
+        audacity: live.LiveAudacity, home: Path, bursts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user selects elsewhere and adds (and so selects) a label track while the job runs."""
+    fresh_project(bursts)
+    select(1.5, 5.0)
+    place = finding.place_events
+
+    def meanwhile(pipe: AudacityPipe, *args: object) -> finding.Found:
+        pipe.command("SelectTime: Start=0.25 End=0.75")
+        pipe.command("NewLabelTrack:")
+        return place(pipe, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(finding, "place_events", meanwhile)
+    result = run("audacity", "find", "dog", *FIND)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("added label track 'find: dog':\n")
+
+    expected = events_of(bursts, 1.5, 5.0)
+    name, found = find_labels()
+    assert name == "find: dog" and len(found) == len(expected) >= 2
+    for (start, end, confidence), want in zip(found, expected):
+        assert 1.5 < start < end < 5.0
+        assert (start, end, confidence) == pytest.approx(want, abs=0.006)
+    with AudacityPipe() as pipe:
+        assert [t.kind for t in project.tracks(pipe)] == ["wave", "label", "label", "label"]
+        assert [lb.track for lb in project.labels(pipe)].count(2) == 0  # none in the user's new track
+    assert label_texts()[0] == (1.5, 5.0, f"clapsep-find:dog #id done: {len(found)} events in find: dog")
+    assert time_selection() == (0.25, 0.75)
+
+    with AudacityPipe() as pipe:
+        pipe.command("Undo:")  # the label time_selection() added
+        pipe.command("Undo:")  # one step: the whole label track, and the request label's "done"
+        assert [t.kind for t in project.tracks(pipe)] == ["wave", "label", "label"]
+    assert label_texts()[0] == (1.5, 5.0, "clapsep-find:dog #id 0%")
+    with AudacityPipe() as pipe:
+        pipe.command("Redo:")
+    assert find_labels() == (name, found)
+    assert label_texts()[0][2].endswith(f"done: {len(found)} events in find: dog")
+
+
+def test_find_macro_requests_are_served_by_watch_with_extraction(audacity: live.LiveAudacity, home: Path,
+                                                                 bursts: Path) -> None:
+    fresh_project(bursts)
+    select(1.5, 5.0)
+    with AudacityPipe() as pipe:
+        pipe.command("Macro_clapsep-find-dog:")  # what Tools > Apply Macro > clapsep-find-dog does
+    select(0.5, 1.0, 0, 2)  # the label track too: the macro's label goes there
+    with AudacityPipe() as pipe:
+        pipe.command("Macro_clapsep-dog:")
+    select(3.0, 3.5)
+
+    result = run("audacity", "watch", "--once", *FIND)
+    assert result.exit_code == 0, result.output
+    assert "clapsep:dog: 0.500-1.000 s\n  added track 'bursts.dog' (0.500-1.000 s)" in result.output
+    assert "clapsep-find:dog: 1.500-5.000 s\n  added label track 'find: dog' (2 events)" in result.output
+    assert [re.sub(r" #id done: .*", " done", text) for _, _, text in label_texts()[:2]] == [
+        "clapsep:dog done", "clapsep-find:dog done"]
+    with AudacityPipe() as pipe:
+        assert [(t.name, t.kind) for t in project.tracks(pipe)] == [
+            ("bursts", "wave"), ("Labels 1", "label"), ("bursts.dog", "wave"), ("find: dog", "label")]
+    assert time_selection() == (3.0, 3.5)
+
+
+def test_find_with_nothing_found_adds_no_track(audacity: live.LiveAudacity, home: Path, bursts: Path) -> None:
+    fresh_project(bursts)
+    select(1.5, 5.0)
+    result = run("audacity", "find", "dog", "--threshold", "1", "--device", "cpu")
+    assert result.exit_code == 0 and result.output == "no dog found\n", result.output
+    with AudacityPipe() as pipe:
+        assert [t.name for t in project.tracks(pipe)] == ["bursts", "Labels 1"]
+    assert label_texts() == [(1.5, 5.0, "clapsep-find:dog #id done: no dog found")]

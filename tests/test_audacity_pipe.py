@@ -75,6 +75,16 @@ def test_a_failed_command_is_an_error_naming_it(serve: Callable[..., FakeAudacit
             pipe.send("Select:\nRemoveTracks:")
 
 
+def test_a_command_longer_than_audacity_reads_in_one_piece_is_refused(serve: Callable[..., FakeAudacity]) -> None:
+    """Audacity 3.2 reads a command line into 1024 bytes and runs the rest as further commands."""
+    fake = serve(lambda c: ok())
+    with pipe_to(fake) as pipe:
+        assert pipe.send("Message: Text=" + "x" * (1022 - 14)).ok  # it fits, so it is sent
+        with pytest.raises(ClapsepError, match="at most 1022 bytes: Message: Text=x+\\.\\.\\. has 1023"):
+            pipe.send("Message: Text=" + "x" * (1023 - 14))
+    assert len(fake.commands) == 2
+
+
 def test_a_preference_is_read(serve: Callable[..., FakeAudacity]) -> None:
     fake = serve(lambda c: ok("6") if c == 'GetPreference: Name="/a/b"' else failed())
     with pipe_to(fake) as pipe:

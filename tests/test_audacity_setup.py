@@ -11,8 +11,16 @@ from click.testing import CliRunner, Result
 
 from clapsep_cli.bridges.audacity import setup as audacity_setup
 from clapsep_cli.bridges.audacity.pipe import PIPE_DIR_ENV
-from clapsep_cli.bridges.audacity.setup import config_file, enable_pipe, macro_text, macros_folder, pipe_problems
+from clapsep_cli.bridges.audacity.setup import (
+    config_file,
+    enable_pipe,
+    install_macros,
+    macro_text,
+    macros_folder,
+    pipe_problems,
+)
 from clapsep_cli.cli import main
+from clapsep_cli.errors import ClapsepError
 from clapsep_cli.queries import presets
 
 USER_SETTINGS = """PrefsVersion=1.1.1r1
@@ -107,39 +115,59 @@ def test_config_and_macro_folders_follow_xdg_and_the_old_data_folder(tmp_path: P
     assert macros_folder() == tmp_path / ".audacity-data" / "Macros"
 
 
-def test_install_writes_a_request_macro_per_preset_and_drops_stale_ones(tmp_path: Path) -> None:
+def test_install_writes_two_request_macros_per_preset_and_drops_stale_ones(tmp_path: Path) -> None:
     folder = tmp_path / "Macros"
     folder.mkdir()
     (folder / "Fade Ends.txt").write_text("Select:Start=\"0\" End=\"1\"\n")
-    (folder / "clapsep-gone.txt").write_text(macro_text("gone"))
+    (folder / "clapsep-gone.txt").write_text(macro_text("clapsep:gone"))
+    (folder / "clapsep-find-gone.txt").write_text(macro_text("clapsep-find:gone"))
     (folder / "clapsep-notes.txt").write_text("Normalize:\n")
     result = run("audacity", "install", "--folder", folder)
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in folder.iterdir())
-    assert names == sorted(["Fade Ends.txt", "clapsep-notes.txt"] + [f"clapsep-{n}.txt" for n in presets.available()])
+    assert names == sorted(["Fade Ends.txt", "clapsep-notes.txt"] + [f"clapsep-{n}.txt" for n in presets.available()]
+                           + [f"clapsep-find-{n}.txt" for n in presets.available()])
     assert (folder / "clapsep-dog.txt").read_text() == (
         'NyquistPrompt:Command="(list (list 0 (get-duration 1) \\"clapsep:dog\\"))" Version=4\n')
+    assert (folder / "clapsep-find-dog.txt").read_text() == (
+        'NyquistPrompt:Command="(list (list 0 (get-duration 1) \\"clapsep-find:dog\\"))" Version=4\n')
     assert f"removed {folder / 'clapsep-gone.txt'}" in result.output
+    assert f"removed {folder / 'clapsep-find-gone.txt'}" in result.output
 
     result = run("audacity", "install", "--folder", folder, "-p", "rain")
     assert result.exit_code == 0
-    assert sorted(p.name for p in folder.glob("clapsep-*")) == ["clapsep-notes.txt", "clapsep-rain.txt"]
+    assert sorted(p.name for p in folder.glob("clapsep-*")) == ["clapsep-find-rain.txt", "clapsep-notes.txt",
+                                                                "clapsep-rain.txt"]
     assert run("audacity", "install", "--folder", folder, "-p", "nosuch").exit_code == 1
 
 
-def test_extract_without_audacity_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_presets_whose_macros_would_share_a_file_are_refused_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ClapsepError, match="the presets 'find-dog' and 'dog' would both have the macro "
+                                           "clapsep-find-dog: rename one of them"):
+        install_macros(["find-dog", "dog"], tmp_path / "Macros")
+    assert not (tmp_path / "Macros").exists()
+
+
+@pytest.mark.parametrize("command", ["extract", "find"])
+def test_a_request_without_audacity_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                command: str) -> None:
     monkeypatch.setenv(PIPE_DIR_ENV, str(tmp_path))
-    result = run("audacity", "extract", "dog")
+    result = run("audacity", command, "dog")
     assert result.exit_code == 1
     assert result.output.startswith("clapsep: error: Audacity is not running with mod-script-pipe (")
     assert result.output.count("\n") == 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-n", " "], "a query text is empty"),
-    ([], "empty query"),
-    (["-p", "nosuch"], "unknown preset 'nosuch'"),
+@pytest.mark.parametrize("command, args, message", [
+    *[(command, args, message) for command in ("extract", "find") for args, message in [
+        (["-n", " "], "a query text is empty"),
+        ([], "empty query"),
+        (["-p", "nosuch"], "unknown preset 'nosuch'"),
+    ]],
+    ("find", ["dog", "--threshold", "0.2,0.3"], "the release level must be in (0, threshold]"),
 ])
-def test_extract_rejects_a_bad_query_before_touching_audacity(args: list[str], message: str) -> None:
-    result = run("audacity", "extract", *args)
+def test_a_bad_request_is_refused_before_touching_audacity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           command: str, args: list[str], message: str) -> None:
+    monkeypatch.setenv(PIPE_DIR_ENV, str(tmp_path))  # no Audacity there: an error about it would show
+    result = run("audacity", command, *args)
     assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1

@@ -20,7 +20,7 @@ import pytest
 import webvtt
 
 from clapsep_cli.bridges.audacity import project
-from clapsep_cli.bridges.audacity.pipe import PIPE_DIR_ENV, AudacityPipe
+from clapsep_cli.bridges.audacity.pipe import AudacityPipe
 from clapsep_cli.events.detect import Event
 from clapsep_cli.events.formats import EVENT_FORMATS, REAPER_COLUMNS, EventFormat
 from tests.audacity import live
@@ -232,18 +232,7 @@ def test_audacity_labels_as_audacity_reads_them() -> None:
 
 @pytest.fixture(scope="module")
 def audacity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[live.LiveAudacity]:
-    if os.environ.get(PIPE_DIR_ENV):
-        pytest.fail(f"unset {PIPE_DIR_ENV}: this test talks to the real Audacity's pipes")
-    reason = live.missing()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true, and the Audacity end-to-end test cannot run: {reason}")
-        pytest.skip(reason)
-    session = live.start(tmp_path_factory.mktemp("audacity"))
-    try:
-        yield session
-    finally:
-        live.stop(session)
+    yield from live.session(tmp_path_factory)
 
 
 def through_file_dialog(audacity: live.LiveAudacity, command: str, title: str, path: Path, saving: bool = False,

@@ -1,4 +1,4 @@
-"""``clapsep audacity``: extract from Audacity's selection through mod-script-pipe."""
+"""``clapsep audacity``: extract from, and find in, Audacity's selection through mod-script-pipe."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from clapsep_cli.cli.common import engine_options, make_separator, model_options
+from clapsep_cli.cli.common import F, engine_options, make_separator, model_options
+from clapsep_cli.cli.jobs import apply_options, detect_options, detect_settings
 from clapsep_cli.errors import ClapsepError
 
 
@@ -17,23 +18,30 @@ def audacity() -> None:
 
     \b
     Once:  clapsep audacity setup      (enable mod-script-pipe; Audacity closed)
-           clapsep audacity install    (one macro per preset)
+           clapsep audacity install    (two macros per preset)
     Then, with Audacity running and some audio selected:
            clapsep audacity extract "dog barking"
-    or keep `clapsep audacity watch` running and use Tools > Apply Macro > clapsep-<preset>.
+           clapsep audacity find "dog barking"
+    or keep `clapsep audacity watch` running and use Tools > Apply Macro > clapsep-<preset>
+    (extract) or clapsep-find-<preset> (find).
     """
 
 
-def _stem_maker(model_name: str, device: str, precision: str, overlap: float, batch_size: int | None) -> Any:
-    from clapsep_cli.bridges.audacity.requests import StemMaker
+def request_options(f: F) -> F:
+    """QUERY, -p and -n."""
+    return apply_options([
+        click.argument("query", required=False),
+        click.option("-p", "--preset", metavar="NAME", help="A named query preset (see `clapsep presets list`)."),
+        click.option("-n", "--negative", multiple=True, metavar="TEXT", help="A sound to reject (repeatable)."),
+    ], f)
 
-    return StemMaker(make_separator(model_name, device, precision, quiet=False, overlap=overlap, batch_size=batch_size))
+
+def _separator(model_name: str, device: str, precision: str, overlap: float, batch_size: int | None) -> Any:
+    return make_separator(model_name, device, precision, quiet=False, overlap=overlap, batch_size=batch_size)
 
 
 @audacity.command()
-@click.argument("query", required=False)
-@click.option("-p", "--preset", metavar="NAME", help="A named query preset (see `clapsep presets list`).")
-@click.option("-n", "--negative", multiple=True, metavar="TEXT", help="A sound to reject (repeatable).")
+@request_options
 @click.option("--residual/--no-residual", default=None,
               help="Also add the residual (selection minus stem) as a track; a preset may turn it on.")
 @model_options
@@ -50,10 +58,10 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
       clapsep audacity extract -p dialogue --residual
     """
     from clapsep_cli.bridges.audacity.pipe import AudacityPipe
-    from clapsep_cli.bridges.audacity.requests import extract_selection, make_request
+    from clapsep_cli.bridges.audacity.requests import StemMaker, extract_selection, make_request
 
     req = make_request(query, preset, negative, residual)
-    separate = _stem_maker(model_name, device, precision, overlap, batch_size)
+    separate = StemMaker(_separator(model_name, device, precision, overlap, batch_size))
     with AudacityPipe() as pipe:
         added = extract_selection(pipe, req, separate)
     for track in added:
@@ -62,24 +70,66 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
 
 
 @audacity.command()
+@request_options
+@detect_options
+@model_options
+@engine_options
+def find(query: str | None, preset: str | None, negative: tuple[str, ...], threshold: tuple[float, ...],
+         min_duration: float, merge: float, model_name: str, device: str, precision: str, overlap: float,
+         batch_size: int | None) -> None:
+    """Find where QUERY (or a preset) occurs in the audio selected in Audacity, as labels.
+
+    The selection is marked with a label `clapsep-find:<query> #<id>` that shows the progress
+    and then the result; a label track `find: <query>` gets one label per event over the marked
+    range, whatever is selected meanwhile. Nothing found: no track, the label says so.
+
+    \b
+      clapsep audacity find "dog barking"
+      clapsep audacity find -p siren --threshold 0.4
+    """
+    from clapsep_cli.bridges.audacity.finding import EventSearch, find_selection
+    from clapsep_cli.bridges.audacity.pipe import AudacityPipe
+    from clapsep_cli.bridges.audacity.requests import make_request
+
+    req = make_request(query, preset, negative, None)
+    search = EventSearch(_separator(model_name, device, precision, overlap, batch_size),
+                         detect_settings(threshold, min_duration, merge))
+    with AudacityPipe() as pipe:
+        found = find_selection(pipe, req, search)
+    if found.track is None:
+        click.echo(f"no {req.tag} found")
+        return
+    click.echo(f"added label track '{found.track.name}':")
+    for event in found.events:
+        click.echo(f"  {event.start:.3f}-{event.end:.3f} s  {event.confidence:.2f}")
+
+
+@audacity.command()
 @click.option("--poll", type=click.FloatRange(0.05, 60.0), default=2.0, show_default=True, metavar="SECONDS",
               help="How often to look for requests.")
 @click.option("--once", is_flag=True, help="Serve the requests waiting now, then exit.")
 @click.option("--status", "show_status", is_flag=True,
               help="Only say whether a watcher is running and what it does (exit 1 if none).")
-@click.option("--residual/--no-residual", default=None, help="Add the residual too (default: as each preset says).")
+@click.option("--residual/--no-residual", default=None,
+              help="Extraction requests add the residual too (default: as each preset says).")
+@detect_options
 @model_options
 @engine_options
-def watch(poll: float, once: bool, show_status: bool, residual: bool | None, model_name: str, device: str,
-          precision: str, overlap: float, batch_size: int | None) -> None:
+def watch(poll: float, once: bool, show_status: bool, residual: bool | None, threshold: tuple[float, ...],
+          min_duration: float, merge: float, model_name: str, device: str, precision: str, overlap: float,
+          batch_size: int | None) -> None:
     """Serve the requests Audacity's clapsep macros make (Ctrl-C stops).
 
     Select audio in Audacity, then Tools > Apply Macro > clapsep-<preset>: the macro marks the
     selection with a label `clapsep:<preset>`; this command takes it (`clapsep:<preset> #<id>`,
-    with the progress), adds the stem over that range and marks the label done.
+    with the progress), adds the stem over that range and marks the label done. The macro
+    clapsep-find-<preset> marks it `clapsep-find:<preset>`: this command adds the events found
+    there as a label track `find: <preset>` (--threshold, --min-duration, --merge apply).
     """
+    from clapsep_cli.bridges.audacity.finding import EventSearch
     from clapsep_cli.bridges.audacity.pipe import AudacityPipe
-    from clapsep_cli.bridges.audacity.watcher import WatcherStatus
+    from clapsep_cli.bridges.audacity.requests import StemMaker
+    from clapsep_cli.bridges.audacity.watcher import Extracting, Finding, WatcherStatus
     from clapsep_cli.bridges.audacity.watcher import watch as serve_requests
 
     status = WatcherStatus()
@@ -92,11 +142,13 @@ def watch(poll: float, once: bool, show_status: bool, residual: bool | None, mod
     status.claim()
     try:
         status.write("loading the model")
-        separate = _stem_maker(model_name, device, precision, overlap, batch_size)
-        separate.separator.model  # noqa: B018 - load now, so that the first request is served quickly
+        separator = _separator(model_name, device, precision, overlap, batch_size)
+        detect = detect_settings(threshold, min_duration, merge)
+        separator.model  # noqa: B018 - load now, so that the first request is served quickly
+        kinds = [Extracting(StemMaker(separator), residual), Finding(EventSearch(separator, detect))]
         if not once:
             click.echo("watching Audacity for clapsep requests (Tools > Apply Macro > clapsep-...); Ctrl-C stops")
-        for line in serve_requests(lambda: AudacityPipe(greet=False), separate, residual, poll, once, status):
+        for line in serve_requests(lambda: AudacityPipe(greet=False), kinds, poll, once, status):
             click.echo(line)
     finally:
         status.release()
@@ -135,7 +187,8 @@ def setup(module_path: Path | None, config_path: Path | None, check: bool) -> No
 @click.option("--folder", type=click.Path(file_okay=False, path_type=Path),
               help="Audacity's Macros folder (default: the one Audacity uses for you).")
 def install(names: tuple[str, ...], folder: Path | None) -> None:
-    """Write one Audacity macro per preset: Tools > Apply Macro > clapsep-<preset>."""
+    """Write two Audacity macros per preset: Tools > Apply Macro > clapsep-<preset> (extract) and
+    clapsep-find-<preset> (find)."""
     from clapsep_cli.bridges.audacity import setup as aset
     from clapsep_cli.queries import presets
 

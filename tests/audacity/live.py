@@ -13,10 +13,13 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError, PipePaths
+import pytest
+
+from clapsep_cli.bridges.audacity.pipe import PIPE_DIR_ENV, AudacityPipe, PipeError, PipePaths
 from clapsep_cli.bridges.audacity.setup import find_module, install_macros, write_pipe_settings
 
 SETTINGS = """[Version]
@@ -55,6 +58,23 @@ def missing() -> str | None:
     if _listening(PipePaths.default().to_audacity):
         return "another Audacity of this user is serving mod-script-pipe"
     return None
+
+
+def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveAudacity]:
+    """A live Audacity for a module's tests (a fixture's body): skipped where none can run,
+    failed instead under CI=true (where it must), stopped at the end."""
+    if os.environ.get(PIPE_DIR_ENV):
+        pytest.fail(f"unset {PIPE_DIR_ENV}: these tests talk to the real Audacity's pipes")
+    reason = missing()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true, and the Audacity end-to-end tests cannot run: {reason}")
+        pytest.skip(reason)
+    live = start(tmp_path_factory.mktemp("audacity"))
+    try:
+        yield live
+    finally:
+        stop(live)
 
 
 def start(root: Path) -> LiveAudacity:

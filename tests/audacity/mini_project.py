@@ -153,17 +153,27 @@ class MiniProject:
         return ok()
 
     def do_NyquistPrompt(self, p: dict[str, str]) -> str:
-        """The request macro's step: a label over the selection, in the first selected label
-        track or a new one (the end as Audacity 3.2 computes it: start plus a six-decimal length)."""
-        match = re.search(r'\\"(.*?)\\"', p["_line"])
-        assert match is not None
-        text = match.group(1)
+        """A Nyquist Prompt returning labels with times from the selection's start: a list
+        ``(list (list START END \\"text\\") ...)`` (END may be ``(get-duration 1)``: the
+        selection's length to six decimals, as Audacity 3.2 gives it), or one read from a file,
+        ``(START END "text")`` each. Like Audacity, it runs once per selected audio track, each
+        run adding the labels to the first selected label track (else a new one)."""
+        opened = re.search(r'\(open \\"(.*?)\\"\)', p["_line"])
+        if opened:
+            items = re.findall(r'\(([^\s()]+) ([^\s()]+) "(.*?)"\)', Path(opened.group(1)).read_text())
+        else:
+            items = re.findall(r'\(list ([^\s()]+) (\(get-duration 1\)|[^\s()]+) \\"(.*?)\\"\)', p["_line"])
+        assert items, p["_line"]
+        runs = sum(lane.kind == "wave" and lane.selected for lane in self.lanes)
+        if not runs:
+            return failed("Nyquist Prompt requires one or more tracks to be selected.")
         t0, t1 = self.selection
-        label = (t0, t0 + float(f"{t1 - t0:.6f}"), text)
+        length = float(f"{t1 - t0:.6f}")
+        added = [(t0 + float(a), t0 + (length if b.startswith("(") else float(b)), text) for a, b, text in items]
         target = next((lane for lane in self.lanes if lane.kind == "label" and lane.selected), None)
         if target is None:
             target = self.label_track(f"Labels {sum(lane.kind == 'label' for lane in self.lanes) + 1}", [])
-        target.labels = sorted(target.labels + [label])
+        target.labels = sorted(target.labels + added * runs)
         return ok()
 
     def do_SelSave(self, p: dict[str, str]) -> str:

@@ -33,6 +33,7 @@ FINISHED = "BatchCommand finished: "
 HELLO = "clapsep"
 EMPTY_REPLY_GRACE = 1.0  # a lone blank line followed by this much silence is a whole reply
 BUSY_NOTICE = 5.0  # seconds without an answer before saying that Audacity is busy
+LINE_LIMIT = 1022  # bytes a command may have: Audacity reads a line into 1024 bytes, newline and NUL included
 
 
 class PipeError(ClapsepError):
@@ -117,9 +118,13 @@ class AudacityPipe:
         self._writer_seen = False
 
     def send(self, command: str) -> Reply:
-        """Send one command and read its whole reply."""
+        """Send one command and read its whole reply. A longer command than Audacity reads in
+        one piece is refused (Audacity would run its pieces as several commands)."""
         if "\n" in command or "\r" in command:
             raise ValueError(f"a command is one line: {command!r}")
+        if len(command.encode("utf-8")) > LINE_LIMIT:
+            raise ClapsepError(f"a command for Audacity's script pipe takes at most {LINE_LIMIT} bytes: "
+                               f"{command[:60]}... has {len(command.encode('utf-8'))}")
         if self._to is None:
             raise PipeError("not connected to Audacity")
         with _reply_owed():

@@ -1,15 +1,17 @@
-"""Serving one request label: take its range, separate, insert the stems."""
+"""Serving one request label: take its range, run a job on its audio, check that the range still
+means that audio, land the outcome; extraction's stems."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from clapsep_cli import api
 from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError
@@ -35,6 +37,7 @@ from clapsep_cli.errors import ClapsepError
 REQUEST = re.compile(rf"^{REQUEST_PREFIX}([a-z0-9][a-z0-9_-]{{0,47}})$")
 PROGRESS_STEP = 25  # percent between progress updates of a request label
 PROGRESS_EVERY = 5.0  # seconds at least between them (each is an undo step in Audacity 3.2)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -100,26 +103,38 @@ class StemMaker:
         return stems
 
 
-def extract_selection(pipe: AudacityPipe, req: api.Request, separate: Separate,
-                      report: Callable[[str], None] = lambda text: None) -> list[Track]:
-    """Mark the selection as a request (a label, as the macros do) and serve it at once; the
-    added tracks (times to six digits, as Audacity reports them)."""
+def mark_selection(pipe: AudacityPipe, text: str) -> Label:
+    """Mark the selection as the request ``text`` (a label, as the macros do); the label."""
     chosen_sources(tracks(pipe))
     with tempfile.TemporaryDirectory(prefix="clapsep-audacity-") as tmp:
         export_selection(pipe, Path(tmp) / "check.wav", 1)  # an empty range stops here, before Nyquist's dialog
     before = {label_key(lb) for lb in labels(pipe)}
-    text = f"{REQUEST_PREFIX}{req.tag}"
     pipe.command(request_command(text))
     added = [lb for lb in labels(pipe) if lb.text == text and label_key(lb) not in before]
     if not added:
         raise ClapsepError("Audacity did not add the request label (is a time range selected?)")
-    return serve(pipe, added[0], req, separate, report)
+    return added[0]
 
 
-def serve(pipe: AudacityPipe, request: Label, req: api.Request, separate: Separate,
-          report: Callable[[str], None] = lambda text: None) -> list[Track]:
-    """Take ``request``, separate its range, and finish it; the added tracks. A failure is
-    written into the request label (so it is not served again) and raised."""
+def extract_selection(pipe: AudacityPipe, req: api.Request, separate: Separate,
+                      report: Callable[[str], None] = lambda text: None) -> list[Track]:
+    """Mark the selection as an extraction request and serve it at once; the added tracks
+    (times to six digits, as Audacity reports them)."""
+    return extract_request(pipe, mark_selection(pipe, f"{REQUEST_PREFIX}{req.tag}"), req, separate, report)
+
+
+def extract_request(pipe: AudacityPipe, request: Label, req: api.Request, separate: Separate,
+                    report: Callable[[str], None] = lambda text: None) -> list[Track]:
+    """Serve the extraction ``request``: its stems as tracks over its range; the added tracks."""
+    return serve(pipe, request, lambda taken, folder, progress: finish(
+        pipe, taken, separate(taken.audio, req, folder, progress), folder), report)
+
+
+def serve(pipe: AudacityPipe, request: Label, work: Callable[[Taken, Path, api.Progress], T],
+          report: Callable[[str], None] = lambda text: None) -> T:
+    """Take ``request`` and do ``work`` on it (given the taken request, a scratch folder and the
+    label's progress; it runs the job and lands the outcome); what ``work`` returns. A failure
+    is written into the request label (so it is not served again) and raised."""
     with tempfile.TemporaryDirectory(prefix="clapsep-audacity-") as tmp:
         folder = Path(tmp)
         try:
@@ -130,8 +145,7 @@ def serve(pipe: AudacityPipe, request: Label, req: api.Request, separate: Separa
             rename_copies(pipe, request, f"{request.text} failed: {err}")
             raise
         try:
-            stems = separate(taken.audio, req, folder, LabelProgress(pipe, taken.head, report))
-            return finish(pipe, taken, stems, folder)
+            return work(taken, folder, LabelProgress(pipe, taken.head, report))
         except PipeError:
             raise
         except ClapsepError as err:
@@ -157,15 +171,16 @@ def take(pipe: AudacityPipe, request: Label, folder: Path) -> Taken:
     return Taken(head, start, end, tuple(sources), audio)
 
 
-def finish(pipe: AudacityPipe, taken: Taken, stems: list[Stem], folder: Path) -> list[Track]:
-    """Check that the request still means the audio it was taken with, then insert the stems
-    over its range (one undo step each, holding the finished track)."""
+@contextlib.contextmanager
+def verified(pipe: AudacityPipe, taken: Taken, folder: Path) -> Iterator[tuple[list[Track], list[Track]]]:
+    """Check that the request still means the audio it was taken with; inside, the project's
+    tracks and the source tracks among them, with the sources and the request's range selected
+    (the user's selection comes back afterwards)."""
     label = find_taken(pipe, taken.head)
     if (label.start, label.end) != (float(taken.start), float(taken.end)):
         raise ClapsepError(f"the request label was moved from {taken.span} while the job ran; nothing inserted")
     now = tracks(pipe)
     sources = locate(now, taken.sources)
-    names = [f"{taken.base}.{stem.tag}" for stem in stems]
     with kept_selection(pipe, now):
         select_tracks(pipe, [t.index for t in sources], len(now))
         pipe.command(f"SelectTime: Start={taken.start} End={taken.end}")
@@ -173,18 +188,33 @@ def finish(pipe: AudacityPipe, taken: Taken, stems: list[Stem], folder: Path) ->
         if not same_audio(taken.audio, again):
             raise ClapsepError(f"the audio of {track_names(sources)} over {taken.span} changed while the job ran; "
                                "nothing inserted")
+        yield now, sources
+
+
+def finish(pipe: AudacityPipe, taken: Taken, stems: list[Stem], folder: Path) -> list[Track]:
+    """Check that the request still means the audio it was taken with, then insert the stems
+    over its range (one undo step each, holding the finished track)."""
+    names = [f"{taken.base}.{stem.tag}" for stem in stems]
+    with verified(pipe, taken, folder) as (now, _):
         set_taken_text(pipe, taken.head, f"{taken.head} done: {' + '.join(names)}")
         for i, (stem, name) in enumerate(zip(stems, names)):
             pipe.command(f'Import2: Filename="{stem.path}"')
-            count = len(tracks(pipe))
-            if count != len(now) + i + 1:
-                raise ClapsepError(f"Audacity imported {count - len(now) - i} tracks for one stem")
-            select_tracks(pipe, [count - 1], count)
-            pipe.command(f'SetTrack: Name="{quotable(name)}"')
-            pipe.command(f'SetClip: Start={taken.start} Name="{quotable(taken.head)}"')
-            pipe.command("ToggleSpectralSelection:")  # twice: a no-op that writes the above into
-            pipe.command("ToggleSpectralSelection:")  # the import's undo state
+            name_new_track(pipe, len(now) + i, name, f'SetClip: Start={taken.start} Name="{quotable(taken.head)}"')
     return tracks(pipe)[len(now):]
+
+
+def name_new_track(pipe: AudacityPipe, count: int, name: str, *commands: str) -> None:
+    """Name the one track just added below the ``count`` there were, and send ``commands`` to it,
+    all written into the undo step that added it."""
+    now = len(tracks(pipe))
+    if now != count + 1:
+        raise ClapsepError(f"Audacity added {now - count} tracks where clapsep expected one")
+    select_tracks(pipe, [count], now)
+    pipe.command(f'SetTrack: Name="{quotable(name)}"')
+    for command in commands:
+        pipe.command(command)
+    pipe.command("ToggleSpectralSelection:")  # twice: a no-op that writes the above into
+    pipe.command("ToggleSpectralSelection:")  # the undo state that added the track
 
 
 def find_taken(pipe: AudacityPipe, head: str) -> Label:

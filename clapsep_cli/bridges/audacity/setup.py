@@ -4,11 +4,13 @@ Audacity loads a module only when ``[Module] mod-script-pipe=1`` comes with ``[M
 naming the very file it found and ``[ModuleDateTime]`` holding that file's modification time
 (local time, ``YYYY-MM-DDTHH:MM:SS``); otherwise it resets the module to "new" and skips it.
 
-Audacity 3.2 macros cannot start a program, so each preset gets a macro that only marks the
-selection: a Nyquist Prompt step returning one label ``clapsep:<preset>`` over the selection (in
-the selected label track, else a new one; Nyquist gets the selection's length with six decimals,
-so the label's end can differ from the selection's by a microsecond). ``clapsep audacity watch``
-finds and serves these labels; ``clapsep audacity extract`` adds one the same way.
+Audacity 3.2 macros cannot start a program, so each preset gets two macros that only mark the
+selection: a Nyquist Prompt step returning one label over the selection (in the selected label
+track, else a new one; Nyquist gets the selection's length with six decimals, so the label's end
+can differ from the selection's by a microsecond): ``clapsep:<preset>`` (macro ``clapsep-<preset>``)
+asks for an extraction, ``clapsep-find:<preset>`` (macro ``clapsep-find-<preset>``) for a search.
+``clapsep audacity watch`` finds and serves these labels; ``clapsep audacity extract`` and
+``clapsep audacity find`` add one the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ MODULE_FOLDERS = ("/usr/lib/audacity/modules", "/usr/lib/x86_64-linux-gnu/audaci
                   "/Applications/Audacity.app/Contents/modules")
 MACRO_PREFIX = "clapsep-"
 REQUEST_PREFIX = "clapsep:"
+FIND_MACRO_PREFIX = "clapsep-find-"
+FIND_PREFIX = "clapsep-find:"
 
 
 def _home_base(xdg_variable: str, default: str) -> Path:
@@ -180,22 +184,30 @@ def request_command(text: str) -> str:
     return template.read_text(encoding="utf-8").strip().replace("{request}", text)
 
 
-def macro_text(preset: str) -> str:
-    """The request macro for ``preset``."""
-    return request_command(REQUEST_PREFIX + preset) + "\n"
+def macro_text(request: str) -> str:
+    """The macro that marks the selection with the request label ``request``."""
+    return request_command(request) + "\n"
 
 
 def install_macros(names: list[str], folder: Path) -> tuple[list[Path], list[Path]]:
-    """Write one request macro per preset into ``folder`` and delete clapsep macros of presets
-    not named; (written, removed)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    """Write the two request macros of each preset into ``folder`` (``clapsep-<preset>``
+    extracts, ``clapsep-find-<preset>`` finds) and delete clapsep macros of presets not named;
+    (written, removed)."""
+    macros: dict[Path, tuple[str, str]] = {}  # path: (preset, text)
     for name in names:
-        path = folder / f"{MACRO_PREFIX}{name}.txt"
-        path.write_text(macro_text(name), encoding="utf-8")
-        written.append(path)
+        for macro, request in ((MACRO_PREFIX + name, REQUEST_PREFIX + name),
+                               (FIND_MACRO_PREFIX + name, FIND_PREFIX + name)):
+            path = folder / f"{macro}.txt"
+            if path in macros:
+                raise ClapsepError(f"the presets '{macros[path][0]}' and '{name}' would both have the macro "
+                                   f"{macro}: rename one of them")
+            macros[path] = name, macro_text(request)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, (_, text) in macros.items():
+        path.write_text(text, encoding="utf-8")
+    written = list(macros)
     removed = [path for path in sorted(folder.glob(f"{MACRO_PREFIX}*.txt"))
-               if path not in written and _is_request_macro(path)]
+               if path not in macros and _is_request_macro(path)]
     for path in removed:
         path.unlink()
     return written, removed
@@ -203,6 +215,7 @@ def install_macros(names: list[str], folder: Path) -> tuple[list[Path], list[Pat
 
 def _is_request_macro(path: Path) -> bool:
     try:
-        return re.search(rf'\\"{REQUEST_PREFIX}[a-z0-9_-]+\\"', path.read_text(encoding="utf-8")) is not None
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return False
+    return re.search(rf'\\"({REQUEST_PREFIX}|{FIND_PREFIX})[a-z0-9_-]+\\"', text) is not None

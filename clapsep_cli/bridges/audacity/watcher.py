@@ -5,22 +5,87 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
+from clapsep_cli import api
 from clapsep_cli.audio import atomic
+from clapsep_cli.bridges.audacity.finding import FIND_REQUEST, Find, event_count, find_request
 from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError, PipePaths
 from clapsep_cli.bridges.audacity.project import Label, labels
-from clapsep_cli.bridges.audacity.requests import REQUEST, Separate, label_key, make_request, rename_copies, serve
+from clapsep_cli.bridges.audacity.requests import (
+    REQUEST,
+    Separate,
+    extract_request,
+    label_key,
+    make_request,
+    rename_copies,
+)
 from clapsep_cli.errors import ClapsepError
 
 
-def pending_requests(pipe: AudacityPipe) -> list[Label]:
-    """One label per request waiting (copies made by a macro run over several tracks count once)."""
-    seen: dict[tuple[int, str, float, float], Label] = {}
+class Kind(Protocol):
+    """A kind of request the watcher serves: labels ``pattern`` matches (group 1: the preset)."""
+
+    pattern: ClassVar[re.Pattern[str]]
+
+    def request(self, preset: str) -> api.Request:
+        """The request a label of ``preset`` asks for."""
+        ...
+
+    def serve(self, pipe: AudacityPipe, label: Label, req: api.Request, report: Callable[[str], None]
+              ) -> list[str]:
+        """Serve ``label``; lines saying what was added."""
+        ...
+
+
+@dataclass(frozen=True)
+class Extracting:
+    """Extraction requests (``clapsep:<preset>``): the stems as new tracks; ``residual``
+    overrides the presets' choice."""
+
+    separate: Separate
+    residual: bool | None = None
+    pattern: ClassVar[re.Pattern[str]] = REQUEST
+
+    def request(self, preset: str) -> api.Request:
+        return make_request(None, preset, (), self.residual)
+
+    def serve(self, pipe: AudacityPipe, label: Label, req: api.Request, report: Callable[[str], None]
+              ) -> list[str]:
+        added = extract_request(pipe, label, req, self.separate, report)
+        return [f"  added track '{t.name}' ({t.start:.3f}-{t.end:.3f} s)" for t in added]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Find requests (``clapsep-find:<preset>``): the events as a new label track."""
+
+    find: Find
+    pattern: ClassVar[re.Pattern[str]] = FIND_REQUEST
+
+    def request(self, preset: str) -> api.Request:
+        return make_request(None, preset, (), None)
+
+    def serve(self, pipe: AudacityPipe, label: Label, req: api.Request, report: Callable[[str], None]
+              ) -> list[str]:
+        found = find_request(pipe, label, req, self.find, report)
+        if found.track is None:
+            return [f"  no {req.tag} found"]
+        return [f"  added label track '{found.track.name}' ({event_count(found.events)})"]
+
+
+def pending_requests(pipe: AudacityPipe, kinds: Sequence[Kind]) -> list[tuple[Label, Kind]]:
+    """One label per request waiting, with its kind (copies made by a macro run over several
+    tracks count once)."""
+    seen: dict[tuple[int, str, float, float], tuple[Label, Kind]] = {}
     for label in labels(pipe):
-        if REQUEST.match(label.text):
-            seen.setdefault((label.track, *label_key(label)), label)
+        kind = next((k for k in kinds if k.pattern.match(label.text)), None)
+        if kind is not None:
+            seen.setdefault((label.track, *label_key(label)), (label, kind))
     return list(seen.values())
 
 
@@ -82,10 +147,10 @@ class WatcherStatus:
         return f"watcher pid {info['pid']}: {info['state']} (since {stamp})"
 
 
-def watch(connect: Callable[[], AudacityPipe], separate: Separate, residual: bool | None = None,
-          poll: float = 2.0, once: bool = False, status: WatcherStatus | None = None) -> Iterator[str]:
-    """Serve requests as they appear, saying what happens in lines of text. Waits for Audacity
-    while it is not there, unless ``once``: then serves what waits now and returns."""
+def watch(connect: Callable[[], AudacityPipe], kinds: Sequence[Kind], poll: float = 2.0, once: bool = False,
+          status: WatcherStatus | None = None) -> Iterator[str]:
+    """Serve requests of ``kinds`` as they appear, saying what happens in lines of text. Waits
+    for Audacity while it is not there, unless ``once``: then serves what waits now and returns."""
     absent: str | None = None
     taken: set[tuple[str, float, float]] = set()
     told: set[tuple[str, float, float]] = set()
@@ -96,7 +161,7 @@ def watch(connect: Callable[[], AudacityPipe], separate: Separate, residual: boo
                 if absent is not None:
                     yield "Audacity is here"
                     absent = None
-                for request in pending_requests(pipe):
+                for request, kind in pending_requests(pipe, kinds):
                     key = label_key(request)
                     if key in taken:
                         if key not in told:
@@ -106,7 +171,7 @@ def watch(connect: Callable[[], AudacityPipe], separate: Separate, residual: boo
                         continue
                     taken.add(key)
                     yield f"{request.text}: {request.start:.3f}-{request.end:.3f} s"
-                    yield from _serve_one(pipe, request, separate, residual, note)
+                    yield from _serve_one(pipe, request, kind, note)
                 note("idle, Audacity connected")
         except PipeError as err:
             if once:
@@ -120,20 +185,19 @@ def watch(connect: Callable[[], AudacityPipe], separate: Separate, residual: boo
         time.sleep(poll)
 
 
-def _serve_one(pipe: AudacityPipe, request: Label, separate: Separate, residual: bool | None,
-               note: Callable[[str], None]) -> Iterator[str]:
+def _serve_one(pipe: AudacityPipe, request: Label, kind: Kind, note: Callable[[str], None]) -> Iterator[str]:
     note(f"serving {request.text}")
     try:
-        req = make_request(None, REQUEST.match(request.text).group(1), (), residual)  # type: ignore[union-attr]
+        req = kind.request(kind.pattern.match(request.text).group(1))  # type: ignore[union-attr]
     except ClapsepError as err:
         rename_copies(pipe, request, f"{request.text} failed: {err}")
         yield f"{request.text} failed: {err}"
         return
     try:
-        added = serve(pipe, request, req, separate, lambda text: note(f"serving {text}"))
+        lines = kind.serve(pipe, request, req, lambda text: note(f"serving {text}"))
     except PipeError:
         raise
     except ClapsepError as err:
         yield f"{request.text} failed: {err}"
         return
-    yield from (f"  added track '{t.name}' ({t.start:.3f}-{t.end:.3f} s)" for t in added)
+    yield from lines
