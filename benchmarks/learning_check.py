@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--steps-per-epoch", type=int, default=50)
+    parser.add_argument("--resume", action="store_true", help="Train on from the last checkpoint under --out.")
     args = parser.parse_args()
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng is needed (apt-get install espeak-ng)")
@@ -108,16 +109,20 @@ def main() -> None:
 
     os.environ["CLAPSEP_HOME"] = str(args.out / "store")
     torch.set_num_threads(os.cpu_count() or 1)
-    captions = make_dataset(args.out / "data", args.per_kind)
+    captions = args.out / "data" / "captions.csv" if args.resume else make_dataset(args.out / "data", args.per_kind)
     settings = TrainSettings(data_dir=args.out / "data", captions=captions, out_name="learning-check",
                                    checkpoint_dir=args.out / "checkpoints", epochs=10_000,
                                    steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
                                    val_fraction=0.15, audio_queries=False, full_encoder=True)
-    shutil.rmtree(settings.checkpoint_dir, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(settings.checkpoint_dir, ignore_errors=True)
     trainer = Trainer(settings, TINY, *from_scratch(TINY, 0), write_tokenizer(args.out / "tok"),
                             torch.device("cpu"), {"from": "scratch"}, log=print)
+    if args.resume:
+        trainer.resume()
     print(f"{len(trainer.train_clips)} training clips, {len(trainer.val_set)} validation mixtures")
-    print(f"before training: validation SI-SDRi {trainer.validate():.2f} dB", flush=True)
+    print(f"{'resumed at step ' + str(trainer.step) if args.resume else 'before training'}: "
+          f"validation SI-SDRi {trainer.validate():.2f} dB", flush=True)
     started = time.monotonic()
     trainer.fit(time_limit=args.minutes * 60)
     print(f"after {trainer.step} steps of {args.batch_size} mixtures ({(time.monotonic() - started) / 60:.1f} min): "
