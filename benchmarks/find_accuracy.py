@@ -46,8 +46,8 @@ KINDS = list(CAPTIONS)
 NOISE = 0.01  # background noise, standard deviation (-40 dBFS)
 THRESHOLDS = [0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 RELEASES = [0.5, 0.75, 1.0]  # release level as a fraction of the threshold
-MIN_DURATIONS = [0.1, 0.25]
-MERGES = [0.25, 0.5]
+MIN_DURATIONS = [0.1, 0.25, 0.5]
+MERGES = [0.25, 0.5, 1.0]
 SMOOTH = api.DetectOptions().smooth
 
 
@@ -244,6 +244,16 @@ def main() -> None:
                            "tuning_event_f1": best_f1, "metrics": scored, "psds": psds(reference, sweep, seconds, test)}
     _print(results)
     best = api.DetectOptions(**results["clapsep find"]["settings"])
+    print(f"\nclapsep find at threshold {best.threshold:g}, release {best.low:g}: event F1 / segment F1 on the scored "
+          "half by minimum duration (rows) and merge gap (columns)\n")
+    print("| min \\ merge | " + " | ".join(f"{m:g} s" for m in MERGES) + " |\n|---|" + "---|" * len(MERGES))
+    for min_duration in MIN_DURATIONS:
+        cells = []
+        for merge in MERGES:
+            m = sed_metrics(reference, detections(scores["clapsep find"], replace(
+                best, min_duration=min_duration, merge=merge), seconds), test)["overall"]
+            cells.append(f"{m['event_f1']:.3f} / {m['segment_f1']:.3f}")
+        print(f"| {min_duration:g} s | " + " | ".join(cells) + " |")
     kept = where_found(sep, [m for m in mixtures if m.name in test], best)
     results["where_found_sdr"] = {k: float(np.mean(v)) for k, v in kept.items()}
     gain = np.array(kept["found"]) - np.array(kept["everywhere"])

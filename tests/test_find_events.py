@@ -50,8 +50,8 @@ def test_an_event_begins_at_the_threshold_and_lasts_down_to_the_release_level() 
     # Without hysteresis (release = threshold) the event is only the part above 0.5.
     same = DetectOptions(threshold=0.5, release=0.5, min_duration=0.0, merge=0.0, smooth=0.0)
     assert spans(find_events(s, same)) == [(20, 30)]
-    # The default release is half the threshold.
-    assert DetectOptions(threshold=0.5).low == 0.25
+    # By default the release level is the threshold: no hysteresis.
+    assert DetectOptions(threshold=0.5).low == 0.5
 
 
 def test_events_closer_than_merge_become_one_and_their_gap_counts_in_the_confidence() -> None:

@@ -68,6 +68,8 @@ ANSWER = 'dog\'s "bark", ü'
 CHILD_ENV = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 REAPER_LOG_LINE = "[REAPER action, REAPER 7.27/linux-x86_64 on "
 
+DEFAULT_THRESHOLD = api.DetectOptions().threshold  # what the find actions start with
+
 
 @pytest.fixture(autouse=True)
 def user_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -779,7 +781,7 @@ def test_find_action_marks_each_event_where_the_take_plays_it(home: Path, tmp_pa
 
     no_script_error(recorded)
     assert recorded["messages"] == []
-    assert recorded["asked"]["count"] == 3 and recorded["asked"]["values"] == "\n0.3\nregions"
+    assert recorded["asked"]["count"] == 3 and recorded["asked"]["values"] == f"\n{DEFAULT_THRESHOLD:g}\nregions"
     job = json.loads(recorded["execs"][0]["job"])
     assert (job["kind"], job["query"], job["threshold"]) == ("find", {"text": "dog barking"}, LOW)
     assert "out_dir" not in job and job["items"] == [{"source": str(walk), "start": 0.5, "end": 3.5}]
@@ -828,7 +830,8 @@ def test_events_are_mapped_through_the_take_and_clipped_to_what_it_plays(tmp_pat
     job_text = tmp_path / "sent.json"
     job_text.write_text(recorded["execs"][0]["job"], encoding="utf-8")
     sent = read_job(job_text)
-    assert sent.kind == "find" and sent.detect == api.DetectOptions(threshold=0.25 if mode == "markers" else 0.3)
+    threshold = 0.25 if mode == "markers" else DEFAULT_THRESHOLD
+    assert sent.kind == "find" and sent.detect == api.DetectOptions(threshold=threshold)
     assert sent.preset_file == resources.shipped("presets") / "dog.toml" and sent.out_dir is None
     assert [(i.path.name, i.region) for i in sent.items] == [("a.wav", api.Region(1.0, 5.0)),
                                                            ("b.wav", api.Region(0.0, 1.0))]
@@ -841,7 +844,7 @@ def test_events_are_mapped_through_the_take_and_clipped_to_what_it_plays(tmp_pat
     ([{"status": "failed", "error": "a.wav: cannot read"}, {"status": "ok", "events": [event(0.25, 0.5)]}], None,
      "clapsep could not search 1 of 2 items:\n\nThe item at 1.000 s (a.wav): a.wav: cannot read\n\nDetails"),
     ([{"status": "ok", "events": [event(3.0, 4.0)]}, {"status": "ok", "events": []}], None,
-     "clapsep found no dog in the selected items (threshold 0.3)."),
+     f"clapsep found no dog in the selected items (threshold {DEFAULT_THRESHOLD:g})."),
 ])
 def test_a_failed_or_empty_find_says_so_in_one_message(tmp_path: Path, items: list[dict[str, Any]] | None,
                                                        error: str | None, message: str) -> None:

@@ -101,7 +101,7 @@ def detect_options(f: F) -> F:
     return apply_options([
         click.option("--threshold", type=ThresholdType(), default=str(defaults.threshold), show_default=True,
                      help="Score (the share of a 20 ms frame's energy that is the sound, 0 to 1) at which a "
-                          "found event begins; a second level, HIGH,LOW, is where it ends (default: half of HIGH)."),
+                          "found event begins; a second level, HIGH,LOW, is where it ends (default: HIGH)."),
         click.option("--min-duration", type=click.FloatRange(min=0.0), default=defaults.min_duration,
                      show_default=True, help="Shorter found events are dropped (seconds)."),
         click.option("--merge", type=click.FloatRange(min=0.0), default=defaults.merge, show_default=True,

@@ -47,14 +47,19 @@ class Event:
 @dataclass(frozen=True)
 class DetectOptions:
     """How scores become events: ``threshold`` (an event begins at this score), ``release``
-    (it ends below this one; default half of ``threshold``), ``min_duration`` (seconds; shorter
-    events are dropped), ``merge`` (seconds; events closer than this are joined) and ``smooth``
-    (seconds of the centred moving average; 0 for none)."""
+    (it ends below this one; default ``threshold``: no hysteresis), ``min_duration`` (seconds;
+    shorter events are dropped), ``merge`` (seconds; events closer than this are joined) and
+    ``smooth`` (seconds of the centred moving average; 0 for none).
 
-    threshold: float = 0.3
+    The defaults are what ``benchmarks/find_accuracy.py`` chose (best event-based F1 on its
+    tuning half): threshold 0.35 with no separate release level, a 1 s merge gap; the minimum
+    length mattered little there (its events last 0.5 s or more), so it stays short enough for
+    a cough or a click (docs/measurements.md#find)."""
+
+    threshold: float = 0.35
     release: float | None = None
     min_duration: float = 0.1
-    merge: float = 0.25
+    merge: float = 1.0
     smooth: float = 0.1
 
     def __post_init__(self) -> None:
@@ -69,7 +74,7 @@ class DetectOptions:
 
     @property
     def low(self) -> float:
-        return self.threshold / 2 if self.release is None else self.release
+        return self.threshold if self.release is None else self.release
 
 
 def frame_samples(rate: int) -> int:
