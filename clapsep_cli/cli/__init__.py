@@ -118,6 +118,7 @@ def main() -> None:
     Examples:
       clapsep extract "dog barking" walk.wav
       clapsep extract "speech" -n "wind noise" --residual field/*.flac
+      clapsep find "dog barking" walk.wav
       clapsep models download
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
