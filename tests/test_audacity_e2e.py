@@ -27,8 +27,9 @@ from tests.helpers import tone, write_audio
 
 RATE = 44100
 pytestmark = pytest.mark.e2e
-# The tiny random model scores the bursts' edges highest; these settings find one event per burst.
-FIND = ("--threshold", "0.25,0.2", "--device", "cpu", "--precision", "fp32")
+# The tiny random model scores the bursts' edges highest; these settings (the bursts are 0.8 s apart, so a
+# merge gap under that) find one event per burst.
+FIND = ("--threshold", "0.25,0.2", "--merge", "0.25", "--device", "cpu", "--precision", "fp32")
 
 
 @pytest.fixture(scope="module")

@@ -63,17 +63,22 @@ def test_events_are_printed_one_line_each_off_a_terminal_and_match_the_json(home
 
 
 @pytest.mark.parametrize("fmt", list(api.EVENT_FORMATS))
-def test_each_format_is_written_beside_the_source_by_the_stems_rules(home: Path, src: Path, fmt: str) -> None:
+def test_each_format_is_written_beside_the_source(home: Path, src: Path, fmt: str) -> None:
     result = run("find", "dog barking", src, "--format", fmt, *LOW)
     assert result.exit_code == 0, result.output
     written = src.with_name(f"walk.dog_barking.{api.EVENT_FORMATS[fmt].extension}")
     assert written.exists() and f"{src} -> {written}" in result.output
     assert sorted(p.name for p in src.parent.iterdir()) == sorted(["walk.wav", written.name])  # no temporary left
+
+
+def test_an_existing_events_file_is_skipped_unless_overwrite(home: Path, src: Path) -> None:
+    written = src.with_name("walk.dog_barking.labels.txt")
+    assert run("find", "dog barking", src, "--format", "audacity", *LOW).exit_code == 0
     first = written.read_text(encoding="utf-8")
     written.write_text("keep me")
-    again = run("find", "dog barking", src, "--format", fmt, *LOW)
+    again = run("find", "dog barking", src, "--format", "audacity", *LOW)
     assert again.exit_code == 0 and "skipped" in again.output and written.read_text() == "keep me"
-    replaced = run("find", "dog barking", src, "--format", fmt, *LOW, "--overwrite")
+    replaced = run("find", "dog barking", src, "--format", "audacity", *LOW, "--overwrite")
     assert replaced.exit_code == 0 and written.read_text(encoding="utf-8") == first
 
 
