@@ -237,25 +237,32 @@ class _Gate:
         """(estimate inside the events, source) blocks, in order."""
         p, rate = self.planned, self.planned.info.rate
         self.spool.seek(0)
-        done = 0
-        for src in read_blocks(p.info, p.first, p.first + self.detector.samples):
-            target = np.fromfile(self.spool, np.float32, src.size).reshape(src.shape)
-            times = (done + np.arange(len(src))) / rate + p.first / rate
-            yield target * gate(self.events, times)[:, None], src
-            done += len(src)
+        done = passed = 0  # frames given; events wholly before the current block
+        try:
+            for src in read_blocks(p.info, p.first, p.first + self.detector.samples):
+                target = np.fromfile(self.spool, np.float32, src.size).reshape(src.shape)
+                times = (done + np.arange(len(src))) / rate + p.first / rate
+                while passed < len(self.events) and self.events[passed].end + GATE_FADE < times[0]:
+                    passed += 1
+                yield target * gate(self.events[passed:], times)[:, None], src
+                done += len(src)
+        finally:
+            self.close()
 
     def close(self) -> None:
         self.spool.close()
 
 
 def gate(events: list[Event], times: np.ndarray) -> np.ndarray:
-    """The gain at ``times`` (seconds, sorted): 1 inside an event, a raised-cosine fade over
-    :data:`GATE_FADE` before and after it, 0 elsewhere."""
+    """The gain at ``times`` (seconds, sorted) of ``events`` (in order, as found): 1 inside an
+    event, a raised-cosine fade over :data:`GATE_FADE` before and after it, 0 elsewhere."""
     out = np.zeros(len(times))
     if not len(times):
         return out
     for e in events:
-        if e.end + GATE_FADE < times[0] or e.start - GATE_FADE > times[-1]:
+        if e.start - GATE_FADE > times[-1]:
+            break  # this one and all later ones begin after these times
+        if e.end + GATE_FADE < times[0]:
             continue
         ramp = np.clip(np.minimum(times - (e.start - GATE_FADE), (e.end + GATE_FADE) - times) / GATE_FADE, 0, 1)
         out = np.maximum(out, np.sin(0.5 * np.pi * ramp) ** 2)
