@@ -21,6 +21,7 @@ from clapsep_cli.cli.jobs import (
     job_options,
     naming_options,
     query_options,
+    report_failures,
     resolve_request,
     run_job,
 )
@@ -126,10 +127,8 @@ def remove(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, ne
 
 def report(job: api.Job, json_output: bool) -> None:
     """Print the job's outcome (unless ``--json`` printed it); exit 1 if a file failed."""
-    results, failed = job.results, job.failed
-    attempted = [r for r in results if r.status != "skipped"]
     if not json_output:
-        for r in results:
+        for r in job.results:
             if r.status == "ok":
                 outs = " + ".join(str(p) for p in (r.target, r.residual) if p)
                 click.echo(f"{r.input} -> {outs}")
@@ -138,13 +137,6 @@ def report(job: api.Job, json_output: bool) -> None:
             if r.clipped_samples:
                 click.echo(f"note: {r.clipped_samples} samples of {r.target} were clamped at full scale "
                            "(--clip rescale or --bit-depth 32f avoid it)", err=True)
-        if len(results) == 1 and failed:
-            click.echo(f"clapsep: error: {failed[0].message(flag)}", err=True)
-        elif failed:
-            skipped = len(results) - len(attempted)
-            click.echo(f"clapsep: {len(failed)} of {len(attempted)} files failed"
-                       + (f" ({skipped} skipped)" if skipped else "") + ":", err=True)
-            for r in failed:
-                click.echo(f"  {r.message(flag)}", err=True)
-    if failed:
+        report_failures(job)
+    if job.failed:
         sys.exit(1)

@@ -18,6 +18,7 @@ from clapsep_cli.cli.jobs import (
     job_options,
     naming_options,
     query_options,
+    report_failures,
     resolve_request,
     run_job,
 )
@@ -73,13 +74,7 @@ def show(job: api.Job, table: bool) -> None:
     for r in job.results:
         if r.status == "skipped":
             click.echo(f"skipped {r.input}: {r.message(flag)}", err=True)
-    failed = job.failed
-    if len(job.results) == 1 and failed:
-        click.echo(f"clapsep: error: {failed[0].message(flag)}", err=True)
-    elif failed:
-        click.echo(f"clapsep: {len(failed)} of {len(job.results)} files failed:", err=True)
-        for r in failed:
-            click.echo(f"  {r.message(flag)}", err=True)
+    report_failures(job)
 
 
 def _table(results: list[api.FileResult]) -> None:

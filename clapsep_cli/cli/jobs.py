@@ -228,3 +228,18 @@ def write_report(path: Path, data: dict[str, Any]) -> None:
         click.echo(f"clapsep: warning: {path}: cannot write the report ({err.strerror or err})", err=True)
 
 
+
+
+def report_failures(job: api.Job) -> None:
+    """On stderr: a single input's failure as one error line, else how many of the files tried
+    failed and why, one line each."""
+    failed = job.failed
+    attempted = [r for r in job.results if r.status != "skipped"]
+    if len(job.results) == 1 and failed:
+        click.echo(f"clapsep: error: {failed[0].message(flag)}", err=True)
+    elif failed:
+        skipped = len(job.results) - len(attempted)
+        click.echo(f"clapsep: {len(failed)} of {len(attempted)} files failed"
+                   + (f" ({skipped} skipped)" if skipped else "") + ":", err=True)
+        for r in failed:
+            click.echo(f"  {r.message(flag)}", err=True)
