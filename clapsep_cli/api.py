@@ -22,20 +22,13 @@ same :class:`Progress`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from clapsep_cli.audio.reader import BLOCK, first_non_finite
 from clapsep_cli.audio.region import Region
 from clapsep_cli.engine.options import DEFAULT_OVERLAP
-from clapsep_cli.engine.stream import separate_stream
 from clapsep_cli.errors import AudioError, ClapsepError, SettingError
-from clapsep_cli.events.detect import DetectOptions, Detector, Event
+from clapsep_cli.events.detect import DetectOptions, Event
 from clapsep_cli.events.formats import EVENT_FORMATS
-from clapsep_cli.jobs.cluster import Cluster
 from clapsep_cli.jobs.plan import (
     DEFAULT_NAME,
     NAME_FIELDS,
@@ -47,11 +40,14 @@ from clapsep_cli.jobs.plan import (
     check_references,
     plan_job,
 )
-from clapsep_cli.jobs.run import Progress
-from clapsep_cli.jobs.session import Session
-from clapsep_cli.models.loaded import DEFAULT_PRECISION
+from clapsep_cli.jobs.progress import Progress
+from clapsep_cli.models.precision import DEFAULT_PRECISION
 from clapsep_cli.queries.request import DEFAULT_REMOVE_METHOD, REMOVE_METHODS, Request, removal, request
 from clapsep_cli.queries.spec import AudioRef, Query
+
+if TYPE_CHECKING:
+    from clapsep_cli.jobs.cluster import Cluster
+    from clapsep_cli.jobs.separator import Separator
 
 __all__ = ["DEFAULT_NAME", "DEFAULT_OVERLAP", "DEFAULT_PRECISION", "DEFAULT_REMOVE_METHOD", "EVENT_FORMATS",
            "NAME_FIELDS", "REMOVE_METHODS", "AudioError", "AudioRef", "ClapsepError", "Cluster", "DetectOptions",
@@ -60,99 +56,14 @@ __all__ = ["DEFAULT_NAME", "DEFAULT_OVERLAP", "DEFAULT_PRECISION", "DEFAULT_REMO
 
 plan = plan_job  # Check every input and decide every output of a job, without a model.
 
-
-class Separator(Session):
-    """One model on one device with fixed engine settings; separates any number of requests.
-
-    ``model``: an installed model's name; ``device``: ``auto`` (CUDA, then MPS, then the CPU),
-    ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; ``precision``: ``auto`` (bf16 where the device
-    computes it natively, else fp32), ``fp32`` (the published model's output to float
-    precision), ``bf16`` or ``fp16``; ``overlap``: the fraction of each 10 s segment shared with
-    the next (0 to 0.5); ``batch_size``: segments per network call (default: 16 on CUDA, else 2);
-    ``log`` receives what loading says (a download, say). Raises :class:`ClapsepError` for a
-    device or precision this machine does not have.
-
-    The model is loaded on first use, so inputs and outputs are checked before anything
-    expensive happens (see :class:`~clapsep_cli.jobs.session.Session`).
-    """
-
-    def condition(self, req: Request | Query) -> torch.Tensor:
-        """The conditioning vector (1, 1024) of a request: positive and negative CLAP
-        embeddings, concatenated. Raises :class:`ClapsepError` for a missing or unreadable
-        reference clip, before any model is loaded."""
-        query = req.query if isinstance(req, Request) else req
-        check_references(query)
-        return self.conditioning(query)
-
-    def plan(self, paths: Iterable[str | Path | Item], req: Request, plan: OutputPlan | None = None,
-             region: Region | None = None, pattern: str | None = None, include_stems: bool = False) -> Job:
-        """:func:`plan` (this separator's model is not needed for it)."""
-        return plan_job(paths, req, plan, region, pattern, include_stems)
-
-    def extract(self, paths: Iterable[str | Path | Item], req: Request, plan: OutputPlan | None = None,
-                region: Region | None = None, pattern: str | None = None, include_stems: bool = False,
-                progress: Progress | None = None) -> Job:
-        """Separate every file (and every audio file under each folder) into stems on disk:
-        :func:`plan`, then :meth:`run`. A job whose stems all exist never loads the model.
-
-        Returns the :class:`Job`: one :class:`FileResult` per input (``ok``, ``skipped`` or
-        ``failed`` with its reason); raises :class:`ClapsepError` only for what stops the whole
-        job (no inputs, a missing reference clip, two inputs writing one stem)."""
-        return self.run(plan_job(paths, req, plan, region, pattern, include_stems), progress)
-
-    def find(self, paths: Iterable[str | Path | Item], req: Request, plan: EventPlan | None = None,
-             region: Region | None = None, pattern: str | None = None, include_stems: bool = False,
-             progress: Progress | None = None) -> Job:
-        """Find where the sound ``req`` describes occurs in every file (and every audio file
-        under each folder): :func:`plan` with an :class:`EventPlan` (default: default
-        :class:`DetectOptions`, no events file), then :meth:`run`.
-
-        Returns the :class:`Job`; each ``ok`` result's ``events`` lists the :class:`Event` s
-        found (times in seconds from the file's start, ``region`` or not), and its events file,
-        where the plan names a format, is ``target``. Raises as :meth:`extract` does.
-        """
-        return self.run(plan_job(paths, req, plan or EventPlan(), region, pattern, include_stems), progress)
-
-    def separate(self, audio: np.ndarray, rate: int, req: Request) -> tuple[np.ndarray, np.ndarray]:
-        """Separate in-memory audio: ``audio`` is (frames,) or (frames, channels) at ``rate``.
-
-        Returns ``(stem, residual)`` of the same shape and rate, ``stem + residual == audio`` to
-        float precision. The same engine as for files: 10 s segments, overlap, any length.
-        Raises :class:`AudioError` for an empty array or a NaN or infinite sample.
-        """
-        wave = _checked(audio, rate)
-        cond = self.condition(req)
-        stream = separate_stream(self.model, cond, _blocks(wave.reshape(len(wave), -1)), rate, self.options)
-        target = np.concatenate([t for t, _ in stream]).reshape(wave.shape)
-        stem = wave - target if req.invert else target
-        return stem, wave - stem
-
-    def detect(self, audio: np.ndarray, rate: int, req: Request, options: DetectOptions | None = None
-               ) -> list[Event]:
-        """Where the sound ``req`` describes occurs in in-memory audio, (frames,) or (frames,
-        channels) at ``rate``: the :class:`Event` s, in seconds from its start, that
-        :meth:`find` gives for a file. Raises as :meth:`separate` does."""
-        wave = _checked(audio, rate)
-        detector = Detector(options or DetectOptions(), req.query.slug())
-        stream = separate_stream(self.model, self.condition(req), _blocks(wave.reshape(len(wave), -1)), rate,
-                                 self.options, model_rate=True)
-        events = [e for target, mixture in stream for e in detector.push(target, mixture)]
-        return events + detector.finish()
+# The executors load torch: they are imported on first use, so that planning, requests and the
+# service's clients (which run jobs elsewhere) start without it.
+_EXECUTORS = {"Separator": "clapsep_cli.jobs.separator", "Cluster": "clapsep_cli.jobs.cluster"}
 
 
-def _checked(audio: np.ndarray, rate: int) -> np.ndarray:
-    """``audio`` as float32, refused (:class:`AudioError`) if empty, misshapen or not finite."""
-    wave = np.asarray(audio, dtype=np.float32)
-    if wave.ndim not in (1, 2) or wave.shape[0] == 0 or (wave.ndim == 2 and wave.shape[1] == 0):
-        raise AudioError(f"audio must be (frames,) or (frames, channels) with frames > 0 (got {wave.shape})")
-    if not isinstance(rate, int) or rate <= 0:
-        raise SettingError("rate", f"must be a positive whole number of samples per second (got {rate!r})")
-    bad = first_non_finite(wave.reshape(len(wave), -1))
-    if bad is not None:
-        raise AudioError(f"audio has a non-finite sample at frame {bad[0]} ({bad[0] / rate:.3f} s)")
-    return wave
+def __getattr__(name: str) -> Any:
+    if name in _EXECUTORS:
+        import importlib
 
-
-def _blocks(frames: np.ndarray) -> Iterator[np.ndarray]:
-    for start in range(0, len(frames), BLOCK):
-        yield frames[start:start + BLOCK]
+        return getattr(importlib.import_module(_EXECUTORS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,10 @@ import os
 
 # Before anything imports huggingface_hub, which reads this once: every hub lookup is local.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Jobs run in the test's own process unless a test asks for the warm service (tests/test_service.py),
+# whose socket lives in a runtime folder of this run's own (a short path: sockets' paths are limited).
+os.environ["CLAPSEP_SERVER"] = "never"
+os.environ["XDG_RUNTIME_DIR"] = __import__("tempfile").mkdtemp(prefix="csrt-", dir="/tmp")
 
 import shutil  # noqa: E402
 import socket  # noqa: E402
@@ -19,6 +23,16 @@ from clapsep_cli.models import install, store
 from clapsep_cli.network.architecture import RELEASED, TINY, ModelConfig
 from testbed import official
 from tests.helpers import Artefacts
+
+
+@pytest.fixture(autouse=True, scope="session")
+def runtime_folder() -> Iterator[Path]:
+    """This run's runtime folder; a service a test left running there is stopped at the end."""
+    yield Path(os.environ["XDG_RUNTIME_DIR"])
+    from clapsep_cli.service import client
+
+    client.stop()
+    shutil.rmtree(os.environ["XDG_RUNTIME_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -121,10 +121,10 @@ def test_unknown_command_is_clicks_error(tmp_path: Path) -> None:
 
 
 def test_command_that_cannot_load_is_one_line(tmp_path: Path) -> None:
-    result = clapsep(tmp_path, "extract", "--help", torch_blocked=True)
+    result = clapsep(tmp_path, "evaluate", "--help", torch_blocked=True)  # evaluate needs torch to load
     assert result.returncode == 1
     lines = result.stderr.split("\nMODULES ")[0].strip().splitlines()
-    assert lines == [("clapsep: error: cannot load the 'extract' command (ModuleNotFoundError: "
+    assert lines == [("clapsep: error: cannot load the 'evaluate' command (ModuleNotFoundError: "
                       "import of torch halted; None in sys.modules)")]
     assert result.stdout == ""
 

@@ -20,8 +20,9 @@ ALLOWED = {
     "jobs": {"audio", "network", "models", "queries", "engine", "events"},
     "training": {"audio", "network", "models", "queries", "engine"},
     "api": {"audio", "network", "models", "queries", "engine", "events", "jobs"},
-    "bridges": {"api", "audio", "models", "queries", "events"},
-    "cli": {"api", "audio", "network", "models", "queries", "engine", "events", "training", "bridges"},
+    "service": {"api", "audio", "models", "queries", "events", "jobs"},
+    "bridges": {"api", "audio", "models", "queries", "events", "service"},
+    "cli": {"api", "audio", "network", "models", "queries", "engine", "events", "training", "bridges", "service"},
 }
 
 

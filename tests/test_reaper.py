@@ -64,8 +64,10 @@ SHIPPED_PRESETS = sorted(p.stem for p in (resources.shipped("presets")).glob("*.
 # A description with a quote of each kind, a comma and a non-ASCII letter.
 ANSWER = 'dog\'s "bark", ü'
 # What a started clapsep sees: nothing but what makes this checkout importable (an installed
-# clapsep needs not even that) and what keeps a test's child off the network.
-CHILD_ENV = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+# clapsep needs not even that), what keeps a test's child off the network, and the run's runtime
+# folder with jobs kept in process (tests/test_service.py runs the actions through the service).
+CHILD_ENV = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "CLAPSEP_SERVER": "never",
+             "XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"]}
 REAPER_LOG_LINE = "[REAPER action, REAPER 7.27/linux-x86_64 on "
 
 DEFAULT_THRESHOLD = api.DetectOptions().threshold  # what the find actions start with

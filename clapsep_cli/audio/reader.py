@@ -8,13 +8,16 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from clapsep_cli.audio.region import check_window
 from clapsep_cli.errors import AudioError
+
+if TYPE_CHECKING:  # torch-free at import: planning a job (and a service client) needs no torch
+    import torch
 
 BLOCK = 1 << 16
 STEM_MARK = "clapsep stem"  # the start of the comment tag of every stem clapsep writes
@@ -212,6 +215,8 @@ def read(path: Path, start: float = 0.0, end: float | None = None) -> tuple[np.n
 
 def read_mono(path: Path, rate: int, start: float = 0.0, end: float | None = None) -> torch.Tensor:
     """A (short) file or region as a mono downmix at ``rate`` (for query clips and evaluation)."""
+    import torch
+
     from clapsep_cli.audio.dsp import SincResampler
 
     data, source_rate = read(path, start, end)

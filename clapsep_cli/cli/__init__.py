@@ -34,6 +34,10 @@ COMMANDS = {
                           "Keep everything but the sound QUERY describes, from each FILE (or folder)."),
     "find": LazyCommand("clapsep_cli.cli.find_cmd:find",
                         "Find where the sound QUERY describes occurs in each FILE (or folder)."),
+    "serve": LazyCommand("clapsep_cli.cli.serve_cmd:serve",
+                         "Keep models loaded and run every client's jobs: `clapsep extract`, `remove` and `find` "
+                         "(with --server auto, the default), `clapsep audacity` and the REAPER actions hand their "
+                         "jobs over and answer without loading anything."),
     "presets": LazyCommand("clapsep_cli.cli.presets_cmd:presets_group",
                            "Named queries: shipped ones, and your own (which override shipped ones by name)."),
     "embed": LazyCommand("clapsep_cli.cli.embed_cmd:embed",

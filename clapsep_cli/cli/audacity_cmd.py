@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from clapsep_cli.cli.common import F, engine_options, make_separator, model_options
+from clapsep_cli.cli.common import F, engine_options, make_executor, model_options, server_option
 from clapsep_cli.cli.jobs import apply_options, detect_options, detect_settings
 from clapsep_cli.errors import ClapsepError
 
@@ -36,8 +36,10 @@ def request_options(f: F) -> F:
     ], f)
 
 
-def _separator(model_name: str, device: str, precision: str, overlap: float, batch_size: int | None) -> Any:
-    return make_separator(model_name, device, precision, quiet=False, overlap=overlap, batch_size=batch_size)
+def _executor(server: str, model_name: str, device: str, precision: str, overlap: float, batch_size: int | None
+              ) -> Any:
+    """The warm service's executor (``--server``), else a separator here."""
+    return make_executor(server, model_name, device, precision, quiet=False, overlap=overlap, batch_size=batch_size)
 
 
 @audacity.command()
@@ -46,8 +48,10 @@ def _separator(model_name: str, device: str, precision: str, overlap: float, bat
               help="Also add the residual (selection minus stem) as a track; a preset may turn it on.")
 @model_options
 @engine_options
+@server_option
 def extract(query: str | None, preset: str | None, negative: tuple[str, ...], residual: bool | None,
-            model_name: str, device: str, precision: str, overlap: float, batch_size: int | None) -> None:
+            model_name: str, device: str, precision: str, overlap: float, batch_size: int | None, server: str
+            ) -> None:
     """Extract QUERY (or a preset) from the audio selected in Audacity, as new tracks.
 
     The selection is marked with a label `clapsep:<query> #<id>` that shows the progress and
@@ -61,7 +65,7 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
     from clapsep_cli.bridges.audacity.requests import StemMaker, extract_selection, make_request
 
     req = make_request(query, preset, negative, residual)
-    separate = StemMaker(_separator(model_name, device, precision, overlap, batch_size))
+    separate = StemMaker(_executor(server, model_name, device, precision, overlap, batch_size))
     with AudacityPipe() as pipe:
         added = extract_selection(pipe, req, separate)
     for track in added:
@@ -74,9 +78,10 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
 @detect_options
 @model_options
 @engine_options
+@server_option
 def find(query: str | None, preset: str | None, negative: tuple[str, ...], threshold: tuple[float, ...],
          min_duration: float, merge: float, model_name: str, device: str, precision: str, overlap: float,
-         batch_size: int | None) -> None:
+         batch_size: int | None, server: str) -> None:
     """Find where QUERY (or a preset) occurs in the audio selected in Audacity, as labels.
 
     The selection is marked with a label `clapsep-find:<query> #<id>` that shows the progress
@@ -92,7 +97,7 @@ def find(query: str | None, preset: str | None, negative: tuple[str, ...], thres
     from clapsep_cli.bridges.audacity.requests import make_request
 
     req = make_request(query, preset, negative, None)
-    search = EventSearch(_separator(model_name, device, precision, overlap, batch_size),
+    search = EventSearch(_executor(server, model_name, device, precision, overlap, batch_size),
                          detect_settings(threshold, min_duration, merge))
     with AudacityPipe() as pipe:
         found = find_selection(pipe, req, search)
@@ -115,9 +120,10 @@ def find(query: str | None, preset: str | None, negative: tuple[str, ...], thres
 @detect_options
 @model_options
 @engine_options
+@server_option
 def watch(poll: float, once: bool, show_status: bool, residual: bool | None, threshold: tuple[float, ...],
           min_duration: float, merge: float, model_name: str, device: str, precision: str, overlap: float,
-          batch_size: int | None) -> None:
+          batch_size: int | None, server: str) -> None:
     """Serve the requests Audacity's clapsep macros make (Ctrl-C stops).
 
     Select audio in Audacity, then Tools > Apply Macro > clapsep-<preset>: the macro marks the
@@ -142,9 +148,10 @@ def watch(poll: float, once: bool, show_status: bool, residual: bool | None, thr
     status.claim()
     try:
         status.write("loading the model")
-        separator = _separator(model_name, device, precision, overlap, batch_size)
+        separator = _executor(server, model_name, device, precision, overlap, batch_size)
         detect = detect_settings(threshold, min_duration, merge)
-        separator.model  # noqa: B018 - load now, so that the first request is served quickly
+        if hasattr(separator, "model"):  # here, not in the service: load now, so the first request is quick
+            separator.model  # noqa: B018
         kinds = [Extracting(StemMaker(separator), residual), Finding(EventSearch(separator, detect))]
         if not once:
             click.echo("watching Audacity for clapsep requests (Tools > Apply Macro > clapsep-...); Ctrl-C stops")

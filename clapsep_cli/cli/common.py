@@ -16,9 +16,9 @@ F = Callable[..., Any]
 def model_options(f: F) -> F:
     """--model, --device and --precision."""
     from clapsep_cli.models import store
-    from clapsep_cli.models.loaded import DEFAULT_PRECISION, PRECISIONS
+    from clapsep_cli.models.precision import DEFAULT_PRECISION, PRECISION_NAMES
 
-    f = click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default=DEFAULT_PRECISION,
+    f = click.option("--precision", type=click.Choice(["auto", *PRECISION_NAMES]), default=DEFAULT_PRECISION,
                      show_default=True,
                      help="Arithmetic of the network: auto is bf16 where the hardware computes it natively (CPUs "
                           "with AMX or AVX512_BF16, CUDA GPUs from compute 8.0), else fp32; fp32 reproduces the "
@@ -75,6 +75,30 @@ def make_separator(model_name: str, device: str, precision: str, quiet: bool, **
 
     return Separator(model_name, device=device, precision=precision, **engine,
                      log=None if quiet else lambda msg: click.echo(msg, err=True))
+
+
+def server_option(f: F) -> F:
+    """--server: whether the job goes to the warm service (`clapsep serve`)."""
+    from clapsep_cli.service.client import SERVER_MODES
+
+    return click.option("--server", type=click.Choice(SERVER_MODES), default="auto", show_default=True,
+                        envvar="CLAPSEP_SERVER",
+                        help="auto: hand the job to a running `clapsep serve` of this clapsep and model store "
+                             "(it answers without loading anything), else run here; require: always hand it "
+                             "over, starting the service if none runs; never: run here. Default from "
+                             "$CLAPSEP_SERVER.")(f)
+
+
+def make_executor(server: str, model_name: str, device: str, precision: str, quiet: bool, **engine: Any) -> Any:
+    """Where a job runs: the warm service's executor where ``server`` (``auto``, ``never``,
+    ``require``) says so, else :func:`make_separator`'s ``Separator``; both have ``run``,
+    ``extract`` and ``find``."""
+    from clapsep_cli.service import client
+
+    if client.usable(server):
+        return client.ServiceExecutor(model_name, device=device, precision=precision, **engine,
+                                      log=None if quiet else lambda msg: click.echo(msg, err=True))
+    return make_separator(model_name, device, precision, quiet, **engine)
 
 
 def emit_json(data: dict[str, Any]) -> None:

@@ -14,7 +14,6 @@ from clapsep_cli.cli.common import engine_options, flag, model_options
 from clapsep_cli.cli.jobs import (
     F,
     apply_options,
-    cluster_options,
     detect_options,
     detect_settings,
     input_options,
@@ -24,6 +23,7 @@ from clapsep_cli.cli.jobs import (
     report_failures,
     resolve_request,
     run_job,
+    where_options,
 )
 from clapsep_cli.errors import ClapsepError
 
@@ -62,7 +62,7 @@ def stem_plan(residual: bool, output: Path | None, out_dir: Path | None, name_te
 @input_options
 @model_options
 @engine_options
-@cluster_options
+@where_options
 def extract(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
             query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None,
             residual: bool | None, output: Path | None, out_dir: Path | None, name_template: str,
@@ -107,7 +107,7 @@ def _refuse_detect_options_alone() -> None:
 @input_options
 @model_options
 @engine_options
-@cluster_options
+@where_options
 def remove(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
            query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None,
            method: str, residual: bool | None, output: Path | None, out_dir: Path | None, name_template: str,

@@ -11,7 +11,6 @@ import click
 from clapsep_cli import api
 from clapsep_cli.cli.common import engine_options, flag, model_options
 from clapsep_cli.cli.jobs import (
-    cluster_options,
     detect_options,
     detect_settings,
     input_options,
@@ -21,6 +20,7 @@ from clapsep_cli.cli.jobs import (
     report_failures,
     resolve_request,
     run_job,
+    where_options,
 )
 
 TABLE = "table"
@@ -38,7 +38,7 @@ TABLE = "table"
 @input_options
 @model_options
 @engine_options
-@cluster_options
+@where_options
 def find(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
          query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None, fmt: str,
          threshold: tuple[float, ...], min_duration: float, merge: float, output: Path | None, out_dir: Path | None,

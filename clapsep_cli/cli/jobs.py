@@ -14,7 +14,7 @@ import click
 
 from clapsep_cli import api
 from clapsep_cli.audio import atomic
-from clapsep_cli.cli.common import TimeType, emit_json, flag
+from clapsep_cli.cli.common import TimeType, emit_json, flag, make_executor, server_option
 from clapsep_cli.errors import ClapsepError
 
 F = Callable[..., Any]
@@ -137,9 +137,10 @@ def resolve_request(args: tuple[str, ...], texts: tuple[str, ...], preset: str |
     return req, [Path(a) for a in args]
 
 
-def cluster_options(f: F) -> F:
-    """--ray, --ray-cpus and --ray-workers."""
+def where_options(f: F) -> F:
+    """--server, --ray, --ray-cpus and --ray-workers: where the job runs."""
     return apply_options([
+        server_option,
         click.option("--ray", "ray_address", metavar="ADDRESS",
                      help="Run on a Ray cluster: auto (the one RAY_ADDRESS names, else one Ray finds on this "
                           "machine), local (start one here for this job) or HOST:PORT. Needs the ray extra: "
@@ -166,6 +167,7 @@ class JobOptions:
     model_name: str
     device: str
     precision: str
+    server: str
     ray_address: str | None
     ray_cpus: int
     ray_workers: int | None
@@ -173,10 +175,11 @@ class JobOptions:
 
 def job_options(plan: api.OutputPlan | api.EventPlan, start: float | None, end: float | None, pattern: str | None,
                 include_stems: bool, json_output: bool, report_file: Path | None, model_name: str, device: str,
-                precision: str, overlap: float, batch_size: int | None, ray_address: str | None, ray_cpus: int,
-                ray_workers: int | None) -> JobOptions:
+                precision: str, overlap: float, batch_size: int | None, server: str, ray_address: str | None,
+                ray_cpus: int, ray_workers: int | None) -> JobOptions:
     return JobOptions(plan, overlap, batch_size, api.Region(start or 0.0, end), pattern, include_stems,
-                      json_output, report_file, model_name, device, precision, ray_address, ray_cpus, ray_workers)
+                      json_output, report_file, model_name, device, precision, server, ray_address, ray_cpus,
+                      ray_workers)
 
 
 def run_job(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
@@ -208,15 +211,17 @@ def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
         return executor.run(job, bar)
 
 
-def _executor(opts: JobOptions) -> api.Separator | api.Cluster:
-    """Where the job runs: here, or on the Ray cluster ``--ray`` names."""
+def _executor(opts: JobOptions) -> Any:
+    """Where the job runs: in the warm service (``--server``), here, or on the Ray cluster
+    ``--ray`` names."""
     if opts.ray_address is not None:
+        if opts.server == "require":
+            raise ClapsepError("--ray runs the job on a Ray cluster, not in the clapsep service: leave out --server")
         return api.Cluster(opts.ray_address, opts.model_name, device=opts.device, precision=opts.precision,
                            overlap=opts.overlap, batch_size=opts.batch_size, worker_cpus=opts.ray_cpus,
                            max_workers=opts.ray_workers)
-    return api.Separator(opts.model_name, device=opts.device, precision=opts.precision, overlap=opts.overlap,
-                         batch_size=opts.batch_size,
-                         log=None if opts.json_output else lambda msg: click.echo(msg, err=True))
+    return make_executor(opts.server, opts.model_name, opts.device, opts.precision, quiet=opts.json_output,
+                         overlap=opts.overlap, batch_size=opts.batch_size)
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:

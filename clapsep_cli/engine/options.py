@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from clapsep_cli.errors import SettingError
 from clapsep_cli.network.architecture import SEGMENT_SAMPLES
+
+if TYPE_CHECKING:  # torch-free at run time: the command line's options are read from here
+    import torch
 
 DEFAULT_OVERLAP = 0.1
 DEFAULT_BATCH_SIZE = 2

@@ -34,10 +34,11 @@ from clapsep_cli.audio import atomic
 from clapsep_cli.engine.options import DEFAULT_OVERLAP, EngineOptions
 from clapsep_cli.errors import ClapsepError, SettingError, first_line
 from clapsep_cli.jobs.plan import FileResult, Job, pending
-from clapsep_cli.jobs.run import Progress, Runner, segments_of
+from clapsep_cli.jobs.progress import Progress
+from clapsep_cli.jobs.run import Runner, segments_of
 from clapsep_cli.jobs.session import Session
 from clapsep_cli.models import store
-from clapsep_cli.models.loaded import DEFAULT_PRECISION
+from clapsep_cli.models.precision import DEFAULT_PRECISION
 from clapsep_cli.queries.spec import Query
 
 EXTRA = "clapsep-cli[ray]"

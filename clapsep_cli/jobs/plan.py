@@ -344,6 +344,8 @@ class Job:
     total_seconds: float = 0.0
     embeddings: dict[str, Any] = field(default_factory=dict)
     ray: dict[str, Any] = field(default_factory=dict)  # address and workers, when run on a cluster
+    items: list[Item] = field(default_factory=list)  # the inputs as planned (folders expanded), in order
+    region: Region = field(default_factory=Region)  # for items without their own
 
     @property
     def pending(self) -> list[FileResult]:
@@ -398,6 +400,7 @@ def plan_job(inputs: Iterable[str | Path | Item], req: Request, plan: OutputPlan
     if plan.output is not None and len(items) > 1:
         raise SettingError("output", "names one stem; with several inputs name a folder or a name template")
     check_references(req.query)
-    job = Job(req, plan_results(items, req.query, plan, region or Region()), stems, plan)
+    region = region or Region()
+    job = Job(req, plan_results(items, req.query, plan, region), stems, plan, items=items, region=region)
     job.total_seconds = time.perf_counter() - started
     return job

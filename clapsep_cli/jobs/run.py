@@ -7,7 +7,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,43 +22,8 @@ from clapsep_cli.errors import AudioError, ClapsepError
 from clapsep_cli.events.detect import Detector, Event
 from clapsep_cli.events.formats import EventFormat
 from clapsep_cli.jobs.plan import FileResult, Planned, pending
+from clapsep_cli.jobs.progress import NoProgress, Progress
 from clapsep_cli.network.architecture import SAMPLE_RATE
-
-
-class Progress(Protocol):
-    """Receives a job's progress, local or on a cluster (the CLI draws bars, the editors write
-    labels and logs; the library default ignores it). A job first calls ``start_job``, then
-    reports its files one after another: ``start_file``, any number of ``advance``,
-    ``end_file``. A cluster reports each file as it finishes on a worker, all three calls at
-    once."""
-
-    def start_job(self, files: int, where: str) -> None:
-        """``files`` are to be separated; ``where`` is ``""`` in this process, else where they
-        run (``"on 2 Ray workers"``)."""
-
-    def start_file(self, path: Path, segments: int, seconds: float) -> None:
-        """``segments``: the 10 s network segments ``path`` takes; ``seconds``: its audio length."""
-
-    def advance(self, segments: int) -> None:
-        """``segments`` more of the current file's segments are separated."""
-
-    def end_file(self, result: FileResult) -> None:
-        """The current file is done: ``result`` says how (ok, failed, or still pending when the
-        job was stopped)."""
-
-
-class NoProgress:
-    def start_job(self, files: int, where: str) -> None:
-        pass
-
-    def start_file(self, path: Path, segments: int, seconds: float) -> None:
-        pass
-
-    def advance(self, segments: int) -> None:
-        pass
-
-    def end_file(self, result: FileResult) -> None:
-        pass
 
 
 def segments_of(planned: Planned, options: EngineOptions) -> int:

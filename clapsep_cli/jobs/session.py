@@ -9,6 +9,7 @@ and nowhere else; the runner takes it ready.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +18,11 @@ import torch
 
 from clapsep_cli.engine.options import DEFAULT_OVERLAP, for_device
 from clapsep_cli.jobs.plan import Job
-from clapsep_cli.jobs.run import Progress, Runner
+from clapsep_cli.jobs.progress import Progress
+from clapsep_cli.jobs.run import Runner
 from clapsep_cli.models import store
-from clapsep_cli.models.loaded import DEFAULT_PRECISION, ClapSep, load_model, resolve_device, resolve_precision
+from clapsep_cli.models.loaded import ClapSep, load_model, resolve_device, resolve_precision
+from clapsep_cli.models.precision import DEFAULT_PRECISION
 from clapsep_cli.queries.embedding import EmbeddingCache, condition
 from clapsep_cli.queries.spec import Query
 
@@ -45,6 +48,13 @@ class Session:
         self._cache: EmbeddingCache | None = None
         self.load_seconds = 0.0
         self.query_seconds = 0.0
+
+    def with_engine(self, overlap: float, batch_size: int | None) -> Session:
+        """A session on this one's model (loaded once, shared) with other engine settings."""
+        self.cache  # noqa: B018 - model and embedding cache loaded before the copy, so both hold the same
+        other = copy.copy(self)
+        other.options = for_device(self.device, overlap, batch_size)
+        return other
 
     @property
     def loaded(self) -> bool:
@@ -82,11 +92,12 @@ class Session:
         started = time.perf_counter()
         job.model, job.precision, job.device = self.model_name, self.precision, str(self.device)
         if job.pending:
-            before = self.query_seconds
+            before, counts = self.query_seconds, self.embedding_counts()
             cond = self.conditioning(job.request.query)
             job.query_seconds = self.query_seconds - before
             Runner(self.model, cond, self.options, progress, invert=job.request.invert).run(job.results)
-            job.embeddings = self.embedding_counts()
+            after = self.embedding_counts()  # this job's, however many the session ran before
+            job.embeddings = {**after, **{k: after[k] - counts[k] for k in ("from_cache", "computed")}}
         job.model_loaded, job.load_seconds = self.loaded, self.load_seconds
         job.total_seconds += time.perf_counter() - started
         return job

@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping
 import torch
 
 from clapsep_cli.errors import ClapsepError
+from clapsep_cli.models.precision import PRECISION_NAMES
 from clapsep_cli.models.store import InstalledModel
 from clapsep_cli.network.encoders import AudioEncoder, TextEncoder, Tokenizer, fit_query_clip
 from clapsep_cli.network.separation import SeparationNet, autocast
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_PRECISION = "auto"
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 # CPU features that compute bf16 products in hardware: AMX tiles, AVX-512 BF16 dot products.
 BF16_CPU_FEATURES = ("amx_bf16", "avx512_bf16")
 

@@ -21,6 +21,7 @@ from clapsep_cli.audio import atomic
 from clapsep_cli.bridges.reaper.lua import lua_literal
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.queries import presets
+from clapsep_cli.service import client
 
 JOB_VERSION = 2
 STEM_FORMAT, STEM_DEPTH = "wav", "32f"
@@ -256,7 +257,7 @@ def run_items(planned: api.Job, log: Callable[[str], None], cancelled: Callable[
     true, the stems written so far are removed and :class:`Cancelled` is raised."""
     progress = ItemLog(planned, log, cancelled)
     try:
-        api.Separator().run(planned, progress)
+        executor(log).run(planned, progress)
         if cancelled():
             raise Cancelled
     except Cancelled:
@@ -264,6 +265,20 @@ def run_items(planned: api.Job, log: Callable[[str], None], cancelled: Callable[
         raise
     progress.up_to(len(planned.results) - progress.told)
     return planned.results
+
+
+def executor(log: Callable[[str], None]) -> Any:
+    """Where a click's job runs: the warm service, started on the first click so the next ones
+    answer at once (``CLAPSEP_SERVER=auto`` uses only a running one, ``never`` runs here); here
+    too when the service cannot be used (another clapsep's, say), as the log then says."""
+    mode = os.environ.get("CLAPSEP_SERVER", "require")
+    try:
+        if client.usable(mode):
+            log("running in the clapsep service")
+            return client.ServiceExecutor(log=log)
+    except ClapsepError as err:
+        log(f"not using the clapsep service: {err}")
+    return api.Separator(log=log)
 
 
 def remove_stems(results: list[api.FileResult]) -> None:

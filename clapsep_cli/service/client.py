@@ -1,0 +1,261 @@
+"""Clients of the warm service: find it, start it, ask its status, stop it, and run jobs on it
+through :class:`ServiceExecutor`, an executor like :class:`~clapsep_cli.api.Separator` (``run``,
+``extract``, ``find``) whose work happens in the service. Torch-free, so a command line that
+hands its job to a warm service starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from multiprocessing.connection import AuthenticationError, Connection
+from pathlib import Path
+from typing import Any
+
+from clapsep_cli import __version__, api
+from clapsep_cli.audio import atomic
+from clapsep_cli.errors import ClapsepError
+from clapsep_cli.service import protocol
+
+SERVER_MODES = ("auto", "never", "require")  # use a running service; run here; use one, starting it if need be
+START_SECONDS = 60.0  # how long a client waits for a service it started to listen
+CANCEL_SECONDS = 30.0  # how long a cancelled job may take to stop before the client stops waiting
+LOG_LIMIT = 1 << 20  # bytes of service log kept when a client starts a new service
+
+
+def connect() -> Connection | None:
+    """An authenticated connection to this user's service, or None where none listens (no
+    socket, or a stale one left by a service that died)."""
+    path = protocol.socket_path()
+    key = protocol.read_key()
+    if key is None or not path.exists():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(protocol.HANDSHAKE_SECONDS)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    except OSError as err:
+        sock.close()
+        raise ClapsepError(f"{path}: cannot reach the clapsep service ({err.strerror or err})") from None
+    sock.setblocking(True)
+    conn = Connection(sock.detach())
+    try:
+        protocol.authenticate(conn, key, server=False)
+    except (AuthenticationError, EOFError, OSError):
+        conn.close()
+        return None  # a service starting up under a new key, or one going away
+    return conn
+
+
+def ask(message: dict[str, Any]) -> dict[str, Any] | None:
+    """Send one request and return the first reply (None where no service listens)."""
+    conn = connect()
+    if conn is None:
+        return None
+    with conn:
+        protocol.send(conn, {**protocol.hello(), **message})
+        try:
+            return protocol.receive(conn)
+        except (EOFError, OSError):
+            return None
+
+
+def status() -> dict[str, Any] | None:
+    """The running service's status (pid, version, model store, running job, queue, models,
+    memory), or None where none runs."""
+    reply = ask({"verb": "status"})
+    if reply is None or reply.pop("event", None) != "status":
+        return None
+    return reply
+
+
+def stop(wait: float = 35.0) -> int | None:
+    """Stop the running service and wait (up to ``wait`` seconds) until it is gone; its pid,
+    or None where none ran."""
+    reply = ask({"verb": "stop"})
+    if reply is None or reply.get("event") != "stopping":
+        return None
+    deadline = time.monotonic() + wait
+    while protocol.socket_path().exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return int(reply["pid"])
+
+
+def start(idle: float | None = None) -> None:
+    """Start this user's service in the background unless one answers; return once it listens.
+    Two clients starting it at once end with one service (the second ``clapsep serve`` finds the
+    lock taken and exits)."""
+    if status() is not None:
+        return
+    log = protocol.log_path()
+    if log.exists() and log.stat().st_size > LOG_LIMIT:
+        log.unlink()
+    command = [sys.executable, "-m", "clapsep_cli", "serve", *(["--idle", f"{idle:g}"] if idle else [])]
+    with open(log, "ab") as out:
+        os.chmod(log, 0o600)
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        if status() is not None:
+            return
+        if proc.poll() not in (None, 0):
+            break
+        time.sleep(0.05)
+    tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    raise ClapsepError(f"the clapsep service did not start ({tail[0] if tail else 'no message'}; log: {log})")
+
+
+def usable(mode: str) -> bool:
+    """Whether jobs should go to the service in ``mode`` (:data:`SERVER_MODES`): ``auto`` when one
+    runs with this clapsep's version and model store; ``require`` always (starting one if none
+    runs; one of another version or store is an error); ``never`` not."""
+    if mode not in SERVER_MODES:
+        raise ClapsepError(f"{{setting}} must be one of {', '.join(SERVER_MODES)} (got {mode!r})", setting="server")
+    if mode == "never":
+        return False
+    found = status()
+    if found is None and mode == "require":
+        start()
+        found = status()
+    hello = protocol.hello()
+    matches = found is not None and found.get("version") == __version__ and found.get("store") == hello["store"]
+    if mode == "require" and not matches:
+        where = f"clapsep {found.get('version')} on the model store {found.get('store')}" if found else "none"
+        raise ClapsepError(f"the running clapsep service does not match this clapsep ({where}; this is clapsep "
+                           f"{__version__} on {hello['store']}): stop it with `clapsep serve --stop`")
+    return matches
+
+
+class ServiceExecutor:
+    """Runs planned jobs in the service: the same settings as a
+    :class:`~clapsep_cli.api.Separator`, the same results (the stems are the same bytes), the
+    same :class:`~clapsep_cli.api.Progress` calls. ``log`` receives what the service says while
+    loading a model. Stopping the job here (Ctrl-C, or the progress raising) cancels it there."""
+
+    def __init__(self, model: str = "", *, device: str = "auto", precision: str = api.DEFAULT_PRECISION,
+                 overlap: float = api.DEFAULT_OVERLAP, batch_size: int | None = None,
+                 log: Callable[[str], None] | None = None):
+        from clapsep_cli.models.store import DEFAULT_MODEL
+
+        self.settings = {"model": model or DEFAULT_MODEL, "device": device, "precision": precision,
+                         "overlap": overlap, "batch_size": batch_size}
+        self.log = log or (lambda _line: None)
+
+    def extract(self, paths: Iterable[str | Path | api.Item], req: api.Request, plan: api.OutputPlan | None = None,
+                region: api.Region | None = None, pattern: str | None = None, include_stems: bool = False,
+                progress: api.Progress | None = None) -> api.Job:
+        """As :meth:`clapsep_cli.api.Separator.extract`, in the service."""
+        return self.run(api.plan(paths, req, plan, region, pattern, include_stems), progress)
+
+    def find(self, paths: Iterable[str | Path | api.Item], req: api.Request, plan: api.EventPlan | None = None,
+             region: api.Region | None = None, pattern: str | None = None, include_stems: bool = False,
+             progress: api.Progress | None = None) -> api.Job:
+        """As :meth:`clapsep_cli.api.Separator.find`, in the service."""
+        return self.run(api.plan(paths, req, plan or api.EventPlan(), region, pattern, include_stems), progress)
+
+    def run(self, job: api.Job, progress: api.Progress | None = None) -> api.Job:
+        """Run the planned ``job`` in the service (which plans it again, in this process's folder,
+        and must find the same inputs) and fill in its results. A job with nothing to separate
+        never contacts the service."""
+        started = time.perf_counter()
+        job.model, job.device, job.precision = self.settings["model"], None, None
+        if job.pending:
+            conn = connect()
+            if conn is None:
+                raise ClapsepError("no clapsep service is running (start one with `clapsep serve`)")
+            with conn:
+                protocol.send(conn, {**protocol.hello(), "verb": "run", "client": os.getpid(), "cwd": os.getcwd(),
+                                     "path": os.environ.get("PATH"), "session": self.settings,
+                                     "job": {"items": protocol.encode(job.items),
+                                             "request": protocol.encode(job.request),
+                                             "plan": protocol.encode(job.plan), "region": protocol.encode(job.region)}})
+                _Reception(conn, job, progress, self.log).follow()
+        job.total_seconds += time.perf_counter() - started
+        return job
+
+
+class _Reception:
+    """Follows one job's messages from the service into the job and its progress."""
+
+    def __init__(self, conn: Connection, job: api.Job, progress: api.Progress | None,
+                 log: Callable[[str], None]):
+        self.conn, self.job, self.progress, self.log = conn, job, progress, log
+
+    def follow(self) -> None:
+        try:
+            while not self._take(self._next()):
+                pass
+        except BaseException:
+            if not self.conn.closed:
+                self._cancel()
+            raise
+
+    def _next(self) -> dict[str, Any]:
+        try:
+            return protocol.receive(self.conn)
+        except (EOFError, OSError):
+            self.conn.close()
+            for folder in {out.parent for r in self.job.results for out in (r.target, r.residual) if out}:
+                atomic.remove_stale(folder)
+            raise ClapsepError("the clapsep service stopped during the job (was it killed?); no stem it had not "
+                               "finished was kept: run the command again") from None
+
+    def _take(self, message: dict[str, Any]) -> bool:
+        """Act on one message; True once the job is over."""
+        event = message.get("event")
+        if event == "log":
+            self.log(str(message.get("line")))
+        elif event in ("start_job", "start_file", "advance") and self.progress is not None:
+            if event == "start_job":
+                self.progress.start_job(message["files"], message["where"])
+            elif event == "start_file":
+                self.progress.start_file(Path(message["path"]), message["segments"], message["seconds"])
+            else:
+                self.progress.advance(message["segments"])
+        elif event == "end_file":
+            result = self.job.results[message["index"]]
+            protocol.apply_result(result, message["result"])
+            if self.progress is not None:
+                self.progress.end_file(result)
+        elif event in ("done", "cancelled"):
+            self._settle(message)
+            if event == "cancelled":
+                raise ClapsepError(f"the job was stopped in the clapsep service ({message.get('reason')})")
+            return True
+        elif event in ("error", "mismatch"):
+            raise (protocol.error_from(message.get("error")) if event == "error" else
+                   ClapsepError(f"the clapsep service cannot run this job: {message.get('reason')}"))
+        return False
+
+    def _settle(self, message: dict[str, Any]) -> None:
+        results = message.get("results") or []
+        if len(results) != len(self.job.results) and message.get("event") == "done":
+            raise ClapsepError("the inputs changed between planning and running the job; run it again")
+        for result, data in zip(self.job.results, results):
+            protocol.apply_result(result, data)
+        for name, value in (message.get("job") or {}).items():
+            setattr(self.job, name, value)
+
+    def _cancel(self) -> None:
+        """Ask the service to stop the job, and take what it finished (bounded wait)."""
+        try:
+            protocol.send(self.conn, {"verb": "cancel"})
+            deadline = time.monotonic() + CANCEL_SECONDS
+            while time.monotonic() < deadline:
+                if not self.conn.poll(min(1.0, max(deadline - time.monotonic(), 0.0))):
+                    continue
+                message = protocol.receive(self.conn)
+                if message.get("event") in ("done", "cancelled", "error"):
+                    if message.get("event") != "error":
+                        self._settle(message)
+                    return
+        except (EOFError, OSError, ClapsepError):
+            return

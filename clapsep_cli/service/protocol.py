@@ -1,0 +1,246 @@
+"""The service's wire: where it listens, how a client proves it is the service's user, and how
+jobs, results and errors travel. Torch-free: a client imports only this and the plan's types.
+
+Transport: a Unix domain socket in the user's runtime folder (platformdirs; the folder is the
+user's alone, mode 0700, and the socket 0600), framed and authenticated by the standard
+library's :mod:`multiprocessing.connection`: length-prefixed messages and its HMAC
+challenge-response in both directions, with a 32-byte key in a 0600 file beside the socket that
+the service writes anew each time it starts. Payloads are JSON (never pickles: a message that
+passed the handshake is still only data), at most :data:`MAX_MESSAGE` bytes, and decode only
+into the plan's own types (:data:`WIRE_TYPES`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import socket
+import stat
+import struct
+import sys
+import warnings
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from clapsep_cli import __version__
+from clapsep_cli.audio.region import Region
+from clapsep_cli.errors import ClapsepError
+from clapsep_cli.events.detect import DetectOptions, Event
+from clapsep_cli.jobs.plan import EventPlan, FileResult, Item, OutputPlan
+from clapsep_cli.queries.request import Request
+from clapsep_cli.queries.spec import AudioRef, Query
+
+PROTOCOL = 1
+MAX_MESSAGE = 1 << 20  # bytes; a job of thousands of files fits, a larger message is refused
+HANDSHAKE_SECONDS = 10.0  # a peer that says nothing for this long during the handshake is dropped
+WIRE_TYPES = {cls.__name__: cls for cls in (Request, Query, AudioRef, OutputPlan, EventPlan, DetectOptions, Item,
+                                            Region, Event)}
+_RESULT_FIELDS = [f.name for f in dataclasses.fields(FileResult) if f.name not in ("planned", "problem")]
+
+
+class ProtocolError(ClapsepError):
+    """A message that is not one of the service's: not JSON, too large, of the wrong shape."""
+
+
+# --- where -------------------------------------------------------------------------------------
+
+def runtime_dir() -> Path:
+    """The user's runtime folder for the service (``$XDG_RUNTIME_DIR/clapsep`` on Linux, from
+    platformdirs), made if missing; refused unless this user owns it and nobody else may enter."""
+    with warnings.catch_warnings():  # platformdirs warns when it falls back to /tmp/runtime-<uid>
+        warnings.simplefilter("ignore")
+        folder = Path(platformdirs.user_runtime_dir("clapsep"))
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in (folder.parent, folder):
+        _check_private(path, directory=True)
+    return folder
+
+
+def _check_private(path: Path, directory: bool) -> None:
+    info = path.lstat()
+    kind_ok = stat.S_ISDIR(info.st_mode) if directory else stat.S_ISREG(info.st_mode)
+    if not kind_ok or (hasattr(os, "getuid") and info.st_uid != os.getuid()) or info.st_mode & 0o077:
+        raise ClapsepError(f"{path}: must be this user's own {'folder' if directory else 'file'}, closed to "
+                           "others (mode 0700 for a folder, 0600 for a file); the clapsep service will not use it")
+
+
+def socket_path() -> Path:
+    path = runtime_dir() / "service.sock"
+    if len(os.fsencode(path)) >= 104:  # sun_path holds 104 bytes on macOS, 108 on Linux
+        raise ClapsepError(f"{path}: too long a path for a socket (set XDG_RUNTIME_DIR to a shorter folder)")
+    return path
+
+
+def key_path() -> Path:
+    return runtime_dir() / "service.key"
+
+
+def lock_path() -> Path:
+    return runtime_dir() / "service.lock"
+
+
+def log_path() -> Path:
+    return runtime_dir() / "service.log"
+
+
+def write_key() -> bytes:
+    """A new key, written (mode 0600 from the start) under a temporary name, then renamed."""
+    key = secrets.token_bytes(32)
+    path = key_path()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.hex().encode())
+    os.replace(tmp, path)
+    return key
+
+
+def read_key() -> bytes | None:
+    """The running service's key, or None if there is none (refused if others could read it)."""
+    path = key_path()
+    try:
+        _check_private(path, directory=False)
+        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None  # being written or damaged: no usable service
+
+
+# --- connections -------------------------------------------------------------------------------
+
+def receive_timeout(conn: Connection, seconds: float) -> None:
+    """Reads on ``conn`` fail after ``seconds`` of silence (0: wait for ever), at the socket level."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        whole = int(seconds)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+    finally:
+        sock.close()
+
+
+def authenticate(conn: Connection, key: bytes, server: bool) -> None:
+    """Mutual HMAC challenge-response over ``conn`` (the service challenges first, as
+    :class:`multiprocessing.connection.Listener` does). Raises :class:`AuthenticationError`."""
+    receive_timeout(conn, HANDSHAKE_SECONDS)
+    if server:
+        deliver_challenge(conn, key)
+        answer_challenge(conn, key)
+    else:
+        answer_challenge(conn, key)
+        deliver_challenge(conn, key)
+    receive_timeout(conn, 0)
+
+
+def send(conn: Connection, message: dict[str, Any]) -> None:
+    conn.send_bytes(json.dumps(message, ensure_ascii=False).encode("utf-8"))
+
+
+def receive(conn: Connection) -> dict[str, Any]:
+    """The next message; :class:`ProtocolError` for one that is too large or not a JSON object,
+    :class:`EOFError` or :class:`OSError` when the peer is gone."""
+    try:
+        data = conn.recv_bytes(MAX_MESSAGE)
+    except OSError as err:
+        if "bad message length" in str(err):
+            raise ProtocolError(f"a message larger than {MAX_MESSAGE} bytes was refused") from None
+        raise
+    try:
+        message = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ProtocolError(f"a message that is not UTF-8 JSON was refused ({err})") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return message
+
+
+def hello() -> dict[str, Any]:
+    """What every request carries, so a service of another version or model store says so."""
+    from clapsep_cli.models.store import store_root
+
+    return {"protocol": PROTOCOL, "version": __version__, "store": str(store_root()), "python": sys.version}
+
+
+# --- values ------------------------------------------------------------------------------------
+
+def encode(value: Any) -> Any:
+    """``value`` as JSON-ready data: the :data:`WIRE_TYPES` dataclasses, paths and tuples tagged."""
+    if dataclasses.is_dataclass(value) and type(value).__name__ in WIRE_TYPES:
+        fields = {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"$": type(value).__name__, **fields}
+    if isinstance(value, Path):
+        return {"$path": str(value)}
+    if isinstance(value, tuple):
+        return {"$tuple": [encode(v) for v in value]}
+    if isinstance(value, list):
+        return [encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): encode(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{type(value).__name__} does not travel to the clapsep service")
+
+
+def decode(data: Any) -> Any:
+    """The inverse of :func:`encode`; :class:`ProtocolError` for anything else."""
+    if isinstance(data, list):
+        return [decode(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if "$path" in data and len(data) == 1 and isinstance(data["$path"], str):
+        return Path(data["$path"])
+    if "$tuple" in data and len(data) == 1 and isinstance(data["$tuple"], list):
+        return tuple(decode(v) for v in data["$tuple"])
+    if "$" in data:
+        cls = WIRE_TYPES.get(data["$"]) if isinstance(data["$"], str) else None
+        if cls is None:
+            raise ProtocolError(f"unknown type {data['$']!r} in a message")
+        fields = {k: decode(v) for k, v in data.items() if k != "$"}
+        try:
+            return cls(**fields)
+        except ClapsepError:
+            raise
+        except (TypeError, ValueError) as err:
+            raise ProtocolError(f"a {cls.__name__} in a message is malformed ({err})") from None
+    return {k: decode(v) for k, v in data.items()}
+
+
+def expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """``value`` if it is a ``kind`` (a boolean only where ``kind`` says so), else
+    :class:`ProtocolError` naming ``what``."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ProtocolError(f"{what} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def error_data(err: ClapsepError) -> dict[str, Any]:
+    return {"template": err.template, "setting": err.setting}
+
+
+def error_from(data: Any) -> ClapsepError:
+    """The :class:`ClapsepError` :func:`error_data` describes (any message, for a bad one)."""
+    if isinstance(data, dict) and isinstance(data.get("template"), str):
+        setting = data.get("setting")
+        return ClapsepError(data["template"], setting=setting if isinstance(setting, str) else None)
+    return ClapsepError(f"the clapsep service failed ({data!r})")
+
+
+def result_data(result: FileResult) -> dict[str, Any]:
+    """One file's outcome, for the client to copy into its own result (:func:`apply_result`)."""
+    data = {name: encode(getattr(result, name)) for name in _RESULT_FIELDS}
+    data["problem"] = error_data(result.problem) if result.problem else None
+    return data
+
+
+def apply_result(result: FileResult, data: dict[str, Any]) -> None:
+    """Copy a :func:`result_data` into ``result`` (its plan stays the client's)."""
+    for name in _RESULT_FIELDS:
+        if name in data:
+            setattr(result, name, decode(data[name]))
+    result.problem = error_from(data["problem"]) if data.get("problem") else None
