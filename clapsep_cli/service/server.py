@@ -284,7 +284,9 @@ class Service:
             spec = ticket.request["job"]
             session = self._session(expect(ticket.request.get("session"), dict, "'session'"))
             with _client_context(ticket.request):
-                job = api.plan(_items(spec), expect(protocol.decode(spec.get("request")), api.Request, "'request'"),
+                req = expect(protocol.decode(spec.get("request")), api.Request, "'request'")
+                expect(req.query, api.Query, "'request.query'")
+                job = api.plan(_items(spec), req,
                                expect(protocol.decode(spec.get("plan")), (api.OutputPlan, api.EventPlan), "'plan'"),
                                expect(protocol.decode(spec.get("region")), api.Region, "'region'"))
                 session.run(job, WireProgress(ticket, job))

@@ -1,0 +1,483 @@
+"""The warm service (``clapsep serve``) as its clients meet it: a real service process on a real
+socket; the command line, Python and the REAPER job runner handing it jobs; clients many at
+once, killed services, stale sockets, hostile messages, another user, the idle exit, a soak."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import AuthenticationError, Connection
+from pathlib import Path
+
+import pytest
+
+from clapsep_cli import api
+from clapsep_cli.service import client, protocol
+from tests.helpers import as_written, stems, tone, write_audio
+
+RATE = 44100
+BLOCK_TORCH = """
+import sys
+sys.modules["torch"] = None
+from clapsep_cli.cli import main
+main(sys.argv[1:], prog_name="clapsep")
+"""
+
+
+def clapsep(*args: object, server: str | None = None, no_torch: bool = False, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``clapsep`` as a user runs it, in this test's environment (``server``: $CLAPSEP_SERVER)."""
+    env = {**os.environ, **(env or {})}
+    env.pop("CLAPSEP_SERVER", None)
+    if server is not None:
+        env["CLAPSEP_SERVER"] = server
+    cmd = [sys.executable, "-c", BLOCK_TORCH] if no_torch else [sys.executable, "-m", "clapsep_cli"]
+    return subprocess.run([*cmd, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def runtime(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A runtime folder of this test's own (so its service is its own), stopped and removed after."""
+    folder = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
+    monkeypatch.delenv("CLAPSEP_SERVER")
+    yield folder
+    client.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def start_serve(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    """``clapsep serve`` as a child of the test, saying what it does into ``log``; returns once it answers."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "clapsep_cli", "serve", *args], stderr=err)
+    deadline = time.monotonic() + 60
+    while client.status() is None:
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def service(tiny_store: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """One service for the tests that only use it, on the shared tiny store."""
+    folder = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_RUNTIME_DIR", str(folder))
+        mp.setenv("CLAPSEP_HOME", str(tiny_store))
+        proc = start_serve("--idle", "600", log=folder.with_name(folder.name + ".log"))
+        try:
+            yield proc
+        finally:
+            client.stop()
+            proc.wait(timeout=60)
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.with_name(folder.name + ".log").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def warm(service: subprocess.Popen[bytes], home: Path, monkeypatch: pytest.MonkeyPatch) -> subprocess.Popen[bytes]:
+    """This test's clients see the shared service."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", _service_folder(service))
+    monkeypatch.delenv("CLAPSEP_SERVER")
+    return service
+
+
+def _service_folder(proc: subprocess.Popen[bytes]) -> str:
+    environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+    return next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"XDG_RUNTIME_DIR="))
+
+
+def sources(folder: Path) -> Path:
+    folder.mkdir()
+    write_audio(folder / "mix.wav", tone(12.0, RATE, 2, seed=1), RATE)
+    write_audio(folder / "talk.flac", tone(7.0, 48000, 1, freq=220.0, seed=2), 48000, subtype="PCM_16")
+    return folder
+
+
+
+
+# --- the command line --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [
+    ["extract", "dog barking", "--residual", "--start", "2", "--end", "7"],
+    ["remove", "dog barking"],
+    ["find", "dog barking", "--format", "audacity"],
+], ids=["extract-region", "remove", "find"])
+def test_the_service_writes_the_bytes_of_an_in_process_run_and_the_cli_imports_no_torch(
+        warm: subprocess.Popen[bytes], tmp_path: Path, command: list[str]) -> None:
+    src = sources(tmp_path / "src")
+    here = clapsep(*command, "mix.wav", "talk.flac", "--out-dir", tmp_path / "here", server="never", cwd=src)
+    there = clapsep(*command, "mix.wav", "talk.flac", "--out-dir", tmp_path / "there", cwd=src, no_torch=True)
+    assert here.returncode == 0, here.stderr
+    assert there.returncode == 0, there.stderr
+    assert there.stdout.replace(str(tmp_path / "there"), "OUT") == here.stdout.replace(str(tmp_path / "here"), "OUT")
+    assert stems(tmp_path / "there") == stems(tmp_path / "here")
+    assert len(list((tmp_path / "here").iterdir())) == (4 if "--residual" in command else 2)
+
+
+def test_a_region_of_a_file_named_relative_to_the_client_lands_where_the_client_means(
+        warm: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    src = sources(tmp_path / "src")
+    done = clapsep("extract", "dog barking", "src/mix.wav", "--start", "1", "--end", "6", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)["results"][0]
+    assert result["target"] == "src/mix.dog_barking.wav" and result["duration"] == pytest.approx(5.0)
+    assert (src / "mix.dog_barking.wav").is_file()
+
+
+def test_require_starts_a_service_and_two_at_once_leave_one(runtime: Path, tmp_path: Path) -> None:
+    src = sources(tmp_path / "src")
+    procs = [subprocess.Popen([sys.executable, "-m", "clapsep_cli", "extract", "dog", "mix.wav", "--out-dir",
+                               str(tmp_path / f"out{n}"), "--server", "require"], cwd=src, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert stems(tmp_path / "out0") == stems(tmp_path / "out1")
+    found = client.status()
+    assert found is not None and found["jobs_done"] == 2
+    assert serve_processes(runtime) == [found["pid"]]
+
+
+def serve_processes(folder: Path) -> list[int]:
+    """The pids of `clapsep serve` processes whose runtime folder is ``folder``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"serve" in cmdline and b"clapsep_cli" in cmdline and f"XDG_RUNTIME_DIR={folder}".encode() in environ:
+            if (entry / "stat").read_text().split()[2] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def kill_service(pid: int) -> None:
+    """SIGKILL the service and reap it where it is this test's child (a zombie looks alive)."""
+    os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def test_a_service_killed_mid_job_costs_one_line_and_no_stem_and_the_next_call_works(
+        runtime: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write_audio(src / "long.wav", tone(240.0, RATE, 2, seed=3), RATE)
+    client.start()
+    pid = client.status()["pid"]
+    out = tmp_path / "out"
+    out.mkdir()
+    job = subprocess.Popen([sys.executable, "-m", "clapsep_cli", "extract", "dog", "long.wav", "--out-dir", str(out)],
+                           cwd=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.suffix == ".part" for p in out.iterdir()):
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.01)
+    kill_service(pid)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 1
+    assert err.strip().splitlines() == ["clapsep: error: the clapsep service stopped during the job (was it killed?); "
+                                        "no stem it had not finished was kept: run the command again"]
+    assert not (out / "long.dog.wav").exists()
+    assert (runtime / "clapsep" / "service.sock").exists()  # stale: nobody listens
+    again = clapsep("extract", "dog", "long.wav", "--out-dir", out, cwd=src)  # auto: no service, runs here
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["long.dog.wav"]  # the killed job's temporary file is gone
+
+
+def test_a_stale_socket_is_refused_quietly_then_replaced(runtime: Path, tmp_path: Path) -> None:
+    src = sources(tmp_path / "src")
+    client.start()
+    kill_service(client.status()["pid"])
+    assert (runtime / "clapsep" / "service.sock").exists()
+    status = clapsep("serve", "--status")
+    assert (status.returncode, status.stderr.strip()) == (1, "clapsep: error: no clapsep service is running")
+    done = clapsep("extract", "dog", "mix.wav", "--out-dir", tmp_path / "here", "--server", "require", cwd=src)
+    assert done.returncode == 0, done.stderr
+    status = clapsep("serve", "--status")
+    assert status.returncode == 0 and "1 jobs done" in status.stdout
+    log = (runtime / "clapsep" / "service.log").read_text()
+    assert "removed the stale socket" in log
+
+
+def test_idle_service_exits_and_leaves_no_socket_or_key(runtime: Path, tmp_path: Path) -> None:
+    proc = start_serve("--idle", "1", log=tmp_path / "serve.log")
+    assert proc.wait(timeout=30) == 0
+    assert sorted(p.name for p in (runtime / "clapsep").iterdir()) == ["service.lock"]
+    assert "idle for 1 s: exiting" in (tmp_path / "serve.log").read_text()
+
+
+def test_stop_cancels_the_running_job_and_ends_the_service(runtime: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write_audio(src / "long.wav", tone(240.0, RATE, 2, seed=3), RATE)
+    proc = start_serve(log=tmp_path / "serve.log")
+    out = tmp_path / "out"
+    out.mkdir()
+    job = subprocess.Popen([sys.executable, "-m", "clapsep_cli", "extract", "dog", "long.wav", "--out-dir", str(out)],
+                           cwd=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not any(p.suffix == ".part" for p in out.iterdir()):
+        assert job.poll() is None, job.communicate()
+        time.sleep(0.01)
+    stopped = clapsep("serve", "--stop")
+    assert stopped.stdout.strip() == f"stopped the clapsep service (pid {proc.pid})"
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 1 and "stopped in the clapsep service (the clapsep service was stopped)" in err
+    assert proc.wait(timeout=30) == 0
+    assert list(out.iterdir()) == []
+
+
+# --- Python clients ----------------------------------------------------------------------------
+
+def test_eight_clients_at_once_get_all_fifty_jobs_and_a_bad_file_fails_only_its_own(
+        warm: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    src = sources(tmp_path / "src")
+    bad = src / "broken.wav"
+    bad.write_text("not audio")
+    req = api.request("dog barking")
+    reference = api.Separator(device="cpu").extract([src / "talk.flac"], req, api.OutputPlan(out_dir=tmp_path / "ref"))
+    expected = as_written(reference.results[0].target)
+    before = client.status()["jobs_done"]
+    jobs: dict[int, api.Job] = {}
+    problems: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for n in range(worker, 50, 8):
+                inputs = [src / "talk.flac", *([bad] if worker == 3 else [])]
+                plan = api.OutputPlan(out_dir=tmp_path / "out", name_template=f"{{stem}}.{n}.{{ext}}")
+                jobs[n] = client.ServiceExecutor(device="cpu").extract(inputs, req, plan)
+        except BaseException as err:  # noqa: BLE001 - reported by the test
+            problems.append(err)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not problems
+    assert sorted(jobs) == list(range(50))
+    for n, job in jobs.items():
+        assert job.results[0].status == "ok" and as_written(job.results[0].target) == expected, n
+        if n % 8 == 3:
+            assert job.results[1].status == "failed" and str(bad) in (job.results[1].error or "")
+    assert client.status()["jobs_done"] - before == 50
+
+
+class StopAt:
+    """A progress that raises ``error`` at the first advance."""
+
+    def __init__(self, error: BaseException):
+        self.error, self.ended = error, []
+
+    def start_job(self, files: int, where: str) -> None:
+        pass
+
+    def start_file(self, path: Path, segments: int, seconds: float) -> None:
+        pass
+
+    def advance(self, segments: int) -> None:
+        raise self.error
+
+    def end_file(self, result: api.FileResult) -> None:
+        self.ended.append(result.status)
+
+
+def test_a_client_that_stops_its_job_cancels_it_there(warm: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    write_audio(tmp_path / "long.wav", tone(240.0, RATE, 2, seed=3), RATE)
+    executor = client.ServiceExecutor(device="cpu")
+    job = api.plan([tmp_path / "long.wav"], api.request("dog"))
+    progress = StopAt(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        executor.run(job, progress)
+    assert job.results[0].status == "pending" and not job.results[0].target.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["long.wav"]
+    assert client.status()["running"] is None
+    write_audio(tmp_path / "short.wav", tone(2.0, RATE, 1), RATE)
+    assert executor.extract([tmp_path / "short.wav"], api.request("dog")).results[0].status == "ok"
+
+
+def test_memory_stays_flat_over_a_soak_of_500_jobs(warm: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    write_audio(tmp_path / "clip.wav", tone(0.5, 16000, 1), 16000)
+    executor = client.ServiceExecutor(device="cpu")
+    plan = api.OutputPlan(out_dir=tmp_path / "out", overwrite=True)
+    rss = []
+    for n in range(500):
+        assert executor.extract([tmp_path / "clip.wav"], api.request("dog barking"), plan).results[0].status == "ok"
+        if n in (99, 499):
+            rss.append(client.status()["rss_bytes"])
+    assert rss[1] - rss[0] < 16 * 2**20, f"resident memory grew from {rss[0] >> 20} to {rss[1] >> 20} MiB"
+
+
+# --- hostile and foreign clients ---------------------------------------------------------------
+
+def raw_connection() -> Connection:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(protocol.socket_path()))
+    return Connection(sock.detach())
+
+
+def authenticated() -> Connection:
+    conn = raw_connection()
+    protocol.authenticate(conn, protocol.read_key() or b"", server=False)
+    return conn
+
+
+def reply_to(payload: bytes) -> dict | None:
+    with authenticated() as conn:
+        with contextlib.suppress(BrokenPipeError):  # the service stops reading an oversized message
+            conn.send_bytes(payload)
+        try:
+            return protocol.receive(conn)
+        except (EOFError, OSError):
+            return None
+
+
+def good_job(src: Path) -> dict:
+    return {**protocol.hello(), "verb": "run", "cwd": str(src), "session": {"model": "default", "device": "cpu",
+                                                                          "precision": "auto"},
+            "job": {"items": protocol.encode([api.Item(src / "mix.wav")]),
+                    "request": protocol.encode(api.request("dog")), "plan": protocol.encode(api.OutputPlan()),
+                    "region": protocol.encode(api.Region())}}
+
+
+@pytest.mark.parametrize("payload,answer", [
+    (lambda: b"\xff\xfe not json", "not UTF-8 JSON"),
+    (lambda: b"[1, 2, 3]", "must be a JSON object"),
+    (lambda: json.dumps({**protocol.hello(), "verb": "dance"}).encode(), "unknown request 'dance'"),
+    (lambda: json.dumps({"verb": "status", "version": "0.0.0"}).encode(), "mismatch"),
+    (lambda: json.dumps({**protocol.hello(), "verb": "run", "job": 5}).encode(), "'job' has the wrong type (int)"),
+    (lambda: b"x" * (protocol.MAX_MESSAGE + 1), f"larger than {protocol.MAX_MESSAGE} bytes"),
+], ids=["not-json", "not-an-object", "unknown-verb", "other-version", "wrong-type", "oversized"])
+def test_a_malformed_message_gets_an_error_reply_and_the_service_serves_on(
+        warm: subprocess.Popen[bytes], payload: Callable[[], bytes], answer: str) -> None:
+    reply = reply_to(payload())
+    assert reply is not None and reply["event"] in ("error", "mismatch")
+    assert answer in json.dumps(reply)
+    assert client.status() is not None
+
+
+def run_raw(message: dict) -> list[dict]:
+    """Every message a raw run request gets, up to its last."""
+    with authenticated() as conn:
+        conn.send_bytes(json.dumps(message).encode())
+        events = [protocol.receive(conn)]
+        while events[-1]["event"] not in ("done", "error", "cancelled", "mismatch"):
+            events.append(protocol.receive(conn))
+    return events
+
+
+@pytest.mark.parametrize("spoil,answer", [
+    ("unknown-type", "unknown type 'Popen' in a message"),
+    ("query-not-a-query", "'request.query' has the wrong type (int)"),
+    ("inside-the-query", "a Query in a message is malformed"),
+    ("items-not-items", "'items' has the wrong type (PosixPath)"),
+    ("no-such-folder", "the client's folder cannot be entered"),
+])
+def test_a_job_of_the_wrong_shape_fails_alone(warm: subprocess.Popen[bytes], tmp_path: Path, spoil: str,
+                                              answer: str) -> None:
+    src = sources(tmp_path / "src")
+    message = good_job(src)
+    if spoil == "unknown-type":
+        message["job"]["plan"] = {"$": "Popen", "args": ["rm", "-rf", "/"]}
+    elif spoil == "query-not-a-query":
+        message["job"]["request"] = {"$": "Request", "query": 5}
+    elif spoil == "inside-the-query":
+        message["job"]["request"] = {"$": "Request", "query": {"$": "Query", "positive": 5}}
+    elif spoil == "items-not-items":
+        message["job"]["items"] = {"$path": "/etc"}
+    else:
+        message["cwd"] = str(tmp_path / "gone")
+    events = run_raw(message)
+    assert [e["event"] for e in events] == ["queued", "error"]
+    assert answer in events[-1]["error"]["template"]
+    done = run_raw(good_job(src))[-1]
+    assert done["event"] == "done" and done["results"][0]["status"] == "ok"
+
+
+def test_a_truncated_or_unauthenticated_message_costs_only_its_connection(warm: subprocess.Popen[bytes]) -> None:
+    with authenticated() as conn:  # a length header for 1000 bytes, then 10, then hang up
+        os.write(conn.fileno(), struct.pack("!i", 1000) + b"0123456789")
+    with raw_connection() as conn:  # no handshake: garbage, then hang up
+        os.write(conn.fileno(), b"\x00\x00\x00\x05hello")
+    with pytest.raises(AuthenticationError), raw_connection() as conn:
+        protocol.authenticate(conn, b"not the key", server=False)
+    assert client.status() is not None
+
+
+def test_the_socket_and_key_are_this_users_alone(warm: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    folder = protocol.runtime_dir()
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert protocol.socket_path().stat().st_mode & 0o777 == 0o600
+    assert protocol.key_path().stat().st_mode & 0o777 == 0o600
+    if os.getuid() != 0:
+        pytest.skip("running the client as another user needs root")
+    sock, key = str(protocol.socket_path()), protocol.key_path()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child becomes nobody and tries the socket and the key
+        outcome = []
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            for attempt in (lambda: socket.socket(socket.AF_UNIX).connect(sock), key.read_bytes):
+                try:
+                    attempt()
+                    outcome.append("allowed")
+                except PermissionError:
+                    outcome.append("refused")
+        finally:
+            os.write(write, " ".join(outcome).encode())
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        assert f.read() == "refused refused"
+
+
+# --- the editors -------------------------------------------------------------------------------
+
+def reaper_job(path: Path, src: Path, out: Path, store: Path) -> Path:
+    path.write_text(json.dumps({"clapsep_reaper_job": 2, "kind": "extract", "query": {"text": "dog barking"},
+                                "out_dir": str(out), "store": str(store),
+                                "items": [{"source": str(src / "mix.wav"), "start": 1.5, "end": 6.5}]}))
+    return path
+
+
+def test_reaper_clicks_start_the_service_and_place_the_bytes_of_an_in_process_run(
+        runtime: Path, home: Path, tmp_path: Path) -> None:
+    src = sources(tmp_path / "src")
+    env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1", "XDG_RUNTIME_DIR": str(runtime)}
+    results = {}
+    for name, extra in (("here", {"CLAPSEP_SERVER": "never"}), ("first", {}), ("second", {})):
+        out = tmp_path / name
+        out.mkdir()
+        job = reaper_job(tmp_path / f"job-{name}.json", src, out, home)
+        done = subprocess.run([sys.executable, "-m", "clapsep_cli", "reaper", "run", str(job)], env={**env, **extra},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        results[name] = job.with_name(job.name.removesuffix(".json") + ".result.lua").read_text()
+        log = job.with_name(job.name.removesuffix(".json") + ".log").read_text()
+        assert ("running in the clapsep service" in log) == (name != "here")
+    assert stems(tmp_path / "first") == stems(tmp_path / "second") == stems(tmp_path / "here")
+    assert all('["state"] = "done"' in text and '["status"] = "ok"' in text for text in results.values())
+    assert client.status()["jobs_done"] == 2
