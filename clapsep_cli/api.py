@@ -22,7 +22,9 @@ same :class:`Progress`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clapsep_cli.audio.region import Region
 from clapsep_cli.engine.options import DEFAULT_OVERLAP
@@ -51,10 +53,25 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_NAME", "DEFAULT_OVERLAP", "DEFAULT_PRECISION", "DEFAULT_REMOVE_METHOD", "EVENT_FORMATS",
            "NAME_FIELDS", "REMOVE_METHODS", "AudioError", "AudioRef", "ClapsepError", "Cluster", "DetectOptions",
-           "Event", "EventPlan", "FileResult", "Item", "Job", "OutputPlan", "Progress", "Query", "Region", "Request",
-           "Separator", "SettingError", "check_references", "plan", "removal", "request"]
+           "Event", "EventPlan", "Executor", "FileResult", "Item", "Job", "OutputPlan", "Progress", "Query", "Region",
+           "Request", "Separator", "SettingError", "check_references", "plan", "removal", "request"]
 
 plan = plan_job  # Check every input and decide every output of a job, without a model.
+
+
+class Executor(Protocol):
+    """What separates and finds for a front end: a :class:`Separator` (in this process) or the
+    warm service's :class:`~clapsep_cli.service.client.ServiceExecutor`, the same results."""
+
+    def extract(self, paths: Iterable[str | Path | Item], req: Request, plan: OutputPlan | None = None,
+                region: Region | None = None, pattern: str | None = None, include_stems: bool = False,
+                progress: Progress | None = None) -> Job: ...
+
+    def find(self, paths: Iterable[str | Path | Item], req: Request, plan: EventPlan | None = None,
+             region: Region | None = None, pattern: str | None = None, include_stems: bool = False,
+             progress: Progress | None = None) -> Job: ...
+
+    def run(self, job: Job, progress: Progress | None = None) -> Job: ...
 
 # The executors load torch: they are imported on first use, so that planning, requests and the
 # service's clients (which run jobs elsewhere) start without it.

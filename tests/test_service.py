@@ -481,3 +481,28 @@ def test_reaper_clicks_start_the_service_and_place_the_bytes_of_an_in_process_ru
     assert stems(tmp_path / "first") == stems(tmp_path / "second") == stems(tmp_path / "here")
     assert all('["state"] = "done"' in text and '["status"] = "ok"' in text for text in results.values())
     assert client.status()["jobs_done"] == 2
+
+
+def test_audacity_requests_served_through_the_service_insert_what_a_separator_here_makes(
+        warm: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    from clapsep_cli.bridges.audacity import finding, requests
+    from clapsep_cli.bridges.audacity.pipe import AudacityPipe
+    from tests.audacity.fake_pipe import FakeAudacity, greeting
+    from tests.audacity.mini_project import MiniProject
+
+    req = api.request("dog barking")
+    outcomes = []
+    for name, executor in (("here", api.Separator(device="cpu")), ("service", client.ServiceExecutor(device="cpu"))):
+        mini = MiniProject(16000)
+        mini.wave("walk", tone(6.0, 16000, 2, seed=4))
+        mini.selection = (1.0, 4.5)
+        (tmp_path / name).mkdir()
+        with FakeAudacity(tmp_path / name, greeting(mini)) as fake, AudacityPipe(fake.paths, settle=0.5) as pipe:
+            added = requests.extract_selection(pipe, req, requests.StemMaker(executor))
+            found = finding.find_selection(pipe, req, finding.EventSearch(executor, api.DetectOptions(threshold=0.01)))
+        stem = next(lane for lane in mini.lanes if lane.name == added[0].name)
+        outcomes.append((added[0].name, added[0].start, stem.audio, found.events))
+    (name_here, start_here, audio_here, events_here), (name_there, start_there, audio_there, events_there) = outcomes
+    assert (name_there, start_there) == (name_here, start_here) == ("walk.dog_barking", 1.0)
+    assert audio_there.tobytes() == audio_here.tobytes() and len(audio_here) == 3.5 * 16000
+    assert events_there == events_here and events_here

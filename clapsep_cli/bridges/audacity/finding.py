@@ -39,10 +39,11 @@ class Find(Protocol):
 
 
 class EventSearch:
-    """Finds with one :class:`clapsep_cli.api.Separator` (its model loaded on first use and kept
-    for every later request) and fixed :class:`clapsep_cli.api.DetectOptions`."""
+    """Finds with one :class:`clapsep_cli.api.Executor` (a separator here, its model loaded on first
+    use and kept for every later request, or the warm service) and fixed
+    :class:`clapsep_cli.api.DetectOptions`."""
 
-    def __init__(self, separator: api.Separator, options: api.DetectOptions | None = None):
+    def __init__(self, separator: api.Executor, options: api.DetectOptions | None = None):
         self.separator, self.options = separator, options or api.DetectOptions()
 
     def __call__(self, source: Path, req: api.Request, progress: api.Progress) -> list[api.Event]:

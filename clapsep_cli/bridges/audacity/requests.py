@@ -85,10 +85,10 @@ def make_request(text: str | None, preset: str | None, negative: tuple[str, ...]
 
 
 class StemMaker:
-    """Separates with one :class:`clapsep_cli.api.Separator`, whose model is loaded on first use
-    and kept for every later request."""
+    """Separates with one :class:`clapsep_cli.api.Executor`: a separator here, whose model is
+    loaded on first use and kept for every later request, or the warm service."""
 
-    def __init__(self, separator: api.Separator):
+    def __init__(self, separator: api.Executor):
         self.separator = separator
 
     def __call__(self, source: Path, req: api.Request, folder: Path, progress: api.Progress) -> list[Stem]:

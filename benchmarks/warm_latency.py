@@ -1,0 +1,130 @@
+"""Click-to-stem latency with and without the warm service (`clapsep serve`), on the CPU, in one run.
+
+Each figure is the wall time of a whole client process, as an editor or a script starts it:
+  - `clapsep extract` of a 5 s stereo region (20-25 s of a 60 s file), and of the whole 60 s file;
+  - REAPER's "describe a sound" action on one 5 s item, run by the tests' fake REAPER
+    (tests/reaper/run.lua under lua5.4), from the click until the stem is on its track.
+Cold: `--server never` (CLAPSEP_SERVER=never for the action): the process imports torch, loads
+the model and separates. Warm: a service is up and has served one job; the client hands its job
+over. The query's embedding is cached for both (the warm-up run writes it), so neither loads
+the text encoder. The model is the full-size architecture at random weights (`--tiny`: the
+tests' tiny one, for a smoke run).
+
+    python benchmarks/warm_latency.py --out bench-out --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.cluster import make_tiny_store  # noqa: E402
+from benchmarks.throughput import QUERY, make_source, make_store  # noqa: E402
+from clapsep_cli.bridges.reaper.lua import lua_literal  # noqa: E402
+from clapsep_cli.bridges.reaper.setup import ASK_FILE  # noqa: E402
+
+HARNESS = ROOT / "tests" / "reaper" / "run.lua"  # the fake REAPER the tests drive the actions with
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    if cmd[0] == "lua5.4":  # the fake REAPER: the action must have put the stem on a new track
+        recorded = json.loads(Path(cmd[-1]).read_text(encoding="utf-8"))
+        if recorded["script_errors"] or recorded["timed_out"] or len(recorded["tracks"]) != 2:
+            raise SystemExit(f"the REAPER action failed: {recorded['script_errors'] or recorded['messages']}")
+    return wall
+
+
+def extract(source: Path, out: Path, server: str, region: bool) -> list[str]:
+    return [sys.executable, "-m", "clapsep_cli", "extract", QUERY, str(source), "--out-dir", str(out), "--overwrite",
+            "--device", "cpu", "--server", server, *(["--start", "20", "--end", "25"] if region else [])]
+
+
+def reaper_action(work: Path, source: Path, env: dict[str, str]) -> Callable[[str], list[str]]:
+    """Install the actions; a function giving the command that clicks the free-text one on one
+    5 s item (20-25 s of ``source``) with CLAPSEP_SERVER set as given."""
+    resource = work / "reaper"
+    resource.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-m", "clapsep_cli", "reaper", "install", "--resource-path", str(resource)],
+                   env=env, check=True, capture_output=True)
+    bare = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "XDG_RUNTIME_DIR": env["XDG_RUNTIME_DIR"]}
+    take = {"file": str(source), "type": "WAVE", "source_length": 60.0, "stretch_markers": 0,
+            "values": {"D_STARTOFFS": 20.0}}
+    clicks = 0
+
+    def click(server: str) -> list[str]:
+        nonlocal clicks
+        clicks += 1
+        scenario = {"os": "Other", "resource": str(resource), "project_path": str(work / f"project{clicks}"),
+                    "process_log": str(work / "processes.log"), "child_env": {**bare, "CLAPSEP_SERVER": server},
+                    "time_limit": 600, "answer": QUERY,
+                    "tracks": [{"name": "Dialog", "items": [{"position": 0.0, "length": 5.0, "selected": True,
+                                                              "loop": False, "take": take}]}]}
+        spec = work / f"scenario{clicks}.lua"
+        spec.write_text("return " + lua_literal(scenario) + "\n", encoding="utf-8")
+        return ["lua5.4", str(HARNESS), str(spec), str(resource / "Scripts" / "clapsep" / ASK_FILE),
+                str(work / f"recorded{clicks}.json")]
+
+    return click
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny model instead of the full size")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = args.out / ("store-tiny" if args.tiny else "store")
+    (make_tiny_store if args.tiny else make_store)(store)
+    runtime = Path(tempfile.mkdtemp(prefix="cs-bench-", dir="/tmp"))  # this run's own service
+    env = {**os.environ, "CLAPSEP_HOME": str(store), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "XDG_RUNTIME_DIR": str(runtime)}
+    env.pop("CLAPSEP_SERVER", None)
+    source = make_source(args.out / "sixty_seconds.wav", 1.0)
+    out = args.out / "warm-latency"
+    click = reaper_action(args.out, source, env)
+    cases = {"5 s region (`extract --start 20 --end 25`)": lambda server: extract(source, out, server, True),
+             "60 s file (`extract`)": lambda server: extract(source, out, server, False),
+             "REAPER action, one 5 s item (fake REAPER)": lambda server: click(server)}
+    try:
+        timed(extract(source, out, "never", True), env)  # caches the query's embedding
+        serve = subprocess.Popen([sys.executable, "-m", "clapsep_cli", "serve"], env=env, stderr=subprocess.DEVNULL)
+        timed(extract(source, out, "require", True), env)  # the service's first job loads the model
+        rows = {}
+        for name, command in cases.items():
+            cold = [timed(command("never"), env) for _ in range(args.repeat)]
+            warm = [timed(command("auto" if "REAPER" not in name else "require"), env) for _ in range(args.repeat)]
+            rows[name] = (statistics.median(cold), statistics.median(warm))
+        status = json.loads(subprocess.run([sys.executable, "-m", "clapsep_cli", "serve", "--status", "--json"],
+                                           env=env, capture_output=True, text=True, check=True).stdout)
+    finally:
+        subprocess.run([sys.executable, "-m", "clapsep_cli", "serve", "--stop"], env=env, capture_output=True)
+        shutil.rmtree(runtime, ignore_errors=True)
+    serve.wait(timeout=60)
+    print(f"{'tiny' if args.tiny else 'full-size'} model, CPU ({os.cpu_count()} cores), median of {args.repeat} "
+          f"whole client processes; service resident memory {status['rss_bytes'] / 2**20:.0f} MiB")
+    print("| click-to-stem | cold (`--server never`) | warm (service up) | speed-up |")
+    print("|---|---|---|---|")
+    for name, (cold, warm) in rows.items():
+        print(f"| {name} | {cold:.2f} s | {warm:.2f} s | {cold / warm:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
