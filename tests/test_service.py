@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from clapsep_cli import api
+from clapsep_cli.errors import ClapsepError
 from clapsep_cli.service import client, protocol
 from tests.helpers import as_written, stems, tone, write_audio
 
@@ -506,3 +508,30 @@ def test_audacity_requests_served_through_the_service_insert_what_a_separator_he
     assert (name_there, start_there) == (name_here, start_here) == ("walk.dog_barking", 1.0)
     assert audio_there.tobytes() == audio_here.tobytes() and len(audio_here) == 3.5 * 16000
     assert events_there == events_here and events_here
+
+
+def test_the_runtime_folder_is_made_private_and_one_open_to_others_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run" / "user"))
+    folder = protocol.runtime_dir()
+    assert folder == tmp_path / "run" / "user" / "clapsep"
+    assert folder.stat().st_mode & 0o777 == folder.parent.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o755)
+    with pytest.raises(ClapsepError, match="must be this user's own folder, closed to others"):
+        protocol.socket_path()
+    shared = tmp_path / "shared"  # where platformdirs would point if another user could write there
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    monkeypatch.setattr(protocol.platformdirs, "user_runtime_dir", lambda name: str(shared / name))
+    with pytest.raises(ClapsepError, match="others may write in it"):
+        protocol.runtime_dir()
+    shared.chmod(0o777 | stat.S_ISVTX)  # sticky, as /tmp is: others cannot replace what is ours
+    assert protocol.runtime_dir() == shared / "clapsep"
+    assert client.status() is None  # no service there, and none is started by asking
+
+
+def test_sigterm_ends_the_service_like_stop(runtime: Path, tmp_path: Path) -> None:
+    proc = start_serve(log=tmp_path / "serve.log")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert not (runtime / "clapsep" / "service.sock").exists() and client.status() is None

@@ -51,13 +51,18 @@ class ProtocolError(ClapsepError):
 
 def runtime_dir() -> Path:
     """The user's runtime folder for the service (``$XDG_RUNTIME_DIR/clapsep`` on Linux, from
-    platformdirs), made if missing; refused unless this user owns it and nobody else may enter."""
+    platformdirs), made if missing; refused unless this user owns it, nobody else may enter it
+    and nobody else may replace it (its parent is closed to others' writes, or sticky as /tmp is)."""
     with warnings.catch_warnings():  # platformdirs warns when it falls back to /tmp/runtime-<uid>
         warnings.simplefilter("ignore")
         folder = Path(platformdirs.user_runtime_dir("clapsep"))
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for path in (folder.parent, folder):
-        _check_private(path, directory=True)
+    folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    _check_private(folder, directory=True)
+    parent = folder.parent.stat()
+    if parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
+        raise ClapsepError(f"{folder.parent}: others may write in it, so they could replace {folder.name}/; "
+                           "the clapsep service will not use it")
     return folder
 
 
