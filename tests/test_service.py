@@ -38,14 +38,15 @@ main(sys.argv[1:], prog_name="clapsep")
 
 
 def clapsep(*args: object, server: str | None = None, no_torch: bool = False, cwd: Path | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+            env: dict[str, str] | None = None, umask: int | None = None) -> subprocess.CompletedProcess[str]:
     """``clapsep`` as a user runs it, in this test's environment (``server``: $CLAPSEP_SERVER)."""
     env = {**os.environ, **(env or {})}
     env.pop("CLAPSEP_SERVER", None)
     if server is not None:
         env["CLAPSEP_SERVER"] = server
     cmd = [sys.executable, "-c", BLOCK_TORCH] if no_torch else [sys.executable, "-m", "clapsep_cli"]
-    return subprocess.run([*cmd, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*cmd, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
 @pytest.fixture
@@ -129,14 +130,15 @@ def test_the_service_writes_the_bytes_of_an_in_process_run_and_the_cli_imports_n
     assert len(list((tmp_path / "here").iterdir())) == (4 if "--residual" in command else 2)
 
 
-def test_a_region_of_a_file_named_relative_to_the_client_lands_where_the_client_means(
+def test_a_region_of_a_file_named_relative_to_the_client_lands_where_and_as_the_client_means(
         warm: subprocess.Popen[bytes], tmp_path: Path) -> None:
     src = sources(tmp_path / "src")
-    done = clapsep("extract", "dog barking", "src/mix.wav", "--start", "1", "--end", "6", "--json", cwd=tmp_path)
+    done = clapsep("extract", "dog barking", "src/mix.wav", "--start", "1", "--end", "6", "--json", cwd=tmp_path,
+                   umask=0o027)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)["results"][0]
     assert result["target"] == "src/mix.dog_barking.wav" and result["duration"] == pytest.approx(5.0)
-    assert (src / "mix.dog_barking.wav").is_file()
+    assert stat.S_IMODE((src / "mix.dog_barking.wav").stat().st_mode) == 0o640  # the client's umask, not the service's
 
 
 def test_require_starts_a_service_and_two_at_once_leave_one(runtime: Path, tmp_path: Path) -> None:

@@ -173,7 +173,8 @@ class ServiceExecutor:
                 raise ClapsepError("no clapsep service is running (start one with `clapsep serve`)")
             with conn:
                 protocol.send(conn, {**protocol.hello(), "verb": "run", "client": os.getpid(), "cwd": os.getcwd(),
-                                     "path": os.environ.get("PATH"), "session": self.settings,
+                                     "path": os.environ.get("PATH"), "umask": atomic.umask_bits(),
+                                     "session": self.settings,
                                      "job": {"items": protocol.encode(job.items),
                                              "request": protocol.encode(job.request),
                                              "plan": protocol.encode(job.plan), "region": protocol.encode(job.region)}})

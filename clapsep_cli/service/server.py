@@ -353,10 +353,12 @@ def _reply(conn: Connection, message: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _client_context(request: dict[str, Any]) -> Iterator[None]:
-    """The job runs in its client's folder (relative paths mean what they meant there) and with
-    its ``PATH`` (where it finds ffmpeg); only the worker thread touches either, one job at a time."""
+    """The job runs in its client's folder (relative paths mean what they meant there), with its
+    ``PATH`` (where it finds ffmpeg) and its umask (the modes its stems get); only the worker
+    thread touches these, one job at a time."""
     cwd = expect(request.get("cwd"), str, "'cwd'")
     path = request.get("path")
+    umask = expect(request.get("umask", 0o022), int, "'umask'") & 0o777
     saved = os.environ.get("PATH")
     try:
         os.chdir(cwd)
@@ -364,9 +366,11 @@ def _client_context(request: dict[str, Any]) -> Iterator[None]:
         raise ClapsepError(f"{cwd}: the client's folder cannot be entered ({err.strerror or err})") from None
     if isinstance(path, str):
         os.environ["PATH"] = path
+    old_mask = os.umask(umask)
     try:
         yield
     finally:
+        os.umask(old_mask)
         os.chdir("/")
         if saved is None:
             os.environ.pop("PATH", None)
