@@ -185,7 +185,7 @@ def test_a_service_killed_mid_job_costs_one_line_and_no_stem_and_the_next_call_w
         runtime: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    write_audio(src / "long.wav", tone(240.0, RATE, 2, seed=3), RATE)
+    write_audio(src / "long.wav", tone(60.0, RATE, 2, seed=3), RATE)
     client.start()
     pid = client.status()["pid"]
     out = tmp_path / "out"
@@ -233,7 +233,7 @@ def test_idle_service_exits_and_leaves_no_socket_or_key(runtime: Path, tmp_path:
 def test_stop_cancels_the_running_job_and_ends_the_service(runtime: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    write_audio(src / "long.wav", tone(240.0, RATE, 2, seed=3), RATE)
+    write_audio(src / "long.wav", tone(60.0, RATE, 2, seed=3), RATE)
     proc = start_serve(log=tmp_path / "serve.log")
     out = tmp_path / "out"
     out.mkdir()
@@ -307,7 +307,7 @@ class StopAt:
 
 
 def test_a_client_that_stops_its_job_cancels_it_there(warm: subprocess.Popen[bytes], tmp_path: Path) -> None:
-    write_audio(tmp_path / "long.wav", tone(240.0, RATE, 2, seed=3), RATE)
+    write_audio(tmp_path / "long.wav", tone(60.0, RATE, 2, seed=3), RATE)
     executor = client.ServiceExecutor(device="cpu")
     job = api.plan([tmp_path / "long.wav"], api.request("dog"))
     progress = StopAt(KeyboardInterrupt())
