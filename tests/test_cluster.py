@@ -321,7 +321,8 @@ def test_on_a_terminal_the_driver_shows_files_audio_and_throughput(cluster: Loca
 
 def test_without_ray_the_flag_names_the_extra(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` does where it is not installed
-    result = CliRunner().invoke(main, ["extract", "dog", str(tmp_path / "missing.wav"), "--ray", "auto"])
+    src = write_audio(tmp_path / "a.wav", tone(1.0, 16000), 16000)
+    result = CliRunner().invoke(main, ["extract", "dog", str(src), "--ray", "auto"])
     assert result.exit_code != 0
     assert result.output.strip().splitlines() == [
         "clapsep: error: --ray needs Ray, which is not installed: pip install 'clapsep-cli[ray]'"]

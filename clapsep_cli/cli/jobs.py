@@ -204,9 +204,12 @@ def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
 
     if opts.ray_address is None and (opts.ray_workers is not None or opts.ray_cpus != 1):
         raise ClapsepError("--ray-cpus and --ray-workers shape the workers of a Ray cluster: give --ray too")
+    job = api.plan(files, req, opts.plan, opts.region, opts.pattern, opts.include_stems)  # no torch needed yet
+    if not job.pending:  # every input failed or was skipped: no executor (no torch, no model, no service)
+        job.model = opts.model_name
+        return job
     executor = _executor(opts)
-    job = api.plan(files, req, opts.plan, opts.region, opts.pattern, opts.include_stems)
-    bar = RichProgress() if job.pending and wanted(opts.json_output) else None
+    bar = RichProgress() if wanted(opts.json_output) else None
     with bar if bar else contextlib.nullcontext():
         return executor.run(job, bar)
 
