@@ -537,3 +537,23 @@ def test_sigterm_ends_the_service_like_stop(runtime: Path, tmp_path: Path) -> No
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert not (runtime / "clapsep" / "service.sock").exists() and client.status() is None
+
+
+def test_a_model_replaced_in_the_store_is_loaded_again(runtime: Path, tiny_store: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    monkeypatch.setenv("CLAPSEP_HOME", str(store))
+    src = sources(tmp_path / "src")
+    proc = start_serve(log=tmp_path / "serve.log")
+    executor = client.ServiceExecutor(device="cpu")
+    assert executor.extract([src / "talk.flac"], api.request("dog"), api.OutputPlan(out_dir=tmp_path / "a")
+                            ).results[0].status == "ok"
+    manifest = store / "models" / "default" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "fingerprint": "reinstalled"}))  # what a new install changes
+    assert executor.extract([src / "talk.flac"], api.request("dog"), api.OutputPlan(out_dir=tmp_path / "b")
+                            ).results[0].status == "ok"
+    client.stop()
+    proc.wait(timeout=30)
+    assert (tmp_path / "serve.log").read_text().count("model 'default' changed in the store: loading it again") == 1

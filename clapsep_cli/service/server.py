@@ -316,12 +316,30 @@ class Service:
         if batch_size is not None:
             expect(batch_size, int, "'session.batch_size'")
         key = (model, device, precision, overlap, batch_size)
+        self._forget_replaced(model)
         if key not in self.sessions:
             base = next((s for k, s in self.sessions.items() if k[:3] == key[:3]), None)
             self.sessions[key] = (base.with_engine(overlap, batch_size) if base is not None else
                                   api.Separator(model, device=device, precision=precision, overlap=overlap,
                                                 batch_size=batch_size, log=self._log))
         return self.sessions[key]
+
+    def _forget_replaced(self, model: str) -> None:
+        """Drop the loaded copies of ``model`` if the store now holds another (reinstalled,
+        retrained or removed since it was loaded): the next job loads what is installed."""
+        from clapsep_cli.models.store import get_model
+
+        loaded = [k for k, s in self.sessions.items() if k[0] == model and s.loaded]
+        if not loaded:
+            return
+        try:
+            installed = get_model(model).fingerprint
+        except ClapsepError:
+            installed = None
+        if installed != self.sessions[loaded[0]].model.installed.fingerprint:
+            self.say(f"model {model!r} changed in the store: loading it again")
+            for k in [k for k in self.sessions if k[0] == model]:
+                del self.sessions[k]
 
     def _log(self, line: str) -> None:
         """What loading a model says (a download) goes to the client whose job asked for it."""
