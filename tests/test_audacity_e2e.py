@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -229,6 +231,31 @@ def test_undo_after_a_served_request_with_the_watcher_running(audacity: live.Liv
         watcher.terminate()
         watcher.wait(timeout=30)
     assert clapsep(home, "audacity", "watch", "--status").returncode == 1
+
+
+def test_extract_through_the_warm_service_inserts_what_a_run_here_writes(
+        audacity: live.LiveAudacity, home: Path, walk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clapsep_cli.service import client
+
+    runtime = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))  # a service of this test's own
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    try:
+        fresh_project(walk)
+        select(1.5, 4.0)
+        done = clapsep(home, "audacity", "extract", "dog", "--device", "cpu", "--server", "require")
+        assert done.returncode == 0, done.stderr
+        assert "added track 'walk.dog' (1.500-4.000 s, stereo)" in done.stdout
+        assert client.status()["jobs_done"] == 1  # the service separated it
+        reference = tmp_path / "reference.wav"
+        assert run("extract", "dog", walk, "--start", "1.5", "--end", "4.0", "-o", reference, "--device", "cpu",
+                   "--server", "never").exit_code == 0
+        expected = sf.read(str(reference), dtype="float32")[0]
+        heard = exported(2, 1.5, 4.0, tmp_path / "heard.wav")
+        np.testing.assert_allclose(heard, expected, atol=1e-6)
+        assert label_texts() == [(1.5, 4.0, "clapsep:dog #id done: walk.dog")]
+    finally:
+        client.stop()
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def start_watcher(home: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -215,6 +215,11 @@ class Service:
                 self._dispatch(conn, message)
             except ProtocolError as err:
                 _reply(conn, {"event": "error", "error": protocol.error_data(err)})
+            except Exception as err:  # noqa: BLE001 - one request's failure, the service goes on
+                self.say(traceback.format_exc())
+                _reply(conn, {"event": "error", "error": {"template": f"internal error in the clapsep service "
+                                                                      f"({type(err).__name__}: {err})",
+                                                          "setting": None}})
 
     def _dispatch(self, conn: Connection, message: dict[str, Any]) -> None:
         verb = message.get("verb")
@@ -355,7 +360,7 @@ class Service:
                 "queued": [t.describe() for t in list(self.waiting)],
                 "models": [{"model": s.model_name, "device": str(s.device), "precision": s.precision,
                             "overlap": s.options.overlap, "batch_size": s.options.batch_size, "loaded": s.loaded}
-                           for s in self.sessions.values()],
+                           for s in list(self.sessions.values())],
                 "jobs_done": self.jobs_done, "rss_bytes": resident_bytes()}
 
 
