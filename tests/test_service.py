@@ -287,6 +287,34 @@ def test_eight_clients_at_once_get_all_fifty_jobs_and_a_bad_file_fails_only_its_
     assert client.status()["jobs_done"] - before == 50
 
 
+def test_jobs_run_in_order_of_arrival(warm: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    write_audio(tmp_path / "long.wav", tone(240.0, RATE, 2, seed=3), RATE)  # seconds of work, even warm
+    write_audio(tmp_path / "short.wav", tone(1.0, RATE, 1), RATE)
+    finished: list[int] = []
+    queued: list[int] = []
+
+    def job(n: int, source: str) -> None:
+        plan = api.OutputPlan(out_dir=tmp_path / "out", name_template=f"{{stem}}.{n}.{{ext}}")
+        client.ServiceExecutor(device="cpu").extract([tmp_path / source], api.request("dog"), plan)
+        finished.append(n)
+
+    threads = [threading.Thread(target=job, args=(0, "long.wav"))]
+    threads[0].start()
+    while client.status()["running"] is None:  # the long job holds the worker; the rest queue behind it
+        time.sleep(0.01)
+    for n in range(1, 6):
+        threads.append(threading.Thread(target=job, args=(n, "short.wav")))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len((status := client.status())["queued"]) < n and time.monotonic() < deadline:
+            time.sleep(0.005)  # arrived before the next one is sent
+        queued.append(len(status["queued"]))
+    for t in threads:
+        t.join(timeout=120)
+    assert queued == [1, 2, 3, 4, 5]  # all waited behind the long job
+    assert finished == list(range(6))
+
+
 class StopAt:
     """A progress that raises ``error`` at the first advance."""
 
