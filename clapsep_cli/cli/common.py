@@ -91,14 +91,12 @@ def server_option(f: F) -> F:
 
 def make_executor(server: str, model_name: str, device: str, precision: str, quiet: bool, **engine: Any) -> Any:
     """Where a job runs: the warm service's executor where ``server`` (``auto``, ``never``,
-    ``require``) says so, else :func:`make_separator`'s ``Separator``; both have ``run``,
-    ``extract`` and ``find``."""
+    ``require``) says so, else a ``Separator`` here (:func:`clapsep_cli.service.client.executor`);
+    what loading says goes to stderr unless ``quiet``."""
     from clapsep_cli.service import client
 
-    if client.usable(server):
-        return client.ServiceExecutor(model_name, device=device, precision=precision, **engine,
-                                      log=None if quiet else lambda msg: click.echo(msg, err=True))
-    return make_separator(model_name, device, precision, quiet, **engine)
+    return client.executor(server, model_name, device=device, precision=precision, **engine,
+                           log=None if quiet else lambda msg: click.echo(msg, err=True))
 
 
 def emit_json(data: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from clapsep_cli import __version__, api
 from clapsep_cli.audio import atomic
 from clapsep_cli.errors import ClapsepError
+from clapsep_cli.models.store import DEFAULT_MODEL
 from clapsep_cli.service import protocol
 
 SERVER_MODES = ("auto", "never", "require")  # use a running service; run here; use one, starting it if need be
@@ -134,18 +135,26 @@ def usable(mode: str) -> bool:
     return matches
 
 
+def executor(mode: str, model: str = DEFAULT_MODEL, *, log: Callable[[str], None] | None = None,
+             **settings: Any) -> api.Executor:
+    """Where a job runs for ``mode`` (see :func:`usable`): a :class:`ServiceExecutor`, else a
+    :class:`~clapsep_cli.api.Separator` in this process. ``settings``: ``device``,
+    ``precision``, ``overlap``, ``batch_size``."""
+    if usable(mode):
+        return ServiceExecutor(model, log=log, **settings)
+    return api.Separator(model, log=log, **settings)
+
+
 class ServiceExecutor:
     """Runs planned jobs in the service: the same settings as a
     :class:`~clapsep_cli.api.Separator`, the same results (the stems are the same bytes), the
     same :class:`~clapsep_cli.api.Progress` calls. ``log`` receives what the service says while
     loading a model. Stopping the job here (Ctrl-C, or the progress raising) cancels it there."""
 
-    def __init__(self, model: str = "", *, device: str = "auto", precision: str = api.DEFAULT_PRECISION,
+    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", precision: str = api.DEFAULT_PRECISION,
                  overlap: float = api.DEFAULT_OVERLAP, batch_size: int | None = None,
                  log: Callable[[str], None] | None = None):
-        from clapsep_cli.models.store import DEFAULT_MODEL
-
-        self.settings = {"model": model or DEFAULT_MODEL, "device": device, "precision": precision,
+        self.settings = {"model": model, "device": device, "precision": precision,
                          "overlap": overlap, "batch_size": batch_size}
         self.log = log or (lambda _line: None)
 

@@ -267,18 +267,18 @@ def run_items(planned: api.Job, log: Callable[[str], None], cancelled: Callable[
     return planned.results
 
 
-def executor(log: Callable[[str], None]) -> Any:
+def executor(log: Callable[[str], None]) -> api.Executor:
     """Where a click's job runs: the warm service, started on the first click so the next ones
     answer at once (``CLAPSEP_SERVER=auto`` uses only a running one, ``never`` runs here); here
     too when the service cannot be used (another clapsep's, say), as the log then says."""
-    mode = os.environ.get("CLAPSEP_SERVER", "require")
     try:
-        if client.usable(mode):
-            log("running in the clapsep service")
-            return client.ServiceExecutor(log=log)
+        chosen = client.executor(os.environ.get("CLAPSEP_SERVER", "require"), log=log)
     except ClapsepError as err:
         log(f"not using the clapsep service: {err}")
-    return api.Separator(log=log)
+        return api.Separator(log=log)
+    if isinstance(chosen, client.ServiceExecutor):
+        log("running in the clapsep service")
+    return chosen
 
 
 def remove_stems(results: list[api.FileResult]) -> None:
