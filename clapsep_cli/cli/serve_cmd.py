@@ -47,9 +47,12 @@ def serve(idle: float, show_status: bool, stop_it: bool, json_output: bool) -> N
         return
     if idle <= 0:
         raise ClapsepError("--idle must be more than 0 s")
-    from clapsep_cli.service.server import Service
+    from clapsep_cli.service.server import AlreadyRunning, Service
 
-    Service(idle, say=lambda line: click.echo(f"clapsep serve: {line}", err=True)).serve()
+    try:
+        Service(idle, say=lambda line: click.echo(f"clapsep serve: {line}", err=True)).serve()
+    except AlreadyRunning as err:  # what was asked for holds: a service runs (a client racing another waits for it)
+        click.echo(f"clapsep serve: {err}", err=True)
 
 
 def describe(found: dict) -> str:

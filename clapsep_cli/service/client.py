@@ -92,7 +92,7 @@ def stop(wait: float = 35.0) -> int | None:
 def start(idle: float | None = None) -> None:
     """Start this user's service in the background unless one answers; return once it listens.
     Two clients starting it at once end with one service (the second ``clapsep serve`` finds the
-    lock taken and exits)."""
+    lock taken and exits 0, and its client waits for the first)."""
     if status() is not None:
         return
     log = protocol.log_path()
