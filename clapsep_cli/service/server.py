@@ -122,6 +122,8 @@ class Service:
         self.current: Ticket | None = None
         self.sessions: dict[tuple[Any, ...], api.Separator] = {}
         self.jobs_done = 0
+        self.connections = 0  # being answered now: the service is not idle while one is open
+        self.counting = threading.Lock()
         self.key = b""
         self.store = ""
 
@@ -169,7 +171,8 @@ class Service:
 
     def _accept(self, listener: socket.socket) -> None:
         while not self.stopping.is_set():
-            if self.current is None and not self.waiting and time.monotonic() - self.last_active > self.idle:
+            busy = self.current is not None or self.waiting or self.connections
+            if not busy and time.monotonic() - self.last_active > self.idle:
                 self.say(f"idle for {self.idle:g} s: exiting")
                 return
             try:
@@ -177,7 +180,8 @@ class Service:
             except (TimeoutError, InterruptedError):
                 continue
             sock.setblocking(True)
-            self.last_active = time.monotonic()
+            with self.counting:
+                self.connections += 1
             threading.Thread(target=self._handle, args=(Connection(sock.detach()),), daemon=True).start()
 
     def stop(self) -> None:
@@ -200,6 +204,13 @@ class Service:
     # --- requests --------------------------------------------------------------------------
 
     def _handle(self, conn: Connection) -> None:
+        try:
+            self._answer(conn)
+        finally:
+            with self.counting:
+                self.connections -= 1
+
+    def _answer(self, conn: Connection) -> None:
         with conn:
             try:
                 protocol.authenticate(conn, self.key, server=True)
@@ -249,6 +260,7 @@ class Service:
         if self.stopping.is_set():
             raise ProtocolError("the clapsep service is stopping")
         self.waiting.append(ticket)
+        self.last_active = time.monotonic()
         self.queue.put(ticket)
         ticket.send({"event": "queued", "ahead": len(self.waiting) - 1 + (self.current is not None)})
         while not ticket.done.wait(POLL):
