@@ -168,6 +168,7 @@ class Cluster:
         queue = list(reversed(pending))
         idle = list(actors)
         running: dict[Any, tuple[int, Any]] = {}
+        unavailable = dict.fromkeys(pending, 0)  # a file's calls that met its worker restarting
         while queue or running:
             while queue and idle:
                 index, actor = queue.pop(), idle.pop()
@@ -179,6 +180,15 @@ class Cluster:
             try:
                 _settle(result, ray.get(done[0]))
                 idle.append(actor)
+            except ray.exceptions.ActorUnavailableError as err:  # killed mid-call and restarting
+                unavailable[index] += 1
+                if unavailable[index] <= RETRIES:  # the file goes again (its stems are written whole or not at all)
+                    time.sleep(0.5 * unavailable[index])
+                    queue.append(index)
+                    idle.append(actor)
+                    continue
+                result.settle("failed", ClapsepError(f"{result.input}: its Ray worker stayed unavailable "
+                                                     f"({first_line(err)})"))
             except ray.exceptions.RayActorError as err:  # it died more often than Ray restarts a worker
                 result.settle("failed", ClapsepError(f"{result.input}: its Ray worker was lost for good "
                                                      f"({first_line(err)})"))
