@@ -22,15 +22,14 @@ same :class:`Progress`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from clapsep_cli.audio.region import Region
 from clapsep_cli.engine.options import DEFAULT_OVERLAP
 from clapsep_cli.errors import AudioError, ClapsepError, SettingError
 from clapsep_cli.events.detect import DetectOptions, Event
 from clapsep_cli.events.formats import EVENT_FORMATS
+from clapsep_cli.jobs.executor import Executor
 from clapsep_cli.jobs.plan import (
     DEFAULT_NAME,
     NAME_FIELDS,
@@ -58,20 +57,6 @@ __all__ = ["DEFAULT_NAME", "DEFAULT_OVERLAP", "DEFAULT_PRECISION", "DEFAULT_REMO
 
 plan = plan_job  # Check every input and decide every output of a job, without a model.
 
-
-class Executor(Protocol):
-    """What separates and finds for a front end: a :class:`Separator` (in this process) or the
-    warm service's :class:`~clapsep_cli.service.client.ServiceExecutor`, the same results."""
-
-    def extract(self, paths: Iterable[str | Path | Item], req: Request, plan: OutputPlan | None = None,
-                region: Region | None = None, pattern: str | None = None, include_stems: bool = False,
-                progress: Progress | None = None) -> Job: ...
-
-    def find(self, paths: Iterable[str | Path | Item], req: Request, plan: EventPlan | None = None,
-             region: Region | None = None, pattern: str | None = None, include_stems: bool = False,
-             progress: Progress | None = None) -> Job: ...
-
-    def run(self, job: Job, progress: Progress | None = None) -> Job: ...
 
 # The executors load torch: they are imported on first use, so that planning, requests and the
 # service's clients (which run jobs elsewhere) start without it.

@@ -3,25 +3,23 @@ files, folders and in-memory audio (re-exported by :mod:`clapsep_cli.api`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from clapsep_cli.audio.reader import BLOCK, first_non_finite
-from clapsep_cli.audio.region import Region
 from clapsep_cli.engine.stream import separate_stream
 from clapsep_cli.errors import AudioError, SettingError
 from clapsep_cli.events.detect import DetectOptions, Detector, Event
-from clapsep_cli.jobs.plan import EventPlan, Item, Job, OutputPlan, check_references, plan_job
-from clapsep_cli.jobs.progress import Progress
+from clapsep_cli.jobs.executor import Executor
+from clapsep_cli.jobs.plan import check_references
 from clapsep_cli.jobs.session import Session
 from clapsep_cli.queries.request import Request
 from clapsep_cli.queries.spec import Query
 
 
-class Separator(Session):
+class Separator(Session, Executor):
     """One model on one device with fixed engine settings; separates any number of requests.
 
     ``model``: an installed model's name; ``device``: ``auto`` (CUDA, then MPS, then the CPU),
@@ -43,35 +41,6 @@ class Separator(Session):
         query = req.query if isinstance(req, Request) else req
         check_references(query)
         return self.conditioning(query)
-
-    def plan(self, paths: Iterable[str | Path | Item], req: Request, plan: OutputPlan | None = None,
-             region: Region | None = None, pattern: str | None = None, include_stems: bool = False) -> Job:
-        """:func:`plan` (this separator's model is not needed for it)."""
-        return plan_job(paths, req, plan, region, pattern, include_stems)
-
-    def extract(self, paths: Iterable[str | Path | Item], req: Request, plan: OutputPlan | None = None,
-                region: Region | None = None, pattern: str | None = None, include_stems: bool = False,
-                progress: Progress | None = None) -> Job:
-        """Separate every file (and every audio file under each folder) into stems on disk:
-        :func:`plan`, then :meth:`run`. A job whose stems all exist never loads the model.
-
-        Returns the :class:`Job`: one :class:`FileResult` per input (``ok``, ``skipped`` or
-        ``failed`` with its reason); raises :class:`ClapsepError` only for what stops the whole
-        job (no inputs, a missing reference clip, two inputs writing one stem)."""
-        return self.run(plan_job(paths, req, plan, region, pattern, include_stems), progress)
-
-    def find(self, paths: Iterable[str | Path | Item], req: Request, plan: EventPlan | None = None,
-             region: Region | None = None, pattern: str | None = None, include_stems: bool = False,
-             progress: Progress | None = None) -> Job:
-        """Find where the sound ``req`` describes occurs in every file (and every audio file
-        under each folder): :func:`plan` with an :class:`EventPlan` (default: default
-        :class:`DetectOptions`, no events file), then :meth:`run`.
-
-        Returns the :class:`Job`; each ``ok`` result's ``events`` lists the :class:`Event` s
-        found (times in seconds from the file's start, ``region`` or not), and its events file,
-        where the plan names a format, is ``target``. Raises as :meth:`extract` does.
-        """
-        return self.run(plan_job(paths, req, plan or EventPlan(), region, pattern, include_stems), progress)
 
     def separate(self, audio: np.ndarray, rate: int, req: Request) -> tuple[np.ndarray, np.ndarray]:
         """Separate in-memory audio: ``audio`` is (frames,) or (frames, channels) at ``rate``.

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from multiprocessing.connection import AuthenticationError, Connection
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from clapsep_cli import __version__, api
 from clapsep_cli.audio import atomic
 from clapsep_cli.errors import ClapsepError
+from clapsep_cli.jobs.executor import Executor
 from clapsep_cli.models.store import DEFAULT_MODEL
 from clapsep_cli.service import protocol
 
@@ -145,8 +146,9 @@ def executor(mode: str, model: str = DEFAULT_MODEL, *, log: Callable[[str], None
     return api.Separator(model, log=log, **settings)
 
 
-class ServiceExecutor:
-    """Runs planned jobs in the service: the same settings as a
+class ServiceExecutor(Executor):
+    """Runs planned jobs in the service (``extract`` and ``find`` as on every
+    :class:`~clapsep_cli.api.Executor`): the same settings as a
     :class:`~clapsep_cli.api.Separator`, the same results (the stems are the same bytes), the
     same :class:`~clapsep_cli.api.Progress` calls. ``log`` receives what the service says while
     loading a model. Stopping the job here (Ctrl-C, or the progress raising) cancels it there."""
@@ -157,18 +159,6 @@ class ServiceExecutor:
         self.settings = {"model": model, "device": device, "precision": precision,
                          "overlap": overlap, "batch_size": batch_size}
         self.log = log or (lambda _line: None)
-
-    def extract(self, paths: Iterable[str | Path | api.Item], req: api.Request, plan: api.OutputPlan | None = None,
-                region: api.Region | None = None, pattern: str | None = None, include_stems: bool = False,
-                progress: api.Progress | None = None) -> api.Job:
-        """As :meth:`clapsep_cli.api.Separator.extract`, in the service."""
-        return self.run(api.plan(paths, req, plan, region, pattern, include_stems), progress)
-
-    def find(self, paths: Iterable[str | Path | api.Item], req: api.Request, plan: api.EventPlan | None = None,
-             region: api.Region | None = None, pattern: str | None = None, include_stems: bool = False,
-             progress: api.Progress | None = None) -> api.Job:
-        """As :meth:`clapsep_cli.api.Separator.find`, in the service."""
-        return self.run(api.plan(paths, req, plan or api.EventPlan(), region, pattern, include_stems), progress)
 
     def run(self, job: api.Job, progress: api.Progress | None = None) -> api.Job:
         """Run the planned ``job`` in the service (which plans it again, in this process's folder,
