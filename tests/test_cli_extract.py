@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -133,3 +137,39 @@ def test_no_model_offline_fails_at_once_naming_the_fix(empty_home: Path, src: Pa
     assert result.exit_code == 1
     assert "clapsep models download" in result.output and "clapsep models import" in result.output
     assert not src.with_name("walk.dog.wav").exists()
+
+
+def test_remove_writes_the_name_its_help_promises(home: Path, tmp_path: Path) -> None:
+    take = write_audio(tmp_path / "take.wav", tone(2.0, 32000), 32000, subtype="PCM_16")
+    result = run("remove", "wind noise", take, "-n", "speech")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["take.wav", "take.without_wind_noise.wav"]
+
+
+def _closed_port_endpoint() -> str:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("network", ["offline", "refused"])
+def test_json_prints_the_report_when_the_model_cannot_be_had(tmp_path: Path, src: Path, network: str) -> None:
+    """No model and none to download: --json prints the document --report gets, and stderr has
+    one error line. Offline (HF_HUB_OFFLINE=1) it fails at once; online against a port that takes
+    no connection, the download fails. A separate process, as huggingface_hub reads both settings
+    on import."""
+    env = {**os.environ, "CLAPSEP_HOME": str(tmp_path / "empty-store"), "CLAPSEP_SERVER": "never",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.update({"HF_HUB_OFFLINE": "1"} if network == "offline" else
+               {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": _closed_port_endpoint()})
+    report = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-m", "clapsep_cli", "extract", "--json", "--report", str(report),
+                           "dog", str(src)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    printed = json.loads(done.stdout)
+    assert printed == json.loads(report.read_text())
+    assert printed["failed"] == 1 and printed["results"] == []
+    expected = "is not installed" if network == "offline" else "cannot download"
+    assert expected in printed["error"]
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [f"clapsep: error: {printed['error']}"]
+    assert not src.with_name("walk.dog.wav").exists() and leftovers(src.parent) == []

@@ -115,3 +115,34 @@ def test_progress_names_its_unit_and_a_single_file_has_no_overall_bar(home: Path
     assert "files" not in one and "0/1" not in one
     two = _on_a_terminal(["extract", "rain", "a.wav", "b.wav"], tmp_path)
     assert re.search(r"files\s.*\d/2", two)
+
+
+def _help(*command: str) -> str:
+    """``clapsep COMMAND --help`` as one line of words (the terminal's wrapping undone)."""
+    result = CliRunner().invoke(main, [*command, "--help"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+def test_remove_help_says_a_negative_is_protected_and_gives_its_own_default_name() -> None:
+    text = _help("remove")
+    assert "-n, --negative TEXT A sound to protect: kept in the result, not removed with QUERY" in text
+    assert "--negative-audio FILE[@START-END] A reference clip of a sound to protect" in text
+    assert "reject" not in text
+    assert "{query} without_ and the query's tag" in text
+    assert 'Default: {stem}.{query}.{ext}, so `remove "wind noise" take.wav` writes take.without_wind_noise.wav' in text
+    assert "[default: {stem}.{query}.{ext}]" not in text  # extract's default, which would name take.wind_noise.wav
+
+
+def test_extract_and_find_help_still_say_a_negative_is_rejected() -> None:
+    for command in ("extract", "find"):
+        text = _help(command)
+        assert "-n, --negative TEXT A sound to reject (repeatable)." in text
+        assert "{query} the query's tag" in text and "without_" not in text
+
+
+def test_help_names_extras_as_installed_from_the_checkout() -> None:
+    for command in ("extract", "remove"):
+        text = _help(command)
+        assert "pip install -e '.[ray]' in the clapsep checkout" in text
+        assert "clapsep-cli[" not in text

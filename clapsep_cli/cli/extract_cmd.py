@@ -20,6 +20,7 @@ from clapsep_cli.cli.jobs import (
     job_options,
     naming_options,
     query_options,
+    removal_query_options,
     report_failures,
     resolve_request,
     run_job,
@@ -98,11 +99,11 @@ def _refuse_detect_options_alone() -> None:
 
 @click.command()
 @click.argument("args", nargs=-1, required=True, metavar="[QUERY] FILE...")
-@query_options
+@removal_query_options
 @click.option("--method", type=click.Choice(api.REMOVE_METHODS), default=api.DEFAULT_REMOVE_METHOD, show_default=True,
               help="negative: ask the model for everything but QUERY (a negative-only query); "
                    "subtract: extract QUERY and keep the source minus it.")
-@naming_options("stem")
+@naming_options("stem", removal=True)
 @stem_options
 @input_options
 @model_options

@@ -27,34 +27,52 @@ def apply_options(decorators: list[Callable[[F], F]], f: F) -> F:
 
 
 def query_options(f: F) -> F:
-    """-q, -p, -n, --query-audio, --negative-audio, --audio-weight."""
+    """-q, -p, -n, --query-audio, --negative-audio, --audio-weight (extract, find)."""
+    return _query_options(f, "A sound to reject (repeatable).",
+                          "A reference clip of a sound to reject (repeatable).")
+
+
+def removal_query_options(f: F) -> F:
+    """:func:`query_options` for ``remove``, where a negative is a sound to protect."""
+    return _query_options(f, "A sound to protect: kept in the result, not removed with QUERY (repeatable).",
+                          "A reference clip of a sound to protect (repeatable).")
+
+
+def _query_options(f: F, negative_help: str, negative_audio_help: str) -> F:
     return apply_options([
         click.option("-q", "--query", "texts", multiple=True, metavar="TEXT",
                      help="A description of the sound (repeatable; several are averaged). With -q or -p, "
                           "every argument is a file."),
         click.option("-p", "--preset", metavar="NAME", help="A named query preset (see `clapsep presets list`)."),
-        click.option("-n", "--negative", multiple=True, metavar="TEXT", help="A sound to reject (repeatable)."),
+        click.option("-n", "--negative", multiple=True, metavar="TEXT", help=negative_help),
         click.option("--query-audio", multiple=True, metavar="FILE[@START-END]",
                      help="A reference clip of the sound (repeatable)."),
-        click.option("--negative-audio", multiple=True, metavar="FILE[@START-END]",
-                     help="A reference clip of a sound to reject (repeatable)."),
+        click.option("--negative-audio", multiple=True, metavar="FILE[@START-END]", help=negative_audio_help),
         click.option("--audio-weight", type=click.FloatRange(0.0, 1.0),
                      help="Weight of reference clips against texts on the same side (default 0.5)."),
     ], f)
 
 
-def naming_options(noun: str) -> Callable[[F], F]:
-    """-o, --out-dir, --name and --overwrite, for files of ``noun`` ("stem", "events file")."""
+def naming_options(noun: str, removal: bool = False) -> Callable[[F], F]:
+    """-o, --out-dir, --name and --overwrite, for files of ``noun`` ("stem", "events file").
+    ``removal``: for ``remove``, whose {query} field is ``without_`` and the query's tag."""
+    fields = dict(api.NAME_FIELDS)
+    default = ""  # click's own "[default: ...]" for extract and find
+    if removal:  # the same template, but its {query} is remove's own: say what it gives
+        fields["query"] = "without_ and the query's tag (a preset's suffix, else the texts)"
+        default = (f" Default: {api.DEFAULT_NAME}, so `remove \"wind noise\" take.wav` writes "
+                   "take.without_wind_noise.wav.")
+
     def decorate(f: F) -> F:
         return apply_options([
             click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
                          help=f"The {noun} for a single input (default: next to the source)."),
             click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
                          help=f"Write each {noun} into this folder instead of next to its source."),
-            click.option("--name", "name_template", default=api.DEFAULT_NAME, show_default=True,
+            click.option("--name", "name_template", default=api.DEFAULT_NAME, show_default=not removal,
                          help=f"{noun.capitalize()} name template; fields: "
-                              + "; ".join(f"{{{k}}} {v}" for k, v in api.NAME_FIELDS.items())
-                              + ". Two inputs that would get one name are refused."),
+                              + "; ".join(f"{{{k}}} {v}" for k, v in fields.items())
+                              + ". Two inputs that would get one name are refused." + default),
             click.option("--overwrite", is_flag=True,
                          help=f"Replace an existing {noun} (sources are never touched)."),
         ], f)
@@ -144,7 +162,7 @@ def where_options(f: F) -> F:
         click.option("--ray", "ray_address", metavar="ADDRESS",
                      help="Run on a Ray cluster: auto (the one RAY_ADDRESS names, else one Ray finds on this "
                           "machine), local (start one here for this job) or HOST:PORT. Needs the ray extra: "
-                          "pip install 'clapsep-cli[ray]'."),
+                          "pip install -e '.[ray]' in the clapsep checkout."),
         click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
                      help="CPUs each CPU worker takes; GPU workers take one GPU and one CPU."),
         click.option("--ray-workers", type=click.IntRange(min=1),
@@ -184,19 +202,24 @@ def job_options(plan: api.OutputPlan | api.EventPlan, start: float | None, end: 
 
 def run_job(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
     """Check and plan everything, load the model only if a file is to be separated, separate;
-    write ``--report`` (even on failure) and print ``--json``. The command prints the rest."""
+    write ``--report`` and print ``--json``, the same document, also when the whole job fails (a
+    model that cannot be loaded or downloaded): then the error is raised on after both, for its one
+    line on stderr. The command prints the rest."""
     try:
         job = _run(req, files, opts)
     except ClapsepError as err:
-        if opts.report_file is not None:
-            write_report(opts.report_file, {"failed": 1, "error": err.render(flag), "results": []})
+        publish({"failed": 1, "error": err.render(flag), "results": []}, opts)
         raise
-    data = job.to_json(flag)
+    publish(job.to_json(flag), opts)
+    return job
+
+
+def publish(data: dict[str, Any], opts: JobOptions) -> None:
+    """Write ``data`` to ``--report`` and print it for ``--json``, where asked for."""
     if opts.report_file is not None:
         write_report(opts.report_file, data)
     if opts.json_output:
         emit_json(data)
-    return job
 
 
 def _run(req: api.Request, files: list[Path], opts: JobOptions) -> api.Job:
