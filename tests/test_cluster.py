@@ -325,7 +325,7 @@ def test_without_ray_the_flag_names_the_extra(home: Path, tmp_path: Path, monkey
     result = CliRunner().invoke(main, ["extract", "dog", str(src), "--ray", "auto"])
     assert result.exit_code != 0
     assert result.output.strip().splitlines() == [
-        "clapsep: error: --ray needs Ray, which is not installed: pip install 'clapsep-cli[ray]'"]
+        "clapsep: error: --ray needs Ray, which is not installed: pip install -e '.[ray]' in the clapsep checkout"]
 
 
 def test_an_address_that_takes_no_connection_fails_at_once(home: Path, tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ from clapsep_cli.models import store
 from clapsep_cli.models.precision import DEFAULT_PRECISION
 from clapsep_cli.queries.spec import Query
 
-EXTRA = "clapsep-cli[ray]"
+# clapsep is not on PyPI: its extras install from the checkout it was installed from.
+EXTRA = "pip install -e '.[ray]' in the clapsep checkout"
 # How often Ray restarts a worker that died, and retries the file it held, before the file fails.
 RETRIES = 3
 # How long the driver waits for a cluster address to take a connection.
@@ -53,7 +54,7 @@ def require_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ClapsepError(f"{{setting}} needs Ray, which is not installed: pip install '{EXTRA}'",
+        raise ClapsepError(f"{{setting}} needs Ray, which is not installed: {EXTRA}",
                            setting="address") from None
     return ray
 
