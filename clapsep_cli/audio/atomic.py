@@ -1,27 +1,34 @@
 """Atomic file writes: a unique hidden temporary file beside the destination, renamed into place.
 
-A temporary file is named ``.<destination name>.clapsep-<pid>-<random>.part`` and is locked
-(``flock``, on POSIX systems) by the process writing it for as long as it exists. A killed job leaves such a file
-behind; :func:`remove_stale` deletes the ones no live process owns (lock free and the pid in the
-name not running here), and nothing else. Published files get the mode any new file gets under
-the user's umask, not the owner-only mode of :func:`tempfile.mkstemp`.
+A temporary file is named ``.<destination name>.clapsep-<pid>-<random>.part``; the process
+writing it holds a lock on ``<that name>.lock`` beside it (:class:`filelock.FileLock`: ``flock``
+on POSIX systems, ``LockFileEx`` on Windows, both released by the system when the process dies)
+from before the temporary file exists until after it is gone. The lock is a file of its own,
+holding nothing, because Windows locks are mandatory: a lock on the temporary file itself would
+stop its own writer's other handles. A killed job leaves both files behind; :func:`remove_stale`
+deletes the ones no live process owns (lock free and the pid in the name not running here), and
+nothing else. Published files get the mode any new file gets under the user's umask.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-try:
-    import fcntl
-except ImportError:  # Windows: temporary files are not locked, and stale ones are left for the user
-    fcntl = None  # type: ignore[assignment]
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 TEMP_RE = re.compile(r"^\..+\.clapsep-(\d+)-[A-Za-z0-9_]+\.part$")
+LOCK_SUFFIX = ".lock"  # a temporary file's lock is the file of its name plus this
+_WINDOWS = sys.platform == "win32"
 
 
 def umask_bits() -> int:
@@ -47,19 +54,27 @@ def normal_modes(folder: Path) -> None:
             os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
+def lock_of(path: Path) -> Path:
+    """The lock file of the temporary file ``path``."""
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+def file_lock(path: Path) -> BaseFileLock:
+    """An OS-level lock on ``path`` (made if missing, owner-only), for one owner whatever the
+    thread, taken with ``acquire(blocking=False)``; not re-entrant across instances, so two of the
+    same path conflict even in one process. Released when its process dies (unlike a
+    :class:`filelock.SoftFileLock`). ``filelock`` is imported here, on first use."""
+    from filelock import FileLock
+
+    return FileLock(str(path), mode=0o600, thread_local=False)
+
+
 class TempFile:
     """A locked, uniquely named temporary file beside ``dest``; :meth:`publish` or :meth:`discard` it."""
 
     def __init__(self, dest: Path):
         self.dest = dest
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.clapsep-{os.getpid()}-", suffix=".part", dir=dest.parent)
-        self.path = Path(name)
-        self._lock_fd = fd
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.fchmod(fd, default_mode())
-        else:
-            os.chmod(name, default_mode())
+        self._lock, self.path = _claim(dest)
 
     def publish(self, overwrite: bool) -> None:
         """Move the finished file to ``dest``; without ``overwrite`` an existing ``dest`` is kept
@@ -80,11 +95,54 @@ class TempFile:
             self.discard()
 
     def discard(self) -> None:
-        """Remove the temporary file (if still there) and release its lock."""
+        """Remove the temporary file (if still there), then release and remove its lock."""
         self.path.unlink(missing_ok=True)
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            _drop(lock)
+
+
+def _claim(dest: Path) -> tuple[BaseFileLock, Path]:
+    """A held lock on a new uniquely named lock file beside ``dest``, and the empty temporary file
+    it guards (made after the lock is held, so a temporary file whose lock is free has no writer)."""
+    from filelock import Timeout
+
+    prefix = f".{dest.name}.clapsep-{os.getpid()}-"
+    for _ in range(100):
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".part" + LOCK_SUFFIX, dir=dest.parent)
+        os.close(fd)
+        lock = file_lock(Path(name))
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            continue  # a cleaner took this new lock file for a dead writer's: it removes it; take another name
+        except NotImplementedError as err:  # a file system without locks (filelock before 4 says so this way)
+            Path(name).unlink(missing_ok=True)
+            raise OSError(errno.ENOLCK, f"cannot lock a temporary file here ({err})", name) from None
+        path = Path(name.removesuffix(LOCK_SUFFIX))
+        try:
+            if not os.path.exists(name):
+                raise FileExistsError  # a cleaner removed it just before this lock was taken: take another name
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+        except FileExistsError:
+            _drop(lock)
+            continue
+        except BaseException:
+            _drop(lock)
+            raise
+        return lock, path
+    raise OSError(errno.EEXIST, "no free name for a temporary file", str(dest.parent))
+
+
+def _drop(lock: BaseFileLock) -> None:
+    """Release ``lock`` and remove its file (on POSIX systems while still held, so nobody can
+    take the lock of a file about to go; Windows refuses that, and removes it after)."""
+    path = Path(lock.lock_file)
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+    lock.release()
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -108,13 +166,42 @@ def write_text(path: Path, text: str, overwrite: bool = True) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine. It is never signalled on Windows, where
+    :func:`os.kill` ends a process whatever the signal: there it is opened and asked whether
+    it has exited."""
+    if _WINDOWS:
+        return _windows_alive(pid)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
-        return True
+        return True  # another user's
     return True
+
+
+def _windows_alive(pid: int) -> bool:
+    import ctypes
+    from ctypes import wintypes
+
+    if not 0 < pid <= 0xFFFFFFFF:
+        return False
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+    kernel32.GetExitCodeProcess.restype = wintypes.BOOL
+    kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it runs, as another user's
+    try:
+        code = wintypes.DWORD()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def remove_stale(folder: Path) -> list[Path]:
@@ -131,27 +218,45 @@ def remove_abandoned(dest: Path) -> list[Path]:
 
 
 def _remove_unlocked(folder: Path, wanted: Callable[[re.Match[str]], bool]) -> list[Path]:
+    """Remove the ``wanted`` temporary files in ``folder`` whose lock is free, with their locks,
+    and free locks left without their temporary file; returns the temporary files removed."""
     removed: list[Path] = []
-    if fcntl is None:  # without locks a live writer cannot be told from a dead one
-        return removed
     try:
-        entries = list(os.scandir(folder))
+        entries = {entry.name: entry for entry in os.scandir(folder)}
     except OSError:
         return removed
-    for entry in entries:
-        match = TEMP_RE.match(entry.name)
-        if not match or not entry.is_file(follow_symlinks=False) or not wanted(match):
+    for name, entry in entries.items():
+        part = name.removesuffix(LOCK_SUFFIX)
+        match = TEMP_RE.match(part)
+        if (not match or not entry.is_file(follow_symlinks=False) or not wanted(match)
+                or (part != name and part in entries)):  # a lock beside its temporary file goes with it
             continue
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.unlink(entry.path)
-            removed.append(Path(entry.path))
-        except OSError:
-            pass  # locked: a live writer (perhaps on another machine) owns it
-        finally:
-            os.close(fd)
+        if _remove_if_free(Path(folder) / part) and part == name:
+            removed.append(Path(folder) / part)
     return removed
+
+
+def _remove_if_free(part: Path) -> bool:
+    """Remove the temporary file ``part`` and its lock if nobody holds the lock; whether it did."""
+    from filelock import Timeout
+
+    lock_path = lock_of(part)
+    try:
+        if not stat.S_ISREG(lock_path.lstat().st_mode):
+            return False  # not a lock of ours (a link, say): left alone
+    except FileNotFoundError:
+        pass  # never locked or already unlocked: taking the lock makes it
+    except OSError:
+        return False
+    lock = file_lock(lock_path)
+    try:
+        lock.acquire(blocking=False)
+    except (Timeout, OSError, NotImplementedError):
+        return False  # held: a live writer (perhaps on another machine) owns it; or not ours to lock
+    try:
+        part.unlink(missing_ok=True)
+    except OSError:
+        lock.release()
+        return False
+    _drop(lock)
+    return True

@@ -93,6 +93,29 @@ def log_path() -> Path:
     return runtime_dir() / "service.log"
 
 
+def pid_path() -> Path:
+    """The running service's pid, beside its lock (never read from inside the locked file)."""
+    return runtime_dir() / "service.pid"
+
+
+def write_pid() -> None:
+    """Record this process as the service (under a temporary name, then renamed)."""
+    path = pid_path()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def read_pid() -> int | None:
+    """The pid the service recorded, or None (none recorded, or unreadable)."""
+    try:
+        return int(pid_path().read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+
+
 def write_key() -> bytes:
     """A new key, written (mode 0600 from the start) under a temporary name, then renamed."""
     key = secrets.token_bytes(32)

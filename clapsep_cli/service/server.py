@@ -13,7 +13,6 @@ only its own connection.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import queue
 import signal
@@ -26,12 +25,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import AuthenticationError, Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clapsep_cli import __version__, api
+from clapsep_cli.audio.atomic import file_lock
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.service import protocol
 from clapsep_cli.service.protocol import ProtocolError, expect
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 DEFAULT_IDLE = 15 * 60.0  # seconds without a job before the service exits and gives its memory back
 STOP_SECONDS = 30.0  # how long a stopping service waits for its running job to stop
@@ -150,8 +153,6 @@ class Service:
                 os.umask(old_mask)
             listener.listen(64)
             listener.settimeout(POLL)
-            lock.write(f"{os.getpid()}\n")
-            lock.flush()
             self.say(f"clapsep {__version__} service (pid {os.getpid()}) listening on {path}; model store "
                      f"{self.store}; exits after {self.idle:g} s idle")
             threading.Thread(target=self._work, name="clapsep-worker", daemon=True).start()
@@ -163,10 +164,10 @@ class Service:
             deadline = time.monotonic() + STOP_SECONDS
             while self.current is not None and time.monotonic() < deadline:
                 time.sleep(0.02)  # the running job stops at its next segment and removes its temporary files
-            for leftover in (path, protocol.key_path()):
+            for leftover in (path, protocol.key_path(), protocol.pid_path()):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
-            lock.close()
+            lock.release()
             self.say("stopped")
 
     def _accept(self, listener: socket.socket) -> None:
@@ -413,19 +414,22 @@ def _client_context(request: dict[str, Any]) -> Iterator[None]:
             os.environ["PATH"] = saved
 
 
-def _take_lock() -> Any:
-    """This user's service lock (held until the file is closed); :class:`AlreadyRunning` if
-    another service holds it."""
-    lock = open(protocol.lock_path(), "a+", encoding="ascii")  # noqa: SIM115 - held for the service's life
-    os.chmod(protocol.lock_path(), 0o600)
+def _take_lock() -> BaseFileLock:
+    """This user's service lock, held until released or the process ends (then by the system),
+    and its pid recorded beside it; :class:`AlreadyRunning` if another service holds it."""
+    from filelock import Timeout
+
+    lock = file_lock(protocol.lock_path())
     try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        pid = lock.read().strip()
-        lock.close()
+        lock.acquire(blocking=False)
+    except Timeout:
+        pid = protocol.read_pid()
         raise AlreadyRunning(f"a clapsep service is already running{f' (pid {pid})' if pid else ''}") from None
-    lock.truncate(0)
+    try:
+        protocol.write_pid()
+    except BaseException:
+        lock.release()
+        raise
     return lock
 
 

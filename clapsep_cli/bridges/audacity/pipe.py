@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import select
 import signal
@@ -25,8 +24,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import TYPE_CHECKING
 
+from clapsep_cli.audio.atomic import file_lock
 from clapsep_cli.errors import ClapsepError
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 PIPE_DIR_ENV = "CLAPSEP_AUDACITY_PIPE_DIR"
 FINISHED = "BatchCommand finished: "
@@ -83,7 +87,7 @@ class AudacityPipe:
         the one that finds out whether Audacity answers (without retrying)."""
         self.paths = paths or PipePaths.default()
         self.settle, self.answer_within, self.greet = settle, answer_within, greet
-        self._lock: int | None = None
+        self._lock: BaseFileLock | None = None
         self._to: int | None = None
         self._from: int | None = None
         self._writer_seen = False
@@ -107,7 +111,7 @@ class AudacityPipe:
     def close(self) -> None:
         self._close_fifos()
         if self._lock is not None:
-            os.close(self._lock)
+            self._lock.release()
             self._lock = None
 
     def _close_fifos(self) -> None:
@@ -264,22 +268,20 @@ def _open_reader(path: Path) -> int:
         raise PipeError(f"cannot open {path}: {err.strerror}") from None
 
 
-def _take_lock(path: Path) -> int:
+def _take_lock(path: Path) -> BaseFileLock:
     """An exclusive lock on ``path``; says so on stderr when it has to wait for another clapsep."""
+    from filelock import Timeout
+
+    lock = file_lock(path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as err:
-        raise PipeError(f"cannot create the lock file {path}: {err.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        _notice("clapsep: waiting for another clapsep command that is talking to Audacity...")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-    return fd
+            lock.acquire(blocking=False)
+        except Timeout:
+            _notice("clapsep: waiting for another clapsep command that is talking to Audacity...")
+            lock.acquire()  # until the other one is done (Ctrl-C stops waiting)
+    except OSError as err:
+        raise PipeError(f"cannot create the lock file {path}: {err.strerror or err}") from None
+    return lock
 
 
 @contextlib.contextmanager

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from clapsep_cli import api
 from clapsep_cli.audio import atomic
@@ -25,6 +24,9 @@ from clapsep_cli.bridges.audacity.requests import (
     rename_copies,
 )
 from clapsep_cli.errors import ClapsepError
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 
 class Kind(Protocol):
@@ -90,32 +92,34 @@ def pending_requests(pipe: AudacityPipe, kinds: Sequence[Kind]) -> list[tuple[La
 
 
 class WatcherStatus:
-    """What a running watcher is doing, in a file next to the pipe's lock, under an exclusive
-    lock it holds while it lives (so a dead watcher never reads as alive)."""
+    """What a running watcher is doing, in a file next to the pipe's lock, beside an exclusive
+    lock it holds while it lives (so a dead watcher never reads as alive). Nothing is read from
+    the lock file itself (a Windows lock would forbid it)."""
 
     def __init__(self, paths: PipePaths | None = None):
         lock = (paths or PipePaths.default()).lock
         self.path = lock.with_name(lock.name.replace("clapsep-audacity", "clapsep-audacity-watch")
                                    .replace(".lock", ".json"))
         self.lock_path = self.path.with_suffix(".lock")
-        self._fd: int | None = None
+        self._lock: BaseFileLock | None = None
         self._state = ""
 
     def claim(self) -> None:
         """Become the watcher, or fail naming the one running."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        from filelock import Timeout
+
+        lock = atomic.file_lock(self.lock_path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            lock.acquire(blocking=False)
+        except Timeout:
             raise ClapsepError(f"another watcher is running: {self.read()}") from None
-        self._fd = fd
+        self._lock = lock
 
     def release(self) -> None:
-        if self._fd is not None:
+        if self._lock is not None:
             self.path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = None
+            self._lock.release()
+            self._lock = None
 
     def note(self, state: str) -> None:
         """Record ``state`` if it is news (the file says since when it holds)."""
@@ -128,23 +132,33 @@ class WatcherStatus:
 
     def read(self) -> str | None:
         """A line on the running watcher, or None when none runs."""
-        try:
-            fd = os.open(self.lock_path, os.O_RDONLY)
-        except FileNotFoundError:
+        if not self._watcher_holds_lock():
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return None
-        except BlockingIOError:
-            pass
-        finally:
-            os.close(fd)
         try:
             info = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError):
             return "a watcher is starting"
         stamp = time.strftime("%H:%M:%S", time.localtime(info["time"]))
         return f"watcher pid {info['pid']}: {info['state']} (since {stamp})"
+
+    def _watcher_holds_lock(self) -> bool:
+        """Whether a watcher (this one, or another process) holds the lock: taking it for a
+        moment tells; a missing lock file means nobody does."""
+        from filelock import Timeout
+
+        if self._lock is not None:
+            return True
+        if not os.path.lexists(self.lock_path):
+            return False
+        probe = atomic.file_lock(self.lock_path)
+        try:
+            probe.acquire(blocking=False)
+        except Timeout:
+            return True
+        except OSError:
+            return False  # not a lock file we can take (a link, another user's): no watcher of ours
+        probe.release()
+        return False
 
 
 def watch(connect: Callable[[], AudacityPipe], kinds: Sequence[Kind], poll: float = 2.0, once: bool = False,
