@@ -419,7 +419,7 @@ def run_raw(message: dict) -> list[dict]:
         events = [protocol.receive(conn)]
         while events[-1]["event"] not in ("done", "error", "cancelled", "mismatch"):
             events.append(protocol.receive(conn))
-    return events
+    return [e for e in events if e["event"] != "alive"]  # the heartbeat of a job that waited a while
 
 
 @pytest.mark.parametrize("spoil,answer", [
@@ -542,6 +542,136 @@ def test_audacity_requests_served_through_the_service_insert_what_a_separator_he
     assert (name_there, start_there) == (name_here, start_here) == ("walk.dog_barking", 1.0)
     assert audio_there.tobytes() == audio_here.tobytes() and len(audio_here) == 3.5 * 16000
     assert events_there == events_here and events_here
+
+
+# --- a service that stops answering ------------------------------------------------------------
+
+SILENCE = 3.0  # seconds: $CLAPSEP_SERVICE_TIMEOUT in these tests, so a stopped service shows soon
+
+
+@contextlib.contextmanager
+def sigstopped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """The service stopped as Ctrl-Z stops it (alive, holding its socket and lock, answering
+    nothing), resumed however the block ends."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
+def end_service(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the service (resumed first, whatever the test left) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGCONT)
+    with contextlib.suppress(ClapsepError):
+        client.stop()
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def timed(*args: object, **kwargs: object) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    done = clapsep(*args, **kwargs)
+    return done, time.monotonic() - started
+
+
+def test_a_stopped_service_is_told_within_the_bound_auto_runs_here_and_require_fails(
+        runtime: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(protocol.SILENCE_ENV, f"{SILENCE:g}")
+    src = sources(tmp_path / "src")
+    proc = start_serve(log=tmp_path / "serve.log")
+    try:
+        here, here_seconds = timed("extract", "dog", "mix.wav", "--out-dir", tmp_path / "here", server="never", cwd=src)
+        assert here.returncode == 0, here.stderr
+        with sigstopped(proc):
+            started = time.monotonic()
+            with pytest.raises(client.Unresponsive, match=rf"\(pid {proc.pid}\) did not answer within 3 s"):
+                client.status()
+            assert time.monotonic() - started < SILENCE + 2
+            auto, auto_seconds = timed("extract", "dog", "mix.wav", "--out-dir", tmp_path / "auto", cwd=src)
+            required, required_seconds = timed("extract", "dog", "mix.wav", "--out-dir", tmp_path / "required",
+                                               "--server", "require", cwd=src)
+        told = (f"the clapsep service (pid {proc.pid}) did not answer within 3 s: is it stopped or hung? "
+                f"(`kill -CONT {proc.pid}` resumes a stopped one, `kill -KILL {proc.pid}` ends a hung one)")
+        assert auto.returncode == 0, auto.stderr
+        assert [line for line in auto.stderr.splitlines() if "clapsep service" in line] == [
+            f"clapsep: {told}; running the job here instead"]
+        assert stems(tmp_path / "auto") == stems(tmp_path / "here")
+        assert auto_seconds < here_seconds + SILENCE + 20  # one wait for the bound, then the run here
+        assert required.returncode == 1
+        assert required.stderr.strip().splitlines() == [f"clapsep: error: {told}"]
+        assert not (tmp_path / "required").exists()
+        assert SILENCE - 0.5 < required_seconds < SILENCE + 10
+        assert client.status()["jobs_done"] == 0  # resumed, it answers again; no job went to it
+    finally:
+        end_service(proc)
+
+
+def test_a_service_stopped_mid_job_is_told_within_the_bound_and_drops_the_job_when_it_resumes(
+        runtime: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(protocol.SILENCE_ENV, f"{SILENCE:g}")
+    src = tmp_path / "src"
+    src.mkdir()
+    write_audio(src / "long.wav", tone(60.0, RATE, 2, seed=3), RATE)
+    proc = start_serve(log=tmp_path / "serve.log")
+    out = tmp_path / "out"
+    out.mkdir()
+    job = subprocess.Popen([sys.executable, "-m", "clapsep_cli", "extract", "dog", "long.wav", "--out-dir", str(out),
+                            "--server", "require"], cwd=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.suffix == ".part" for p in out.iterdir()):  # the service is writing the stem
+            assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+            time.sleep(0.01)
+        with sigstopped(proc):
+            stopped = time.monotonic()
+            _, err = job.communicate(timeout=SILENCE + 30)
+            waited = time.monotonic() - stopped
+        assert job.returncode == 1
+        assert err.strip().splitlines() == [
+            f"clapsep: error: the clapsep service (pid {proc.pid}) stopped answering during the job (nothing for "
+            f"3 s): is it stopped or hung? (`kill -CONT {proc.pid}` resumes a stopped one, `kill -KILL {proc.pid}` "
+            "ends a hung one); the job there stops when it resumes: run the command again"]
+        assert waited < SILENCE + 10
+        deadline = time.monotonic() + 60  # resumed, it finds its client gone and drops the job
+        while (list(out.iterdir()) or client.status()["running"] is not None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(out.iterdir()) == [] and client.status()["running"] is None
+        assert "cancelled: the client hung up" in (tmp_path / "serve.log").read_text()
+        write_audio(src / "short.wav", tone(1.0, RATE, 1), RATE)
+        again = clapsep("extract", "dog", "short.wav", "--out-dir", out, "--server", "require", cwd=src)
+        assert again.returncode == 0, again.stderr
+        assert client.status()["jobs_done"] == 2
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+        end_service(proc)
+
+
+def test_a_job_queued_behind_a_long_one_hears_the_service_and_waits_past_the_bound(
+        warm: subprocess.Popen[bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(protocol.SILENCE_ENV, f"{SILENCE:g}")
+    write_audio(tmp_path / "long.wav", tone(240.0, RATE, 2, seed=3), RATE)
+    write_audio(tmp_path / "short.wav", tone(1.0, RATE, 1), RATE)
+    executor = client.ServiceExecutor(device="cpu")
+    long_job: list[api.Job] = []
+    first = threading.Thread(target=lambda: long_job.append(
+        executor.extract([tmp_path / "long.wav"], api.request("dog"), api.OutputPlan(out_dir=tmp_path / "a"))))
+    first.start()
+    try:
+        while client.status()["running"] is None:
+            assert first.is_alive()
+            time.sleep(0.01)
+        started = time.monotonic()
+        short = executor.extract([tmp_path / "short.wav"], api.request("dog"), api.OutputPlan(out_dir=tmp_path / "b"))
+        waited = time.monotonic() - started
+    finally:
+        first.join(timeout=300)
+    assert short.results[0].status == "ok" and long_job[0].results[0].status == "ok"
+    assert waited > SILENCE + 1, "the long job was too short to test the heartbeat"
 
 
 def test_the_runtime_folder_is_made_private_and_one_open_to_others_is_refused(

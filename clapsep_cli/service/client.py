@@ -29,42 +29,72 @@ CANCEL_SECONDS = 30.0  # how long a cancelled job may take to stop before the cl
 LOG_LIMIT = 1 << 20  # bytes of service log kept when a client starts a new service
 
 
+class Unresponsive(ClapsepError):
+    """A service holds the socket but says nothing within :func:`protocol.silence_seconds`:
+    stopped (Ctrl-Z, SIGSTOP) or hung."""
+
+
+def unresponsive(during_job: bool = False) -> Unresponsive:
+    """The one line that says the service fell silent, naming its pid where it recorded one."""
+    pid = protocol.read_pid()
+    who = f"the clapsep service (pid {pid})" if pid else "the clapsep service"
+    seconds = f"{protocol.silence_seconds():g} s"
+    what = (f"{who} stopped answering during the job (nothing for {seconds})" if during_job else
+            f"{who} did not answer within {seconds}")
+    hint = f"`kill -CONT {pid}` resumes a stopped one, `kill -KILL {pid}` ends a hung one" if pid else ""
+    return Unresponsive(f"{what}: is it stopped or hung?{f' ({hint})' if hint else ''}"
+                        + ("; the job there stops when it resumes: run the command again" if during_job else ""))
+
+
 def connect() -> Connection | None:
     """An authenticated connection to this user's service, or None where none listens (no
-    socket, or a stale one left by a service that died)."""
+    socket, or a stale one left by a service that died); :class:`Unresponsive` where one holds
+    the socket but does not answer. Reads and writes on it fail with :class:`BlockingIOError`
+    once the service says nothing for :func:`protocol.silence_seconds`."""
     path = protocol.socket_path()
     key = protocol.read_key()
     if key is None or not path.exists():
         return None
+    silence = protocol.silence_seconds()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(protocol.HANDSHAKE_SECONDS)
+    sock.settimeout(silence)
     try:
         sock.connect(str(path))
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
         return None
+    except (TimeoutError, BlockingIOError):  # its queue of connections is full: it accepts none
+        sock.close()
+        raise unresponsive() from None
     except OSError as err:
         sock.close()
         raise ClapsepError(f"{path}: cannot reach the clapsep service ({err.strerror or err})") from None
     sock.setblocking(True)
     conn = Connection(sock.detach())
     try:
-        protocol.authenticate(conn, key, server=False)
+        protocol.authenticate(conn, key, server=False, seconds=silence)
+    except BlockingIOError:
+        conn.close()
+        raise unresponsive() from None
     except (AuthenticationError, EOFError, OSError):
         conn.close()
         return None  # a service starting up under a new key, or one going away
+    protocol.silence_limit(conn, silence)
     return conn
 
 
 def ask(message: dict[str, Any]) -> dict[str, Any] | None:
-    """Send one request and return the first reply (None where no service listens)."""
+    """Send one request and return the first reply (None where no service listens;
+    :class:`Unresponsive` where it does not answer)."""
     conn = connect()
     if conn is None:
         return None
     with conn:
-        protocol.send(conn, {**protocol.hello(), **message})
         try:
+            protocol.send(conn, {**protocol.hello(), **message})
             return protocol.receive(conn)
+        except BlockingIOError:
+            raise unresponsive() from None
         except (EOFError, OSError):
             return None
 
@@ -115,18 +145,27 @@ def start(idle: float | None = None) -> None:
     raise ClapsepError(f"the clapsep service did not start ({tail[0] if tail else 'no message'}; log: {log})")
 
 
-def usable(mode: str) -> bool:
+def usable(mode: str, log: Callable[[str], None] | None = None) -> bool:
     """Whether jobs should go to the service in ``mode`` (:data:`SERVER_MODES`): ``auto`` when one
     runs with this clapsep's version and model store; ``require`` always (starting one if none
-    runs; one of another version or store is an error); ``never`` not."""
+    runs; one of another version or store is an error); ``never`` not. A service that does not
+    answer (:class:`Unresponsive`) is an error for ``require``; ``auto`` says so to ``log`` and
+    runs here."""
     if mode not in SERVER_MODES:
         raise ClapsepError(f"{{setting}} must be one of {', '.join(SERVER_MODES)} (got {mode!r})", setting="server")
     if mode == "never":
         return False
-    found = status()
-    if found is None and mode == "require":
-        start()
+    try:
         found = status()
+        if found is None and mode == "require":
+            start()
+            found = status()
+    except Unresponsive as err:
+        if mode == "require":
+            raise
+        if log is not None:
+            log(f"clapsep: {err}; running the job here instead")
+        return False
     hello = protocol.hello()
     matches = found is not None and found.get("version") == __version__ and found.get("store") == hello["store"]
     if mode == "require" and not matches:
@@ -141,7 +180,7 @@ def executor(mode: str, model: str = DEFAULT_MODEL, *, log: Callable[[str], None
     """Where a job runs for ``mode`` (see :func:`usable`): a :class:`ServiceExecutor`, else a
     :class:`~clapsep_cli.api.Separator` in this process. ``settings``: ``device``,
     ``precision``, ``overlap``, ``batch_size``."""
-    if usable(mode):
+    if usable(mode, log):
         return ServiceExecutor(model, log=log, **settings)
     return api.Separator(model, log=log, **settings)
 
@@ -171,19 +210,29 @@ class ServiceExecutor(Executor):
             if conn is None:
                 raise ClapsepError("no clapsep service is running (start one with `clapsep serve`)")
             with conn:
-                protocol.send(conn, {**protocol.hello(), "verb": "run", "client": os.getpid(), "cwd": os.getcwd(),
-                                     "path": os.environ.get("PATH"), "umask": atomic.umask_bits(),
-                                     "session": self.settings,
-                                     "job": {"items": protocol.encode(job.items),
-                                             "request": protocol.encode(job.request),
-                                             "plan": protocol.encode(job.plan), "region": protocol.encode(job.region)}})
+                _send_job(conn, {**protocol.hello(), "verb": "run", "client": os.getpid(), "cwd": os.getcwd(),
+                                 "path": os.environ.get("PATH"), "umask": atomic.umask_bits(),
+                                 "session": self.settings,
+                                 "job": {"items": protocol.encode(job.items),
+                                         "request": protocol.encode(job.request),
+                                         "plan": protocol.encode(job.plan), "region": protocol.encode(job.region)}})
                 _Reception(conn, job, progress, self.log).follow()
         job.total_seconds += time.perf_counter() - started
         return job
 
 
+def _send_job(conn: Connection, message: dict[str, Any]) -> None:
+    """Send the job; :class:`Unresponsive` where the service stopped taking it in."""
+    try:
+        protocol.send(conn, message)
+    except BlockingIOError:
+        conn.close()
+        raise unresponsive() from None
+
+
 class _Reception:
-    """Follows one job's messages from the service into the job and its progress."""
+    """Follows one job's messages from the service into the job and its progress (``alive``,
+    the service's heartbeat, only shows it lives; silence beyond the bound is :class:`Unresponsive`)."""
 
     def __init__(self, conn: Connection, job: api.Job, progress: api.Progress | None,
                  log: Callable[[str], None]):
@@ -201,6 +250,9 @@ class _Reception:
     def _next(self) -> dict[str, Any]:
         try:
             return protocol.receive(self.conn)
+        except BlockingIOError:  # silent past the bound: hanging up cancels the job there once it runs again
+            self.conn.close()
+            raise unresponsive(during_job=True) from None
         except (EOFError, OSError):
             self.conn.close()
             for folder in {out.parent for r in self.job.results for out in (r.target, r.residual) if out}:
@@ -249,9 +301,13 @@ class _Reception:
         try:
             protocol.send(self.conn, {"verb": "cancel"})
             deadline = time.monotonic() + CANCEL_SECONDS
+            heard = time.monotonic()
             while time.monotonic() < deadline:
                 if not self.conn.poll(min(1.0, max(deadline - time.monotonic(), 0.0))):
+                    if time.monotonic() - heard > protocol.silence_seconds():
+                        return  # stopped or hung: it cancels the job when it reads again
                     continue
+                heard = time.monotonic()
                 message = protocol.receive(self.conn)
                 if message.get("event") in ("done", "cancelled", "error"):
                     if message.get("event") != "error":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import secrets
 import socket
@@ -38,6 +39,9 @@ from clapsep_cli.queries.spec import AudioRef, Query
 PROTOCOL = 1
 MAX_MESSAGE = 1 << 20  # bytes; a job of thousands of files fits, a larger message is refused
 HANDSHAKE_SECONDS = 10.0  # a peer that says nothing for this long during the handshake is dropped
+SILENCE_SECONDS = 10.0  # a client takes a service that says nothing for this long for stopped or hung
+SILENCE_ENV = "CLAPSEP_SERVICE_TIMEOUT"  # seconds, instead of SILENCE_SECONDS
+HEARTBEAT_SECONDS = 1.0  # while a client's job waits or runs, the service says it is alive this often
 WIRE_TYPES = {cls.__name__: cls for cls in (Request, Query, AudioRef, OutputPlan, EventPlan, DetectOptions, Item,
                                             Region, Event)}
 _RESULT_FIELDS = [f.name for f in dataclasses.fields(FileResult) if f.name not in ("planned", "problem")]
@@ -142,20 +146,44 @@ def read_key() -> bytes | None:
 
 # --- connections -------------------------------------------------------------------------------
 
+def silence_seconds() -> float:
+    """How long a client waits for the service to say anything before taking it for stopped or
+    hung: :data:`SILENCE_SECONDS`, or ``$CLAPSEP_SERVICE_TIMEOUT``; never under two heartbeats."""
+    try:
+        seconds = float(os.environ.get(SILENCE_ENV) or SILENCE_SECONDS)
+    except ValueError:
+        return SILENCE_SECONDS
+    return max(seconds, 2 * HEARTBEAT_SECONDS) if math.isfinite(seconds) else SILENCE_SECONDS
+
+
 def receive_timeout(conn: Connection, seconds: float) -> None:
     """Reads on ``conn`` fail after ``seconds`` of silence (0: wait for ever), at the socket level."""
+    _socket_timeouts(conn, seconds, send=False)
+
+
+def silence_limit(conn: Connection, seconds: float) -> None:
+    """Reads and writes on ``conn`` fail with :class:`BlockingIOError` once the peer has taken
+    nothing or said nothing for ``seconds``: a stopped or hung peer cannot hold this end for ever."""
+    _socket_timeouts(conn, seconds, send=True)
+
+
+def _socket_timeouts(conn: Connection, seconds: float, send: bool) -> None:
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
     sock = socket.socket(fileno=os.dup(conn.fileno()))
     try:
-        whole = int(seconds)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        if send:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
     finally:
         sock.close()
 
 
-def authenticate(conn: Connection, key: bytes, server: bool) -> None:
+def authenticate(conn: Connection, key: bytes, server: bool, seconds: float = HANDSHAKE_SECONDS) -> None:
     """Mutual HMAC challenge-response over ``conn`` (the service challenges first, as
-    :class:`multiprocessing.connection.Listener` does). Raises :class:`AuthenticationError`."""
-    receive_timeout(conn, HANDSHAKE_SECONDS)
+    :class:`multiprocessing.connection.Listener` does), each step within ``seconds``. Raises
+    :class:`AuthenticationError`; :class:`BlockingIOError` where the peer fell silent."""
+    receive_timeout(conn, seconds)
     if server:
         deliver_challenge(conn, key)
         answer_challenge(conn, key)

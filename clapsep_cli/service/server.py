@@ -6,8 +6,9 @@ Each connection is one request (after the handshake, see :mod:`.protocol`): ``st
 or ``run``. A ``run`` is queued; one worker thread plans and runs the jobs in turn, each in its
 client's folder and with its client's ``PATH``, through a :class:`~clapsep_cli.api.Separator`
 kept per model, device and precision. While its job waits or runs, the client may send
-``cancel``; a client that hangs up cancels it too. A bad request gets an error reply and costs
-only its own connection.
+``cancel``; a client that hangs up cancels it too; the service says ``alive`` to it every
+:data:`~.protocol.HEARTBEAT_SECONDS`, so a client can tell a stopped or hung service from a
+long job. A bad request gets an error reply and costs only its own connection.
 """
 
 from __future__ import annotations
@@ -264,7 +265,9 @@ class Service:
         self.last_active = time.monotonic()
         self.queue.put(ticket)
         ticket.send({"event": "queued", "ahead": len(self.waiting) - 1 + (self.current is not None)})
+        beat = time.monotonic()
         while not ticket.done.wait(POLL):
+            beat = _heartbeat(ticket, beat)
             try:
                 if conn.poll(0) and protocol.receive(conn).get("verb") == "cancel":
                     ticket.cancel("cancelled by the client")
@@ -380,6 +383,17 @@ class Service:
 def _items(spec: dict[str, Any]) -> list[api.Item]:
     items = expect(protocol.decode(spec.get("items")), list, "'items'")
     return [expect(i, api.Item, "an item") for i in items]
+
+
+def _heartbeat(ticket: Ticket, last: float) -> float:
+    """Tell the job's client that the service lives, if :data:`protocol.HEARTBEAT_SECONDS` have
+    passed since ``last`` (a client takes silence for a stopped or hung service, however long
+    the job waits or a step takes); when it last did."""
+    now = time.monotonic()
+    if now - last < protocol.HEARTBEAT_SECONDS:
+        return last
+    ticket.send({"event": "alive"})
+    return now
 
 
 def _reply(conn: Connection, message: dict[str, Any]) -> None:
