@@ -3,22 +3,28 @@
 * random-weight CLAP and CLAPSep checkpoints written in the official layouts;
 * a small byte-level BPE tokenizer in roberta-base's file format;
 * ``reference_separate``: the official signal path, unmerged, built independently of the fast
-  inference code (laion-clap's HTS-AT forward with forward hooks, loralib-style LoRA layers,
-  torchlibrosa's conv STFT/ISTFT and magphase). It reuses our ``Decoder`` and ``SincResampler``;
-  those two are checked against outputs of the official code itself (``golden_*`` below,
-  tests/test_golden.py).
+  inference code (laion-clap's own HTS-AT module and forward with forward hooks, loralib-style
+  LoRA layers, torchlibrosa's conv STFT/ISTFT and magphase). It reuses our ``Decoder`` and
+  ``SincResampler``; those two are checked against outputs of the official code itself
+  (``golden_*`` below, tests/test_golden.py). laion-clap and torchlibrosa come with the test
+  extra on Python below 3.13 (laion-clap pins numpy<2).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 
-from clapsep_cli.network.architecture import N_FFT, ModelConfig
+from clapsep_cli.network.architecture import N_FFT, HTSATConfig, ModelConfig
 from clapsep_cli.network.encoders import AudioEncoder, TextEncoder
+from clapsep_cli.network.htsat import dft_kernels, periodic_hann
 from clapsep_cli.network.separation import SeparationNet
 
 
@@ -37,22 +43,53 @@ def _jitter(state: dict[str, torch.Tensor], gen: torch.Generator, scale: float =
     return out
 
 
-def random_clap_state(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A CLAP model state dict with the official key set (without ``module.``)."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    state = {**TextEncoder(cfg).state_dict(), **AudioEncoder(cfg).state_dict()}
-    state = _jitter(state, gen)
+class _Seeded:
+    """Weights of the test fixtures' random models: built ones jittered, new ones Gaussian, from one seed."""
+
+    def __init__(self, seed: int):
+        self.gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # the modules' own initialisation, before they are built
+
+    def state(self, built: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return _jitter(built, self.gen)
+
+    def draw(self, name: str, shape: tuple[int, ...], scale: float) -> torch.Tensor:
+        return torch.randn(shape, generator=self.gen) * scale
+
+
+class _Patterned:
+    """Weights from tensors' names and shapes alone (:func:`pattern`): the same on every torch and
+    Python, for the stored references of tests/test_reference.py."""
+
+    def state(self, built: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return reference_state(built)
+
+    def draw(self, name: str, shape: tuple[int, ...], scale: float) -> torch.Tensor:
+        return pattern(name, shape) * scale
+
+
+def _clap_state(cfg: ModelConfig, values: _Seeded | _Patterned) -> dict[str, torch.Tensor]:
+    state = values.state({**TextEncoder(cfg).state_dict(), **AudioEncoder(cfg).state_dict()})
     d = cfg.joint_embed_dim
     for side in ("text", "audio"):
-        state[f"{side}_transform.sequential.0.weight"] = torch.randn(d, d, generator=gen) * 0.02
-        state[f"{side}_transform.sequential.0.bias"] = torch.zeros(d)
-        state[f"{side}_transform.sequential.3.weight"] = torch.randn(d, d, generator=gen) * 0.02
-        state[f"{side}_transform.sequential.3.bias"] = torch.zeros(d)
+        for i in (0, 3):
+            name = f"{side}_transform.sequential.{i}"
+            state[name + ".weight"] = values.draw(name + ".weight", (d, d), 0.02)
+            state[name + ".bias"] = torch.zeros(d)
     state["logit_scale_a"] = torch.tensor(2.65)
     state["logit_scale_t"] = torch.tensor(2.65)
     state["text_branch.embeddings.position_ids"] = torch.arange(cfg.text.max_position_embeddings)[None]
     return state
+
+
+def random_clap_state(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A CLAP model state dict with the official key set (without ``module.``)."""
+    return _clap_state(cfg, _Seeded(seed))
+
+
+def pattern_clap_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """:func:`random_clap_state` with values from names and shapes alone."""
+    return _clap_state(cfg, _Patterned())
 
 
 def write_clap(path: Path, state: dict[str, torch.Tensor]) -> Path:
@@ -60,40 +97,56 @@ def write_clap(path: Path, state: dict[str, torch.Tensor]) -> Path:
     return path
 
 
-def random_clapsep_training_state(cfg: ModelConfig, clap_state: dict[str, torch.Tensor], seed: int = 1
-                                  ) -> dict[str, torch.Tensor]:
-    """The separator part of a trained official module: audio_branch.* (with LoRA) + decoder_model.*."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+def _clapsep_training_state(cfg: ModelConfig, clap_state: dict[str, torch.Tensor], values: _Seeded | _Patterned
+                            ) -> dict[str, torch.Tensor]:
     sep = SeparationNet(cfg)
-    state = {}
-    for k, v in clap_state.items():
-        if k.startswith("audio_branch."):
-            state[k] = v.clone()
+    state = {k: v.clone() for k, v in clap_state.items() if k.startswith("audio_branch.")}
     r = cfg.lora_rank
     for key, value in sep.state_dict().items():
         if key.startswith("audio_branch.") and key.endswith((".attn.qkv.weight", ".attn.proj.weight")):
             layer = key[: -len(".weight")]
             out_f, in_f = value.shape
-            state[layer + ".lora_A"] = torch.randn(r, in_f, generator=gen) * 0.05
-            state[layer + ".lora_B"] = torch.randn(out_f, r, generator=gen) * 0.05
-            state[layer + ".bias"] = state[layer + ".bias"] + torch.randn(out_f, generator=gen) * 0.02
-    decoder = {k: v for k, v in sep.state_dict().items() if k.startswith("decoder_model.")}
-    state.update(_jitter(decoder, gen))
+            state[layer + ".lora_A"] = values.draw(layer + ".lora_A", (r, in_f), 0.05)
+            state[layer + ".lora_B"] = values.draw(layer + ".lora_B", (out_f, r), 0.05)
+            state[layer + ".bias"] = state[layer + ".bias"] + values.draw(layer + ".bias", (out_f,), 0.02)
+    state.update(values.state({k: v for k, v in sep.state_dict().items() if k.startswith("decoder_model.")}))
     return state
+
+
+def random_clapsep_training_state(cfg: ModelConfig, clap_state: dict[str, torch.Tensor], seed: int = 1
+                                  ) -> dict[str, torch.Tensor]:
+    """The separator part of a trained official module: audio_branch.* (with LoRA) + decoder_model.*."""
+    return _clapsep_training_state(cfg, clap_state, _Seeded(seed))
+
+
+def pattern_clapsep_training_state(cfg: ModelConfig, clap_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`random_clapsep_training_state` with values from names and shapes alone."""
+    return _clapsep_training_state(cfg, clap_state, _Patterned())
 
 
 def lightning_state(training_state: dict[str, torch.Tensor], clap_state: dict[str, torch.Tensor]
                     ) -> dict[str, torch.Tensor]:
     """The whole official training module's state dict: clap_model.model.*, audio_branch.*, decoder_model.*,
     stft.*, istft.* (the query encoder ``clap_model`` holds ``clap_state``)."""
-    from torchlibrosa import ISTFT, STFT
-
     state = {"clap_model.model." + k: v for k, v in clap_state.items() if k != "text_branch.embeddings.position_ids"}
     state.update(training_state)
-    for name, mod in (("stft", STFT(n_fft=1024, hop_length=320)), ("istft", ISTFT(n_fft=1024, hop_length=320))):
-        state.update({f"{name}.{k}": v for k, v in mod.state_dict().items()})
+    state.update(_stft_tables())
     return state
+
+
+@functools.cache
+def _stft_tables() -> dict[str, torch.Tensor]:
+    """The official module's ``stft.*`` and ``istft.*`` tensors (torchlibrosa's conv STFT and ISTFT at
+    n_fft 1024): windowed DFT rows, the inverse DFT over n_fft times the window, the squared window.
+    clapsep's loader ignores these keys; they make the layout whole."""
+    real, imag = dft_kernels(N_FFT)
+    window = periodic_hann(N_FFT)
+    x, y = np.meshgrid(np.arange(N_FFT), np.arange(N_FFT))
+    inverse = (np.power(np.exp(2j * np.pi / N_FFT), x * y) / N_FFT * window[None, :]).T
+    return {"stft.conv_real.weight": real, "stft.conv_imag.weight": imag,
+            "istft.ola_window": torch.tensor(window**2, dtype=torch.float32),
+            "istft.conv_real.weight": torch.tensor(np.real(inverse), dtype=torch.float32)[:, :, None],
+            "istft.conv_imag.weight": torch.tensor(np.imag(inverse), dtype=torch.float32)[:, :, None]}
 
 
 def official_save_filter(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -169,6 +222,19 @@ class LoRALinear(nn.Module):
         return out + (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
 
 
+def laion_htsat(cfg: HTSATConfig) -> nn.Module:
+    """laion-clap's own ``HTSAT_Swin_Transformer`` with the given geometry (random weights)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"  # importing laion_clap asks the hub for three tokenizers
+    from laion_clap.clap_module.htsat import HTSAT_Swin_Transformer
+
+    audio_cfg = SimpleNamespace(mel_bins=cfg.mel_bins, window_size=cfg.fft_window, hop_size=cfg.hop_size,
+                                sample_rate=cfg.sample_rate, fmin=cfg.fmin, fmax=cfg.fmax)
+    return HTSAT_Swin_Transformer(
+        spec_size=cfg.spec_size, patch_size=4, patch_stride=(4, 4), num_classes=cfg.class_num,
+        embed_dim=cfg.embed_dim, depths=list(cfg.depths), num_heads=list(cfg.num_heads),
+        window_size=cfg.window_size, config=audio_cfg)
+
+
 class OfficialPath:
     """The official test-time forward for 32 kHz segments, LoRA unmerged (built once)."""
 
@@ -176,9 +242,8 @@ class OfficialPath:
         from torchlibrosa.stft import ISTFT, STFT
 
         from clapsep_cli.audio.dsp import SincResampler
-        from clapsep_cli.network.separation import build_htsat
 
-        encoder = build_htsat(cfg.htsat)
+        encoder = laion_htsat(cfg.htsat)
         base = {k[len("audio_branch."):]: v for k, v in training_state.items()
                 if k.startswith("audio_branch.") and "lora" not in k}
         encoder.load_state_dict(base, strict=True)
@@ -261,6 +326,17 @@ def golden_state(reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[name] = 1 + 0.1 * p
         else:
             out[name] = 0.05 * p
+    return out
+
+
+# Tensors a build computes rather than learns: the front end's DFT and mel tables.
+FRONT_END_TABLES = (".stft.conv_real.weight", ".stft.conv_imag.weight", ".melW")
+
+
+def reference_state(built: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`golden_state` for a whole model: pattern values, the built front-end tables kept."""
+    out = golden_state(built)
+    out.update({k: v.clone() for k, v in built.items() if k.endswith(FRONT_END_TABLES)})
     return out
 
 

@@ -67,6 +67,7 @@ def test_array_api_on_cuda_equals_the_cpu(home: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.laion
 def test_full_size_fp32_on_cuda_equals_the_official_path(released_files: Artefacts) -> None:
     """The released architecture on the GPU against the official unmerged forward on the CPU."""
     training = released_files.training_state

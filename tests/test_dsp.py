@@ -17,6 +17,7 @@ def test_stft_istft_round_trip_is_identity() -> None:
     assert torch.allclose(x, y, atol=1e-5)
 
 
+@pytest.mark.laion
 def test_stft_matches_torchlibrosa_conv_dft() -> None:
     from torchlibrosa.stft import ISTFT, STFT
 

@@ -18,6 +18,8 @@ from clapsep_cli.network.separation import SeparationNet
 from testbed import official
 from tests.helpers import Artefacts, tone, write_audio
 
+pytestmark = pytest.mark.laion
+
 
 def _text_embedding(clap_state: dict[str, torch.Tensor], tokenizer_dir: Path, text: str) -> torch.Tensor:
     enc = TextEncoder(TINY)

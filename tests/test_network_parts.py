@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from clapsep_cli.network import laion
 from clapsep_cli.network.architecture import RELEASED, TINY
 from clapsep_cli.network.decoder import PatchExpand
+from clapsep_cli.network.htsat import HTSAT
 from clapsep_cli.network.lora import merge_lora
-from clapsep_cli.network.separation import SeparationNet, build_htsat
+from clapsep_cli.network.separation import SeparationNet
+from clapsep_cli.network.swin import PatchMerging
 from testbed.official import LoRALinear
 
 TSV = Path(__file__).parent / "data" / "official-state-dict.tsv"
@@ -41,7 +42,7 @@ def test_lora_merge_names_an_incomplete_pair() -> None:
 
 def test_patch_expand_undoes_patch_merging_layout() -> None:
     """Expanding what Swin's patch merging gathered (space-to-depth) restores the tokens."""
-    merging = laion.htsat().PatchMerging((8, 8), dim=4)
+    merging = PatchMerging((8, 8), dim=4)
     merging.norm, merging.reduction = torch.nn.Identity(), torch.nn.Identity()
     x = torch.randn(2, 64, 4)
     gathered = merging(x)  # (2, 16 tokens, 16 channels): block k holds one of the 2x2 positions
@@ -51,7 +52,7 @@ def test_patch_expand_undoes_patch_merging_layout() -> None:
 
 
 def test_decoder_frame_unfolding_inverts_htsat_folding() -> None:
-    enc = build_htsat(TINY.htsat)
+    enc = HTSAT(TINY.htsat)
     dec = SeparationNet(TINY).decoder_model
     frames = torch.randn(2, 1, 1024, 64)
     image = enc.reshape_wav2img(frames)

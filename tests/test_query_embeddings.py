@@ -13,7 +13,7 @@ from clapsep_cli.models.loaded import ClapSep
 from clapsep_cli.network.architecture import RELEASED
 from tests.helpers import Artefacts, tone
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.laion]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,14 +14,13 @@ from safetensors.torch import load_file
 
 from clapsep_cli.cli import main
 from clapsep_cli.models import store
-from clapsep_cli.network import laion
 from clapsep_cli.network.architecture import TINY
 from clapsep_cli.network.separation import SeparationNet
 from tests.helpers import tone, write_audio
 
 ROOT = Path(__file__).resolve().parent.parent
-# Imported by laion-clap's utils.py (torchvision, h5py), by librosa.filters (scipy.signal, numba)
-# and by the text encoder (transformers): none is needed by an extract whose query is cached.
+# Imported by laion-clap and librosa (torchvision, h5py, scipy.signal, numba), which clapsep no longer
+# uses, and by the text encoder (transformers): none is needed by an extract whose query is cached.
 HEAVY = ("torchvision", "h5py", "scipy.signal", "numba", "librosa.filters", "transformers")
 
 PROBE = """
@@ -48,37 +46,13 @@ def test_cached_extract_imports_none_of_the_heavy_modules(home: Path, tmp_path: 
     assert (tmp_path / "stem.wav").is_file()
 
 
-def _real_laion_utils():  # type: ignore[no-untyped-def]
-    path = Path(importlib.util.find_spec("laion_clap").submodule_search_locations[0]) / "clap_module" / "utils.py"
-    spec = importlib.util.spec_from_file_location("_real_laion_clap_utils", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # the whole file: torchvision, h5py and all
-    return module
-
-
-def test_htsat_gets_laion_clap_s_own_utils_functions() -> None:
-    real = _real_laion_utils()
-    htsat = laion.htsat()
-    for name in ("do_mixup", "interpolate"):
-        ours, theirs = getattr(htsat, name), getattr(real, name)
-        assert ours.__code__.co_code == theirs.__code__.co_code
-        assert ours.__code__.co_consts == theirs.__code__.co_consts
-        assert ours.__code__.co_filename == theirs.__code__.co_filename
-        assert ours.__code__.co_firstlineno == theirs.__code__.co_firstlineno
-    x, lam = torch.randn(4, 3, 5), torch.rand(4)
-    assert torch.equal(htsat.do_mixup(x, lam), real.do_mixup(x, lam))
-    assert torch.equal(htsat.interpolate(x, 8), real.interpolate(x, 8))
-
-
-def test_placeholder_tables_are_overwritten_by_the_loaded_weights(home: Path) -> None:
-    import torchlibrosa.stft
-
+def test_a_loaded_model_has_the_store_s_front_end_tables(home: Path) -> None:
+    """Building to load skips computing the DFT and mel tables; loading fills them from the store."""
     installed = store.get_model()
     sep = installed.load("separator", SeparationNet, torch.device("cpu"))
     saved = load_file(installed.path / "separator.safetensors")
     for key in ("audio_branch.logmel_extractor.melW", "audio_branch.spectrogram_extractor.stft.conv_real.weight"):
         assert torch.equal(sep.state_dict()[key], saved[key])
         assert saved[key].abs().max() > 0
-    assert torchlibrosa.stft.librosa.__name__ == "librosa"  # restored after the build
-    built = SeparationNet(TINY)  # a build that loads nothing keeps librosa's real tables
-    assert torch.allclose(built.audio_branch.logmel_extractor.melW, saved["audio_branch.logmel_extractor.melW"])
+    built = SeparationNet(TINY)  # a build that loads nothing computes the tables
+    assert torch.equal(built.audio_branch.logmel_extractor.melW, saved["audio_branch.logmel_extractor.melW"])

@@ -44,21 +44,21 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_lora_wrapping_starts_as_the_base_layer_and_merges_back() -> None:
     torch.manual_seed(0)
-    from clapsep_cli.network.separation import build_htsat
+    from clapsep_cli.network.htsat import HTSAT
 
-    encoder = build_htsat(TINY.htsat).eval()
-    x = {"waveform": torch.randn(1, 480000) * 0.1}
-    before = encoder(x)["embedding"]
+    encoder = HTSAT(TINY.htsat).eval()
+    x = torch.randn(1, 480000) * 0.1
+    before = encoder.clip_embedding(x)
     params = lora.attach(encoder, rank=4, alpha=1.0)
-    assert torch.allclose(encoder(x)["embedding"], before, atol=1e-6)  # B = 0 at the start
+    assert torch.allclose(encoder.clip_embedding(x), before, atol=1e-6)  # B = 0 at the start
     with torch.no_grad():
         for p in params:
             if p.dim() == 2 and p.shape[1] == 4:
                 p.normal_(std=0.1)  # lora_B
-    wrapped = encoder(x)["embedding"]
+    wrapped = encoder.clip_embedding(x)
     lora.detach_merged(encoder)
     assert not any(isinstance(m, lora.LoRALinear) for m in encoder.modules())
-    assert torch.allclose(encoder(x)["embedding"], wrapped, atol=1e-5)
+    assert torch.allclose(encoder.clip_embedding(x), wrapped, atol=1e-5)
     assert not torch.allclose(wrapped, before, atol=1e-4)
 
 

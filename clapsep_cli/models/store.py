@@ -110,14 +110,13 @@ class InstalledModel:
 
         The module's weights are built on the meta device (no memory, no random initialisation)
         and it takes the loaded tensors as its own: strict loading makes sure every one is
-        filled (librosa's front-end tables are placeholders for the same reason). That saves
+        filled (the front end's DFT and mel tables are not computed either). That saves
         seconds per start and a second copy of the weights in memory.
         """
-        from clapsep_cli.network import laion
         from clapsep_cli.network.fast_build import check_materialised, weights_on_meta
 
         state = self.read_part(part)
-        with laion.placeholder_front_end_tables(), weights_on_meta():
+        with weights_on_meta():
             module = build(self.config)
         module.load_state_dict(state, strict=True, assign=True)
         check_materialised(module)

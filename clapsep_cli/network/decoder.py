@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clapsep_cli.network import laion
 from clapsep_cli.network.architecture import N_FFT, DecoderConfig, HTSATConfig
-from clapsep_cli.network.swin import swin_blocks
+from clapsep_cli.network.swin import SwinBlock, swin_blocks
 
 
 class FiLM(nn.Module):
@@ -73,13 +72,11 @@ class DecoderStage(nn.Module):
     def __init__(self, dim: int, resolution: tuple[int, int], depth: int, heads: int, cfg: DecoderConfig,
                  drop_path: list[float], expand: bool):
         super().__init__()
-        block = laion.htsat().SwinTransformerBlock
         # Named `downsample` although it upsamples: the released checkpoint's keys fix the name.
         self.downsample = PatchExpand((resolution[0] // 2, resolution[1] // 2), dim * 2) if expand else None
         self.blocks = nn.ModuleList(
-            block(dim=dim, input_resolution=resolution, num_heads=heads, window_size=cfg.window_size,
-                  shift_size=0 if i % 2 == 0 else cfg.window_size // 2, mlp_ratio=cfg.mlp_ratio,
-                  qkv_bias=True, drop_path=drop_path[i], norm_layer=nn.LayerNorm)
+            SwinBlock(dim, resolution, heads, cfg.window_size, 0 if i % 2 == 0 else cfg.window_size // 2,
+                      mlp_ratio=cfg.mlp_ratio, drop_path=drop_path[i])
             for i in range(depth)
         )
 

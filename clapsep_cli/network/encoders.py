@@ -16,7 +16,7 @@ from torch import nn
 
 from clapsep_cli.errors import ModelMissingError
 from clapsep_cli.network.architecture import ENCODER_RATE, QUERY_SECONDS, ModelConfig
-from clapsep_cli.network.separation import build_htsat
+from clapsep_cli.network.htsat import HTSAT
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
@@ -53,13 +53,12 @@ class AudioEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.audio_branch = build_htsat(cfg.htsat)
+        self.audio_branch = HTSAT(cfg.htsat)
         self.audio_projection = _projection(cfg.htsat.out_dim, cfg.joint_embed_dim)
 
     def forward(self, wave48: torch.Tensor) -> torch.Tensor:
         """Embeddings of 10 s clips at 48 kHz (N, 480000)."""
-        out = self.audio_branch({"waveform": wave48}, device=wave48.device)["embedding"]
-        return F.normalize(self.audio_projection(out), dim=-1)
+        return F.normalize(self.audio_projection(self.audio_branch.clip_embedding(wave48)), dim=-1)
 
 
 def fit_query_clip(wave48: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from clapsep_cli.network.swin import WindowAttention
+
 LORA_A, LORA_B = ".lora_A", ".lora_B"
 
 
@@ -68,7 +70,7 @@ class LoRALinear(nn.Module):
 
 def attention_layers(encoder: nn.Module) -> list[tuple[nn.Module, str]]:
     """(window-attention module, attribute) for every qkv/proj projection of a Swin encoder."""
-    return [(m, attr) for m in encoder.modules() if type(m).__name__ == "WindowAttention" for attr in ("qkv", "proj")]
+    return [(m, attr) for m in encoder.modules() if isinstance(m, WindowAttention) for attr in ("qkv", "proj")]
 
 
 def attach(encoder: nn.Module, rank: int, alpha: float) -> list[nn.Parameter]:

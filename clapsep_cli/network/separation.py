@@ -10,31 +10,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clapsep_cli.audio import dsp
-from clapsep_cli.network import laion
 from clapsep_cli.network.architecture import ENCODER_RATE, SAMPLE_RATE, HTSATConfig, ModelConfig
 from clapsep_cli.network.decoder import Decoder
-from clapsep_cli.network.swin import swin_blocks
+from clapsep_cli.network.htsat import HTSAT
 
 
-def build_htsat(cfg: HTSATConfig) -> nn.Module:
-    """laion-clap's HTS-AT audio encoder with the given geometry (random weights)."""
-    audio_cfg = SimpleNamespace(
-        mel_bins=cfg.mel_bins, window_size=cfg.fft_window, hop_size=cfg.hop_size,
-        sample_rate=cfg.sample_rate, fmin=cfg.fmin, fmax=cfg.fmax)
-    return laion.htsat().HTSAT_Swin_Transformer(
-        spec_size=cfg.spec_size, patch_size=4, patch_stride=(4, 4), num_classes=cfg.class_num,
-        embed_dim=cfg.embed_dim, depths=list(cfg.depths), num_heads=list(cfg.num_heads),
-        window_size=cfg.window_size, config=audio_cfg)
-
-
-def log_mel(encoder: nn.Module, cfg: HTSATConfig, wave: torch.Tensor) -> torch.Tensor:
+def log_mel(encoder: HTSAT, cfg: HTSATConfig, wave: torch.Tensor) -> torch.Tensor:
     """HTS-AT's front end on 48 kHz audio (B, samples) -> batch-normalised log-mel (B, 1, 1024, mels).
 
     Power spectrogram, time axis zero-padded to the encoder's 1024 frames (as the official
@@ -45,9 +32,7 @@ def log_mel(encoder: nn.Module, cfg: HTSATConfig, wave: torch.Tensor) -> torch.T
     power = (spec.real.square() + spec.imag.square()).transpose(1, 2)
     frames = encoder.spec_size * encoder.freq_ratio
     power = F.pad(power, (0, 0, 0, frames - power.shape[1]))
-    mel = power @ encoder.logmel_extractor.melW
-    x = (10.0 * torch.log10(mel.clamp(min=1e-10))).unsqueeze(1)
-    return encoder.bn0(x.transpose(1, 3)).transpose(1, 3)
+    return encoder.normalised_log_mel(encoder.logmel_extractor(power).unsqueeze(1))
 
 
 class SeparationNet(nn.Module):
@@ -57,21 +42,14 @@ class SeparationNet(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.audio_branch = build_htsat(cfg.htsat)
+        self.audio_branch = HTSAT(cfg.htsat)
         self.decoder_model = Decoder(cfg.decoder, cfg.htsat, cfg.condition_dim)
         self.to_encoder_rate = dsp.SincResampler(SAMPLE_RATE, ENCODER_RATE)
 
     def encode(self, wave48: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features: patch embedding output and each stage's output (5 tensors)."""
         enc = self.audio_branch
-        x = enc.patch_embed(enc.reshape_wav2img(log_mel(enc, self.cfg.htsat, wave48)))
-        features = [x]
-        for layer in enc.layers:
-            x = swin_blocks(layer.blocks, x)
-            if layer.downsample is not None:
-                x = layer.downsample(x)
-            features.append(x)
-        return features
+        return enc.features(enc.reshape_wav2img(log_mel(enc, self.cfg.htsat, wave48)))
 
     def mask(self, mixture: torch.Tensor, condition: torch.Tensor, spec: torch.Tensor | None = None) -> torch.Tensor:
         """Sigmoid magnitude mask (B, 513, frames) for 32 kHz segments (B, samples)."""

@@ -27,6 +27,7 @@ from clapsep_cli.network.separation import SeparationNet, autocast, masked_estim
 from clapsep_cli.training import metrics
 from clapsep_cli.training.data import load_mono32, mix_at_0db, pad_or_trim
 from clapsep_cli.training.distributed import rank, world_size
+from clapsep_cli.training.spec_augment import spec_augment
 
 
 @dataclass(frozen=True)
@@ -176,15 +177,12 @@ class Trainer:
 
     def _spec_augment(self) -> None:
         """SpecAugment on the query audio encoder's input, as the official training hooks it."""
-        from torchlibrosa.augmentation import SpecAugmentation
-
-        augment = SpecAugmentation(time_drop_width=64, time_stripes_num=2, freq_drop_width=8, freq_stripes_num=2)
         self._augment_enabled = True
 
         def hook(_module: nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor:
             if not self._augment_enabled:
                 return out
-            return augment(out.transpose(1, 3)).transpose(1, 3)
+            return spec_augment(out.transpose(1, 3)).transpose(1, 3)
 
         self.audio.audio_branch.bn0.register_forward_hook(hook)
 
