@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clapsep_cli.audio.atomic import TempFile
+from clapsep_cli.audio.atomic import TempFile, file_lock, lock_of
 from clapsep_cli.audio.reader import INTEGER_SUBTYPES, is_stem, probe, read_blocks
 from clapsep_cli.models import install
 from clapsep_cli.network.architecture import TINY
@@ -305,10 +305,8 @@ def test_temp_files_of_a_killed_job_are_removed_by_the_next_run(home: Path, tmp_
     live = TempFile(tmp_path / "long.dog.wav")  # owned by this (live) process
     locked = tmp_path / f".long.dog.wav.clapsep-{job.pid}-elsewhere.part"  # dead pid here, locked elsewhere
     locked.write_bytes(b"x")
-    import fcntl
-
-    holder = os.open(locked, os.O_RDONLY)
-    fcntl.flock(holder, fcntl.LOCK_EX)
+    holder = file_lock(lock_of(locked))  # its writer's lock, held here
+    holder.acquire()
     foreign = tmp_path / ".long.dog.wav.1234.part"  # not ours
     foreign.write_bytes(b"y")
     try:
@@ -317,7 +315,7 @@ def test_temp_files_of_a_killed_job_are_removed_by_the_next_run(home: Path, tmp_
         assert not any(p.exists() for p in parts)
         assert live.path.exists() and locked.exists() and foreign.exists()
     finally:
-        os.close(holder)
+        holder.release()
         live.discard()
 
 
