@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from clapsep_cli.cli.common import F, engine_options, make_executor, model_options, server_option
-from clapsep_cli.cli.jobs import apply_options, detect_options, detect_settings
+from clapsep_cli.cli.running import apply_options, detect_options, detect_settings
 from clapsep_cli.errors import ClapsepError
 
 

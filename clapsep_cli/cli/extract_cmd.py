@@ -11,7 +11,7 @@ import click
 from clapsep_cli import api
 from clapsep_cli.audio.writer import CLIP_POLICIES, FORMATS, SUBTYPES
 from clapsep_cli.cli.common import engine_options, flag, model_options
-from clapsep_cli.cli.jobs import (
+from clapsep_cli.cli.running import (
     F,
     apply_options,
     detect_options,

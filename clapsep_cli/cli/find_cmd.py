@@ -10,7 +10,7 @@ import click
 
 from clapsep_cli import api
 from clapsep_cli.cli.common import engine_options, flag, model_options
-from clapsep_cli.cli.jobs import (
+from clapsep_cli.cli.running import (
     detect_options,
     detect_settings,
     input_options,
