@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import numpy as np
@@ -95,19 +94,6 @@ def test_planning_checks_everything_without_a_model(empty_home: Path, tmp_path: 
     assert "missing.wav" in str(job.results[1].error)
     assert not sep.loaded and not sep.run(job).model_loaded  # nothing to separate: the model is never needed
     assert job.to_json()["results"][0]["status"] == "skipped"
-
-
-def test_nothing_below_the_cli_imports_from_it() -> None:
-    """Layers: the CLI on top of the library; no other module (bridges included) imports the CLI."""
-    offenders = []
-    for file in PACKAGE.rglob("*.py"):
-        if "cli" in file.relative_to(PACKAGE).parts[:-1] or file.name == "__main__.py":
-            continue
-        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            offenders += [f"{file.name}: {n}" for n in names if n.startswith("clapsep_cli.cli")]
-    assert offenders == []
 
 
 def test_batch_size_and_read_ahead_default_to_the_devices_and_an_explicit_batch_size_wins() -> None:

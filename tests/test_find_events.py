@@ -18,12 +18,17 @@ from clapsep_cli.events.detect import (
     Detector,
     EventFinder,
     FrameScorer,
-    find_events,
 )
 from clapsep_cli.network.architecture import SAMPLE_RATE, SEGMENT_SAMPLES
 from tests.helpers import StandIn, tone
 
 RAW = DetectOptions(threshold=0.5, min_duration=0.0, merge=0.0, smooth=0.0)  # no smoothing, merging or minimum
+
+
+def find_events(scores: np.ndarray, options: DetectOptions, label: str = "", seconds: float | None = None) -> list:
+    """All of a score curve's events: pushed whole into an :class:`EventFinder`, then finished."""
+    finder = EventFinder(options, label, FRAME_SECONDS)
+    return finder.push(scores) + finder.finish(len(scores) * FRAME_SECONDS if seconds is None else seconds)
 
 
 def curve(frames: int, *spans: tuple[int, int, float]) -> np.ndarray:

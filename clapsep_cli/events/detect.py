@@ -236,10 +236,3 @@ class Detector:
         """The remaining events, at the end of the stream."""
         return self.finder.push(self.scorer.finish()) + self.finder.finish(self.samples / self.rate)
 
-
-def find_events(scores: np.ndarray, options: DetectOptions, label: str = "", frame_seconds: float = FRAME_SECONDS,
-                seconds: float | None = None) -> list[Event]:
-    """Events in a whole score curve (frames,) at once (``seconds``: its length, default
-    frames times ``frame_seconds``): what :class:`EventFinder` gives streamed."""
-    finder = EventFinder(options, label, frame_seconds)
-    return finder.push(scores) + finder.finish(len(scores) * frame_seconds if seconds is None else seconds)

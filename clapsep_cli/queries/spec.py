@@ -83,10 +83,6 @@ class Query:
         if self.audio_weight is not None and not 0.0 <= self.audio_weight <= 1.0:
             raise SettingError("audio_weight", "must be between 0 and 1")
 
-    @property
-    def negative_only(self) -> bool:
-        return not (self.positive or self.positive_audio)
-
     def slug(self) -> str:
         """File-name tag: ``dog_barking``, ``without_wind``, ``like_ref`` ..."""
         if self.label:
