@@ -133,5 +133,5 @@ def ensure_model(name: str = DEFAULT_MODEL, log: Callable[[str], None] = lambda 
 
         if name != DEFAULT_MODEL or constants.is_offline_mode():
             raise
-    log("no model installed yet: downloading the released CLAPSep model (one time, about 2 GB)")
+    log("no model installed yet: downloading the released CLAPSep model (one time, about 2.5 GB)")
     return download(name, log=log)

@@ -6,9 +6,10 @@ all thrown away when the checkpoint is loaded. Inside :class:`weights_on_meta`, 
 makes tensors on the meta device: they have shapes but no storage. Initialising fills on meta
 tensors, and on any parameter (a few are made with ``torch.zeros`` and then filled, such as
 HTSAT's position tables), are skipped: a parameter's initial values are never used, strict
-loading replaces every one. Everything else a constructor computes (windows, DFT matrices,
-attention masks, position ids) is computed on the CPU as usual, so tensors that no checkpoint
-holds come out right. Loading the checkpoint with ``assign=True`` then puts real tensors in
+loading replaces every one. Everything else a constructor computes (windows, attention masks,
+position ids) is computed on the CPU as usual, so tensors that no checkpoint holds come out
+right; HTS-AT's DFT and mel tables, which the checkpoints hold, are not computed on meta at all
+(``network/htsat.py``). Loading the checkpoint with ``assign=True`` then puts real tensors in
 place of the meta ones; :func:`check_materialised` makes sure none is left over.
 
 It is a torch function mode: it acts only inside the ``with`` block and only on the calling
@@ -17,7 +18,6 @@ thread, and changes nothing global.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +25,6 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-_DATA = inspect.getattr_static(torch.Tensor, "data")  # the descriptor behind `tensor.data = ...`
 # In-place operations that only set values: torch.nn.init's fills and the tensor methods they
 # (and libraries' own initialisers) use.
 VALUE_FILLS = frozenset({
@@ -47,10 +46,6 @@ class weights_on_meta(TorchFunctionMode):  # noqa: N801 - a context manager, lik
             return target
         if func is torch.empty and kwargs.get("device") is None:
             kwargs["device"] = "meta"
-        elif getattr(func, "__self__", None) is _DATA and func.__name__ == "__set__" and args[0].is_meta:
-            # torchlibrosa sets its DFT weights with `param.data = tensor`; those are checkpoint
-            # weights, loaded later, so the parameter stays a shape.
-            args = (args[0], args[1].to("meta"))
         return func(*args, **kwargs)
 
 
