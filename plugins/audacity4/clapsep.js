@@ -83,7 +83,7 @@ function stageAudio(library, edit, folder, output) {
 function place(library, edit, job, inputs, folder, result) {
     if (job.kind === "find") {
         if (result.events.length === 0) {
-            throw new Error("clapsep: no " + result.tag + " found in the selection");
+            throw "clapsep: no " + result.tag + " found in the selection (try a lower threshold)";
         }
         var labels = edit.createLabelTrack("find: " + result.tag);
         for (var e = 0; e < result.events.length; ++e) {
@@ -112,11 +112,17 @@ function makeEffect(entry) {
     var library = null;
     return {
         parameters: function () {
-            if (!entry.ask) {
-                return [];
+            var result = [];
+            if (entry.ask) {
+                result.push({ id: "query", name: "Sound", type: "string", defaultValue: "",
+                              description: "Describe the sound, e.g. dog barking" });
             }
-            return [{ id: "query", name: "Sound", type: "string", defaultValue: "",
-                      description: "Describe the sound, e.g. dog barking" }];
+            if (entry.kind === "find") {
+                result.push({ id: "threshold", name: "Threshold", type: "double", defaultValue: CONFIG.threshold,
+                              min: 0.01, max: 0.99, step: 0.01,
+                              description: "The share of a 20 ms frame's energy that is the sound" });
+            }
+            return result;
         },
         validate: function (settings) {
             if (entry.ask && !String(settings.query || "").trim()) {
@@ -145,6 +151,7 @@ function makeEffect(entry) {
             try {
                 inputs = readSelection(library, selection, start, end, folder);
                 job = { version: 1, kind: entry.kind, query: query, preset: entry.preset || null, start: start, end: end,
+                        threshold: entry.kind === "find" ? Number(settings.threshold) : null,
                         inputs: inputs.map(function (input) {
                             return { track: input.track, file: input.file, channels: input.channels,
                                      rate: input.rate, frames: input.frames };
@@ -159,15 +166,21 @@ function makeEffect(entry) {
                 throw error;
             }
             var argv = [folder + "/job.log"].concat(CONFIG.command, [folder]);
+            // A rejection is a string, not an Error: Audacity shows a rejected Error's stack too.
             return library.dispatchWorker("run", argv).then(function () {
-                var result = JSON.parse(ran.dispatch("read_text", [folder + "/result.json"]));
-                place(ran, edit, job, inputs, folder, result);
-                edit.commit();
-                ran.dispatch("remove_folder", [folder]);
+                try {
+                    var result = JSON.parse(ran.dispatch("read_text", [folder + "/result.json"]));
+                    place(ran, edit, job, inputs, folder, result);
+                    edit.commit();
+                } catch (error) {
+                    throw error instanceof Error ? "clapsep: " + error.message : String(error);
+                } finally {
+                    ran.dispatch("remove_folder", [folder]);
+                }
                 return true;
             }, function (error) {
                 ran.dispatch("remove_folder", [folder]);
-                throw new Error(String(error).replace(/^clapsep: error: /, "clapsep: "));
+                throw String(error).replace(/^Error: /, "");
             });
         },
         poll: function (task) {

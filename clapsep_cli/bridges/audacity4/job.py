@@ -59,6 +59,7 @@ class Job:
     start: float
     end: float
     inputs: list[Input]
+    threshold: float | None = None  # find: DetectOptions' threshold (None: its default)
 
 
 def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -98,7 +99,10 @@ def read_job(folder: Path) -> Job:
     end = float(_field(data, "end", (int, float), str(path)))
     if not end > start:
         raise ClapsepError("no time range is selected")
-    return Job(folder, kind, query, preset, start, end, inputs)
+    threshold = data.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise ClapsepError(f"{path}: 'threshold' must be a number")
+    return Job(folder, kind, query, preset, start, end, inputs, None if threshold is None else float(threshold))
 
 
 def read_raw(source: Input) -> np.ndarray:
@@ -169,7 +173,8 @@ def run_job(job: Job, out: TextIO = sys.stdout,
         wav = job.folder / f"in{index}.wav"
         sf.write(wav, read_raw(source), source.rate, subtype="FLOAT")
         if job.kind == "find":
-            result = run.find([wav], req, api.EventPlan(api.DetectOptions()), progress=progress).results[0]
+            options = api.DetectOptions() if job.threshold is None else api.DetectOptions(threshold=job.threshold)
+            result = run.find([wav], req, api.EventPlan(options), progress=progress).results[0]
             if result.status != "ok" or result.events is None:
                 raise _failed(result, wav)
             events += [{"input": index, "start": e.start, "end": min(e.end, job.end - job.start),

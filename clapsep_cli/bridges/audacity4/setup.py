@@ -28,6 +28,7 @@ from pathlib import Path
 
 from clapsep_cli import __version__, resources
 from clapsep_cli.errors import ClapsepError
+from clapsep_cli.events.detect import DetectOptions
 
 BUNDLE_PREFIX = "clapsep-"
 LIBRARY = "clapsep"
@@ -96,7 +97,7 @@ class Entry:
     @property
     def title(self) -> str:
         verb = KINDS[self.kind][1]
-        return f"{verb} a sound…" if self.preset is None else f"{verb}: {self.preset}"
+        return f"{verb} a sound" if self.preset is None else f"{verb}: {self.preset}"
 
     def manifest(self) -> dict[str, str]:
         group = KINDS[self.kind][0]
@@ -130,7 +131,8 @@ def manifest(items: list[Entry]) -> dict[str, object]:
 
 def script(items: list[Entry], command: list[str]) -> str:
     template = (resources.shipped("plugins") / "audacity4" / "clapsep.js").read_text(encoding="utf-8")
-    config = json.dumps({"command": command, "effects": [item.config() for item in items]}, indent=1)
+    config = json.dumps({"command": command, "threshold": DetectOptions().threshold,
+                         "effects": [item.config() for item in items]}, indent=1)
     if "{/* CONFIG */}" not in template:
         raise ClapsepError("plugins/audacity4/clapsep.js has no CONFIG placeholder")
     return template.replace("{/* CONFIG */}", config)
