@@ -11,6 +11,7 @@ the text encoder. The model is the full-size architecture at random weights (`--
 tests' tiny one, for a smoke run).
 
     python benchmarks/warm_latency.py --out bench-out --repeat 5
+    python benchmarks/warm_latency.py --out bench-out --repeat 5 --audacity --baseline /tmp/before
 """
 
 from __future__ import annotations
@@ -84,20 +85,85 @@ def reaper_action(work: Path, source: Path, env: dict[str, str]) -> Callable[[st
     return click
 
 
+def audacity_extract(checkout: Path, server: str) -> list[str]:
+    return [str(checkout / ".venv" / "bin" / "python"), "-m", "clapsep_cli", "audacity", "extract", QUERY,
+            "--device", "cpu", "--server", server]
+
+
+def audacity_rows(args: argparse.Namespace, store: Path, source: Path) -> dict[str, tuple[float, float]]:
+    """The Audacity cases, for each checkout in turn: (cold, warm) medians per row."""
+    from clapsep_cli.bridges.audacity import project
+    from clapsep_cli.bridges.audacity.pipe import AudacityPipe
+    from testbed import live_audacity
+
+    def select(start: float, end: float) -> None:
+        """Only the source track left, the range selected on it."""
+        with AudacityPipe() as pipe:
+            count = len(project.tracks(pipe))
+            if count > 1:
+                project.select_tracks(pipe, list(range(1, count)), count)
+                pipe.command("RemoveTracks:")
+            pipe.command(f"SelectTime: Start={start} End={end}")
+            pipe.command("SelectTracks: Track=0 TrackCount=1 Mode=Set")
+
+    reason = live_audacity.missing()
+    if reason:
+        raise SystemExit(f"--audacity: {reason}")
+    checkouts = {"this checkout": ROOT, **({f"baseline {args.baseline}": args.baseline} if args.baseline else {})}
+    rows = {}
+    root = Path(tempfile.mkdtemp(prefix="cs-audacity-", dir="/tmp"))
+    live = live_audacity.start(root)
+    try:
+        with AudacityPipe() as pipe:
+            pipe.command(f'Import2: Filename="{source}"')
+        for label, checkout in checkouts.items():
+            runtime = Path(tempfile.mkdtemp(prefix="cs-bench-", dir="/tmp"))
+            env = {**os.environ, "CLAPSEP_HOME": str(store), "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1",
+                   "XDG_RUNTIME_DIR": str(runtime)}
+            env.pop("CLAPSEP_SERVER", None)
+            python = str(checkout / ".venv" / "bin" / "python")
+            serve = subprocess.Popen([python, "-m", "clapsep_cli", "serve"], env=env, stderr=subprocess.DEVNULL)
+            try:
+                select(20, 25)
+                timed(audacity_extract(checkout, "require"), env)  # the service's first job loads the model
+                for name, (start, end) in {"5 s selection": (20, 25), "60 s selection": (0, 60)}.items():
+                    times = {}
+                    for server in ("never", "require"):
+                        times[server] = []
+                        for _ in range(args.repeat):
+                            select(start, end)
+                            times[server].append(timed(audacity_extract(checkout, server), env))
+                    rows[f"Audacity, {name} (`clapsep audacity extract`), {label}"] = (
+                        statistics.median(times["never"]), statistics.median(times["require"]))
+            finally:
+                subprocess.run([python, "-m", "clapsep_cli", "serve", "--stop"], env=env, capture_output=True)
+                serve.wait(timeout=60)
+                shutil.rmtree(runtime, ignore_errors=True)
+    finally:
+        live_audacity.stop(live)
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny model instead of the full size")
+    parser.add_argument("--audacity", action="store_true", help="the Audacity cases only (real Audacity, Xvfb)")
+    parser.add_argument("--baseline", type=Path, help="with --audacity: another checkout to time too (DIR/.venv)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / ("store-tiny" if args.tiny else "store")
     (make_tiny_store if args.tiny else make_store)(store)
+    source = make_source(args.out / "sixty_seconds.wav", 1.0)
+    if args.audacity:
+        print_rows(args, audacity_rows(args, store, source), None)
+        return
     runtime = Path(tempfile.mkdtemp(prefix="cs-bench-", dir="/tmp"))  # this run's own service
     env = {**os.environ, "CLAPSEP_HOME": str(store), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
            "XDG_RUNTIME_DIR": str(runtime)}
     env.pop("CLAPSEP_SERVER", None)
-    source = make_source(args.out / "sixty_seconds.wav", 1.0)
     out = args.out / "warm-latency"
     click = reaper_action(args.out, source, env)
     cases = {"5 s region (`extract --start 20 --end 25`)": lambda server: extract(source, out, server, True),
@@ -118,8 +184,13 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "clapsep_cli", "serve", "--stop"], env=env, capture_output=True)
         shutil.rmtree(runtime, ignore_errors=True)
     serve.wait(timeout=60)
+    print_rows(args, rows, status["rss_bytes"])
+
+
+def print_rows(args: argparse.Namespace, rows: dict[str, tuple[float, float]], rss: int | None) -> None:
+    memory = f"; service resident memory {rss / 2**20:.0f} MiB" if rss is not None else ""
     print(f"{'tiny' if args.tiny else 'full-size'} model, CPU ({os.cpu_count()} cores), median of {args.repeat} "
-          f"whole client processes; service resident memory {status['rss_bytes'] / 2**20:.0f} MiB")
+          f"whole client processes{memory}")
     print("| click-to-stem | cold (`--server never`) | warm (service up) | speed-up |")
     print("|---|---|---|---|")
     for name, (cold, warm) in rows.items():

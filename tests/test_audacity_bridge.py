@@ -101,7 +101,7 @@ def test_stems_are_inserted_aligned_and_named_and_the_selection_is_kept(project:
         r"clapsep:dog #[0-9a-f]{6} done: mix\.dog \+ mix\.dog\.residual", copies[0][2])
     assert mini.selection == (1.0, 2.5)
     assert mini.prefs["/FileFormats/ExportFormat_SF1_Type/WAV_10000"] == "4"  # the user's setting is back
-    assert mini.prefs["/AudioFiles/SkipSilenceAtBeginning"] == "0"
+    assert "/AudioFiles/SkipSilenceAtBeginning" not in mini.prefs  # never set, at Audacity's default: left alone
     exported = separate.sources[0]
     span = slice(RATE, int(2.5 * RATE))
     np.testing.assert_array_equal(exported, walk[span] + tone(4.0, RATE, 1, seed=2)[span])
@@ -142,6 +142,68 @@ def test_muted_selection_is_refused(project: tuple[MiniProject, FakeAudacity]) -
     mini.selection = (0.5, 1.0)
     with connect(fake)() as pipe, pytest.raises(ClapsepError, match="muted"):
         requests.extract_selection(pipe, DOG, CopySeparate())
+
+
+def test_leading_silence_is_exported_and_the_users_skipping_comes_back(project: tuple[MiniProject, FakeAudacity]
+                                                                        ) -> None:
+    """A user who has Audacity skip leading silence gets it back; the exports still start at the
+    range's start, and a range that is silent throughout is not taken for an empty one."""
+    mini, fake = project
+    walk = tone(4.0, RATE, 2)
+    walk[: 2 * RATE] = 0
+    mini.wave("walk", walk)
+    mini.prefs["/AudioFiles/SkipSilenceAtBeginning"] = "1"
+    separate = CopySeparate()
+    for start, end in ((1.0, 3.0), (0.5, 1.5)):
+        mini.selection = (start, end)
+        with connect(fake)() as pipe:
+            requests.extract_selection(pipe, DOG, separate)
+        np.testing.assert_array_equal(separate.sources[-1], walk[int(start * RATE):int(end * RATE)])
+        assert mini.prefs["/AudioFiles/SkipSilenceAtBeginning"] == "1"
+    assert len(separate.sources) == 2 and not separate.sources[1].any()
+
+
+def test_a_request_costs_few_commands(project: tuple[MiniProject, FakeAudacity]) -> None:
+    """Each command costs Audacity a redraw (tens of ms): the check before the label is one
+    export with the user's settings, a setting already right is not set, the labels and tracks
+    are listed once where nothing between could change them."""
+    mini, fake = project
+    mini.wave("walk", tone(4.0, RATE, 2))
+    mini.selection = (1.0, 2.5)
+    with connect(fake)() as pipe:
+        requests.extract_selection(pipe, DOG, CopySeparate())
+    sent = [c.split(":")[0] for c in fake.commands]
+    assert sent.count("Export2") == 3 and sent.count("SetPreference") == 4  # the float encoding, set and put back
+    assert sent.count("GetInfo") == 9 and len(sent) <= 38, sent  # 54 before
+
+
+def test_same_audio_reads_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison after a job holds two blocks in memory, however long the range."""
+    from clapsep_cli.bridges.audacity import project
+
+    audio = tone(30.0, RATE, 2)
+    first, second = tmp_path / "a.wav", tmp_path / "b.wav"
+    for path in (first, second):
+        sf.write(str(path), audio, RATE, subtype="FLOAT")
+    sizes: list[int] = []
+    real_read = sf.SoundFile.read
+
+    def read(self: sf.SoundFile, frames: int = -1, *args: object, **kwargs: object) -> np.ndarray:
+        sizes.append(frames)
+        return real_read(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    monkeypatch.setattr(sf, "read", lambda *a, **k: pytest.fail("a whole file was read"))
+    assert project.same_audio(first, second, block=4096)
+    assert sizes and set(sizes) == {4096}
+    changed = audio.copy()
+    changed[-1, 1] += 1e-7
+    sf.write(str(second), changed, RATE, subtype="FLOAT")
+    assert not project.same_audio(first, second, block=4096)
+    sf.write(str(second), audio[:-1], RATE, subtype="FLOAT")
+    assert not project.same_audio(first, second)
+    sf.write(str(second), audio, RATE // 2, subtype="FLOAT")
+    assert not project.same_audio(first, second)
 
 
 def test_a_failed_export_still_puts_the_settings_back(project: tuple[MiniProject, FakeAudacity]) -> None:

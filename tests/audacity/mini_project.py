@@ -106,9 +106,11 @@ class MiniProject:
             first = round(t0 * self.rate) - round(lane.start * self.rate)
             part = lane.audio[max(first, 0):first + frames]
             mix[:len(part)] += part if part.shape[1] == mix.shape[1] else part.mean(axis=1, keepdims=True)
-        if self.prefs.get("/FileFormats/ExportFormat_SF1_Type/WAV_10000") != "6":
-            return failed("the bridge did not ask for 32-bit float")
-        sf.write(p["Filename"], mix, self.rate, subtype="FLOAT")
+        if self.prefs.get("/AudioFiles/SkipSilenceAtBeginning") == "1":
+            heard = np.flatnonzero(np.abs(mix).max(axis=1, initial=0) > 0)
+            mix = mix[heard[0]:] if len(heard) else mix[:0]
+        float_wav = self.prefs.get("/FileFormats/ExportFormat_SF1_Type/WAV_10000") == "6"
+        sf.write(p["Filename"], mix, self.rate, subtype="FLOAT" if float_wav else "PCM_16")  # 16-bit: the default
         return ok(f"Exported to WAV format: {p['Filename']}")
 
     def do_Import2(self, p: dict[str, str]) -> str:

@@ -82,17 +82,20 @@ def place_events(pipe: AudacityPipe, taken: Taken, tag: str, events: list[api.Ev
     span = float(taken.end) - float(taken.start)
     events = [replace(e, start=min(e.start, span), end=min(e.end, span)) for e in events]
     command = labels_command(events, folder) if events else None
-    with verified(pipe, taken, folder) as (now, sources):
+    with verified(pipe, taken, folder) as found:
         if command is None:
-            set_taken_text(pipe, taken.head, f"{taken.head} done: no {tag} found")
+            set_taken_text(pipe, taken.head, f"{taken.head} done: no {tag} found", found.labels)
+            found.added.append(0)
             return Found([], None)
         name = TRACK_PREFIX + tag
-        set_taken_text(pipe, taken.head, f"{taken.head} done: {event_count(events)} in {name}")
-        select_tracks(pipe, [sources[0].index], len(now))  # one track: Nyquist labels once per track
+        set_taken_text(pipe, taken.head, f"{taken.head} done: {event_count(events)} in {name}", found.labels)
+        select_tracks(pipe, [found.sources[0].index], len(found.now))  # one track: Nyquist labels once per track
         pipe.command(command)
-        name_new_track(pipe, len(now), name)
+        name_new_track(pipe, len(found.now), name)
+        after = tracks(pipe)
+        found.added.append(len(after) - len(found.now))
     offset = float(taken.start)
-    return Found([replace(e, start=offset + e.start, end=offset + e.end) for e in events], tracks(pipe)[len(now)])
+    return Found([replace(e, start=offset + e.start, end=offset + e.end) for e in events], after[len(found.now)])
 
 
 def labels_command(events: list[api.Event], folder: Path) -> str:

@@ -85,38 +85,67 @@ def export_selection(pipe: AudacityPipe, path: Path, channels: int) -> Path:
     put back afterwards."""
     with _preferences(pipe, {WAV_ENCODING: str(SF_FORMAT_FLOAT), SKIP_LEADING_SILENCE: "0"}):
         pipe.command(f'Export2: Filename="{path}" NumChannels={channels}')
+    if _frames(path) == 0:
+        raise ClapsepError(EMPTY_RANGE)
+    return path
+
+
+def check_selection(pipe: AudacityPipe, folder: Path) -> None:
+    """Refuse a selection without a time range with audio in it, before anything runs on it
+    (Audacity 3.2 cannot report the selection, and its Nyquist Prompt answers a point selection
+    with a modal dialog). One export with the user's settings says so in the usual case; only
+    an export without a frame, which skipped leading silence could cause, is made again as
+    :func:`export_selection` makes it."""
+    path = folder / "check.wav"
     try:
-        frames = sf.info(str(path)).frames
+        pipe.command(f'Export2: Filename="{path}" NumChannels=1')
+        if _frames(path) > 0:
+            return
+    except ClapsepError:
+        pass  # a setting of the user's that this export cannot use: the exact one tells
+    export_selection(pipe, path, 1)
+
+
+EMPTY_RANGE = "no time range with audio is selected in Audacity: drag over the part of a track to extract"
+
+
+def _frames(path: Path) -> int:
+    try:
+        return sf.info(str(path)).frames
     except (sf.LibsndfileError, RuntimeError):
         raise ClapsepError(f"Audacity did not export the selection to {path}") from None
-    if frames == 0:
-        raise ClapsepError("no time range with audio is selected in Audacity: drag over the part of a track to "
-                           "extract")
-    return path
 
 
 @contextlib.contextmanager
 def _preferences(pipe: AudacityPipe, values: dict[str, str]) -> Iterator[None]:
-    """Set Audacity preferences for a while (one never set before is left at its default)."""
+    """Set Audacity preferences for a while (one never set before is left at its default);
+    only those that differ are set, and put back."""
     previous = {name: pipe.preference(name) for name in values}
+    changed = {name: DEFAULTS[name] if value is None else value for name, value in previous.items()
+               if (DEFAULTS[name] if value is None else value) != values[name]}
     try:
-        for name, value in values.items():
-            pipe.command(f'SetPreference: Name="{name}" Value="{value}"')
+        for name in changed:
+            pipe.command(f'SetPreference: Name="{name}" Value="{values[name]}"')
         yield
     finally:
-        for name, value in previous.items():
-            pipe.command(f'SetPreference: Name="{name}" Value="{DEFAULTS[name] if value is None else value}"')
+        for name, value in changed.items():
+            pipe.command(f'SetPreference: Name="{name}" Value="{value}"')
 
 
 @contextlib.contextmanager
-def kept_selection(pipe: AudacityPipe, now: list[Track]) -> Iterator[None]:
-    """Give back the track selection of ``now`` and the time selection (through Audacity's
-    stored selection, exactly; Audacity 3.2 leaves a selection of 0-0 s unrestored)."""
+def kept_selection(pipe: AudacityPipe, now: list[Track] | None) -> Iterator[list[int]]:
+    """Give back the time selection (through Audacity's stored selection, exactly; Audacity 3.2
+    leaves a selection of 0-0 s unrestored) and, given the tracks ``now``, their track
+    selection. Inside, a list to which the caller adds the number of tracks it added (so the
+    project need not be asked again); the track selection is left alone without ``now``."""
     pipe.command("SelSave:")
+    added: list[int] = []
     try:
-        yield
+        yield added
     finally:
-        select_tracks(pipe, [t.index for t in now if t.selected], len(tracks(pipe)))
+        if now is not None:
+            count = len(now) + sum(added) if added else len(tracks(pipe))
+            select_tracks(pipe, [t.index for t in now if t.selected], count)
         pipe.command("SelRestore:")
 
 
@@ -150,10 +179,19 @@ def locate(now: list[Track], sources: tuple[Track, ...]) -> list[Track]:
     return found
 
 
-def same_audio(first: Path, second: Path) -> bool:
-    a, rate_a = sf.read(str(first), dtype="float32", always_2d=True)
-    b, rate_b = sf.read(str(second), dtype="float32", always_2d=True)
-    return rate_a == rate_b and a.shape == b.shape and bool(np.array_equal(a, b))
+def same_audio(first: Path, second: Path, block: int = 1 << 16) -> bool:
+    """Whether two audio files hold the same samples at the same rate, read ``block`` frames at
+    a time (memory does not grow with their length)."""
+    with sf.SoundFile(str(first)) as a, sf.SoundFile(str(second)) as b:
+        if (a.samplerate, a.channels, a.frames) != (b.samplerate, b.channels, b.frames):
+            return False
+        while True:
+            x = a.read(block, dtype="float32", always_2d=True)
+            y = b.read(block, dtype="float32", always_2d=True)
+            if x.shape != y.shape or not np.array_equal(x, y):
+                return False
+            if len(x) == 0:
+                return True
 
 
 def export_channels(sources: list[Track]) -> int:

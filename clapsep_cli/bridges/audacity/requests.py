@@ -18,6 +18,7 @@ from clapsep_cli.bridges.audacity.pipe import AudacityPipe, PipeError
 from clapsep_cli.bridges.audacity.project import (
     Label,
     Track,
+    check_selection,
     chosen_sources,
     decimal_text,
     export_channels,
@@ -107,7 +108,7 @@ def mark_selection(pipe: AudacityPipe, text: str) -> Label:
     """Mark the selection as the request ``text`` (a label, as the macros do); the label."""
     chosen_sources(tracks(pipe))
     with tempfile.TemporaryDirectory(prefix="clapsep-audacity-") as tmp:
-        export_selection(pipe, Path(tmp) / "check.wav", 1)  # an empty range stops here, before Nyquist's dialog
+        check_selection(pipe, Path(tmp))  # an empty range stops here, before Nyquist's dialog
     before = {label_key(lb) for lb in labels(pipe)}
     pipe.command(request_command(text))
     added = [lb for lb in labels(pipe) if lb.text == text and label_key(lb) not in before]
@@ -162,9 +163,11 @@ def take(pipe: AudacityPipe, request: Label, folder: Path) -> Taken:
     sources = chosen_sources(now)
     head = f"{request.text} #{secrets.token_hex(3)}"
     start, end = decimal_text(request.start), decimal_text(request.end)
-    with kept_selection(pipe, now):
-        for _ in [lb for lb in labels(pipe) if _same_request(lb, request)]:
-            copy = next(lb for lb in labels(pipe) if _same_request(lb, request))
+    with kept_selection(pipe, None):  # the track selection stays as it is
+        listing = labels(pipe)
+        for n in range(sum(_same_request(lb, request) for lb in listing)):
+            listing = listing if n == 0 else labels(pipe)  # each change may reorder the labels
+            copy = next(lb for lb in listing if _same_request(lb, request))
             pipe.command(f'SetLabel: Label={copy.index} Text="{quotable(head)} 0%" Start={start} End={end}')
         pipe.command(f"SelectTime: Start={start} End={end}")
         audio = export_selection(pipe, folder / "request.wav", export_channels(sources))
@@ -172,35 +175,50 @@ def take(pipe: AudacityPipe, request: Label, folder: Path) -> Taken:
 
 
 @contextlib.contextmanager
-def verified(pipe: AudacityPipe, taken: Taken, folder: Path) -> Iterator[tuple[list[Track], list[Track]]]:
-    """Check that the request still means the audio it was taken with; inside, the project's
-    tracks and the source tracks among them, with the sources and the request's range selected
-    (the user's selection comes back afterwards)."""
-    label = find_taken(pipe, taken.head)
+def verified(pipe: AudacityPipe, taken: Taken, folder: Path) -> Iterator[Verified]:
+    """Check that the request still means the audio it was taken with; inside, what was found
+    (see :class:`Verified`), with the sources and the request's range selected (the user's
+    selection comes back afterwards)."""
+    listing = labels(pipe)
+    label = find_taken(pipe, taken.head, listing)
     if (label.start, label.end) != (float(taken.start), float(taken.end)):
         raise ClapsepError(f"the request label was moved from {taken.span} while the job ran; nothing inserted")
     now = tracks(pipe)
     sources = locate(now, taken.sources)
-    with kept_selection(pipe, now):
+    with kept_selection(pipe, now) as added:
         select_tracks(pipe, [t.index for t in sources], len(now))
         pipe.command(f"SelectTime: Start={taken.start} End={taken.end}")
         again = export_selection(pipe, folder / "again.wav", export_channels(list(taken.sources)))
         if not same_audio(taken.audio, again):
             raise ClapsepError(f"the audio of {track_names(sources)} over {taken.span} changed while the job ran; "
                                "nothing inserted")
-        yield now, sources
+        yield Verified(now, sources, listing, added)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A request found unchanged: the project's tracks and the sources among them, its labels
+    as listed then, and a list to which the caller adds the number of tracks it adds."""
+
+    now: list[Track]
+    sources: list[Track]
+    labels: list[Label]
+    added: list[int]
 
 
 def finish(pipe: AudacityPipe, taken: Taken, stems: list[Stem], folder: Path) -> list[Track]:
     """Check that the request still means the audio it was taken with, then insert the stems
     over its range (one undo step each, holding the finished track)."""
     names = [f"{taken.base}.{stem.tag}" for stem in stems]
-    with verified(pipe, taken, folder) as (now, _):
-        set_taken_text(pipe, taken.head, f"{taken.head} done: {' + '.join(names)}")
+    with verified(pipe, taken, folder) as found:
+        set_taken_text(pipe, taken.head, f"{taken.head} done: {' + '.join(names)}", found.labels)
         for i, (stem, name) in enumerate(zip(stems, names)):
             pipe.command(f'Import2: Filename="{stem.path}"')
-            name_new_track(pipe, len(now) + i, name, f'SetClip: Start={taken.start} Name="{quotable(taken.head)}"')
-    return tracks(pipe)[len(now):]
+            name_new_track(pipe, len(found.now) + i, name,
+                           f'SetClip: Start={taken.start} Name="{quotable(taken.head)}"')
+        after = tracks(pipe)  # the added tracks as Audacity reports them; the count for giving the selection back
+        found.added.append(len(after) - len(found.now))
+    return after[len(found.now):]
 
 
 def name_new_track(pipe: AudacityPipe, count: int, name: str, *commands: str) -> None:
@@ -217,19 +235,23 @@ def name_new_track(pipe: AudacityPipe, count: int, name: str, *commands: str) ->
     pipe.command("ToggleSpectralSelection:")  # the undo state that added the track
 
 
-def find_taken(pipe: AudacityPipe, head: str) -> Label:
-    """The label of a request being served (the first, if a macro made copies)."""
-    for label in labels(pipe):
+def find_taken(pipe: AudacityPipe, head: str, listing: list[Label] | None = None) -> Label:
+    """The label of a request being served (the first, if a macro made copies), among
+    ``listing`` if given."""
+    for label in labels(pipe) if listing is None else listing:
         if _is_taken(label, head):
             return label
     raise ClapsepError("the request label is gone (deleted, or undone); nothing inserted")
 
 
-def set_taken_text(pipe: AudacityPipe, head: str, text: str) -> None:
-    """Set the text of a taken request's label (and its copies); one undo step each."""
+def set_taken_text(pipe: AudacityPipe, head: str, text: str, listing: list[Label] | None = None) -> None:
+    """Set the text of a taken request's label (and its copies); one undo step each.
+    ``listing``: the labels as just listed, if the caller has them."""
     text = quotable(text)
-    for _ in [lb for lb in labels(pipe) if _is_taken(lb, head)]:  # each rename may reorder the labels
-        label = next((lb for lb in labels(pipe) if _is_taken(lb, head) and lb.text != text), None)
+    listing = labels(pipe) if listing is None else listing
+    for n in range(sum(_is_taken(lb, head) for lb in listing)):
+        listing = listing if n == 0 else labels(pipe)  # each rename may reorder the labels
+        label = next((lb for lb in listing if _is_taken(lb, head) and lb.text != text), None)
         if label is None:
             return
         pipe.command(f'SetLabel: Label={label.index} Text="{text}"')
