@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from clapsep_cli.cli.common import F, engine_options, make_executor, model_options, server_option
-from clapsep_cli.cli.running import apply_options, detect_options, detect_settings
+from clapsep_cli.cli.options import apply_options, detect_flags, detect_settings
 from clapsep_cli.errors import ClapsepError
 
 
@@ -75,7 +75,7 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
 
 @audacity.command()
 @request_options
-@detect_options
+@detect_flags
 @model_options
 @engine_options
 @server_option
@@ -117,7 +117,7 @@ def find(query: str | None, preset: str | None, negative: tuple[str, ...], thres
               help="Only say whether a watcher is running and what it does (exit 1 if none).")
 @click.option("--residual/--no-residual", default=None,
               help="Extraction requests add the residual too (default: as each preset says).")
-@detect_options
+@detect_flags
 @model_options
 @engine_options
 @server_option

@@ -9,40 +9,54 @@ from typing import Any
 import click
 
 from clapsep_cli import api
-from clapsep_cli.cli.common import engine_options, flag, model_options
-from clapsep_cli.cli.running import (
-    detect_options,
+from clapsep_cli.cli.common import flag
+from clapsep_cli.cli.options import (
+    Engine,
+    F,
+    Inputs,
+    Placement,
+    Reporting,
+    collect,
+    detect_flags,
     detect_settings,
+    engine_settings,
     input_options,
-    job_options,
     naming_options,
-    query_options,
-    report_failures,
-    resolve_request,
-    run_job,
-    where_options,
+    placement_options,
+    request_options,
 )
+from clapsep_cli.cli.running import JobOptions, report_failures, run_job
 
 TABLE = "table"
 
 
+def event_plan_options(f: F) -> F:
+    """--format, the detection options and the naming options: the command gets ``plan``, an
+    :class:`~clapsep_cli.api.EventPlan` (no file for --format table)."""
+    def build(fmt: str, threshold: tuple[float, ...], min_duration: float, merge: float, **naming: Any
+              ) -> api.EventPlan:
+        return api.EventPlan(detect=detect_settings(threshold, min_duration, merge),
+                             fmt=None if fmt == TABLE else fmt, **naming)
+
+    return collect("plan", [
+        click.option("--format", "fmt", type=click.Choice([TABLE, *api.EVENT_FORMATS]), default=TABLE,
+                     show_default=True,
+                     help="table: print the events; json, csv, audacity (a label file: File > Import > Labels), "
+                          "reaper (regions), reaper-markers, vtt (WebVTT): write <name>.<query>.<ext> next to each "
+                          "source."),
+        detect_flags,
+        *naming_options("events file"),
+    ], build)(f)
+
+
 @click.command()
-@click.argument("args", nargs=-1, required=True, metavar="[QUERY] FILE...")
-@query_options
-@click.option("--format", "fmt", type=click.Choice([TABLE, *api.EVENT_FORMATS]), default=TABLE, show_default=True,
-              help="table: print the events; json, csv, audacity (a label file: File > Import > Labels), "
-                   "reaper (regions), reaper-markers, vtt (WebVTT): write <name>.<query>.<ext> next to each "
-                   "source.")
-@detect_options
-@naming_options("events file")
+@request_options
+@event_plan_options
 @input_options
-@model_options
-@engine_options
-@where_options
-def find(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, negative: tuple[str, ...],
-         query_audio: tuple[str, ...], negative_audio: tuple[str, ...], audio_weight: float | None, fmt: str,
-         threshold: tuple[float, ...], min_duration: float, merge: float, output: Path | None, out_dir: Path | None,
-         name_template: str, overwrite: bool, **kwargs: Any) -> None:
+@engine_settings
+@placement_options
+def find(req: api.Request, files: list[Path], plan: api.EventPlan, inputs: Inputs, reporting: Reporting,
+         engine: Engine, placement: Placement) -> None:
     """Find where the sound QUERY describes occurs in each FILE (or folder).
 
     \b
@@ -52,12 +66,10 @@ def find(args: tuple[str, ...], texts: tuple[str, ...], preset: str | None, nega
       clapsep find -p siren --format audacity tapes/
       clapsep find "cough" --format reaper --threshold 0.4 podcast.flac
     """
-    req, files = resolve_request(args, texts, preset, negative, query_audio, negative_audio, audio_weight)
-    detect = detect_settings(threshold, min_duration, merge)
-    plan = api.EventPlan(detect, None if fmt == TABLE else fmt, name_template, out_dir, output, overwrite)
-    job = run_job(req, files, job_options(plan, **kwargs))
-    if not kwargs["json_output"]:
-        show(job, table=fmt == TABLE)
+    opts = JobOptions(plan=plan, inputs=inputs, reporting=reporting, engine=engine, placement=placement)
+    job = run_job(req, files, opts)
+    if not reporting.json:
+        show(job, table=plan.fmt is None)
     if job.failed:
         sys.exit(1)
 
