@@ -7,7 +7,7 @@
 #
 # 1. Builds once, and caches, a Debian unstable (sid) root with debootstrap: the Pythons, git, ffmpeg,
 #    libsndfile1, and Audacity with Xvfb, xauth, xdotool, x11-apps and ImageMagick for the Audacity
-#    tests that share this root. It is rebuilt only when it is missing, when the package list (or the
+#    tests that share this root (gcc and libc6-dev: Audacity 4's extension builds a native library). It is rebuilt only when it is missing, when the package list (or the
 #    mirror) changes, or with --rebuild.
 # 2. For each Python (3.13 and 3.14 unless --python says otherwise): clones this repository at REF
 #    (default HEAD: the committed state; --source clones another checkout), downloads the wheels it
@@ -49,6 +49,7 @@ PACKAGES=(
   python3.13 python3.13-venv python3.14 python3.14-venv
   git ca-certificates ffmpeg libsndfile1
   audacity xvfb xauth xdotool x11-apps imagemagick
+  gcc libc6-dev
 )
 ROOT_FORMAT=1
 PIP_ENV=()
