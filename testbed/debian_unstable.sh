@@ -7,8 +7,9 @@
 #
 # 1. Builds once, and caches, a Debian unstable (sid) root with debootstrap: the Pythons, git, ffmpeg,
 #    libsndfile1, and Audacity with Xvfb, xauth, xdotool, x11-apps and ImageMagick for the Audacity
-#    tests that share this root (gcc and libc6-dev: Audacity 4's extension builds a native library). It is rebuilt only when it is missing, when the package list (or the
-#    mirror) changes, or with --rebuild.
+#    tests that share this root, and gcc with libc6-dev (Audacity 4's extension builds a native
+#    library). It is rebuilt only when it is missing, when the package list (or the mirror) changes,
+#    or with --rebuild.
 # 2. For each Python (3.13 and 3.14 unless --python says otherwise): clones this repository at REF
 #    (default HEAD: the committed state; --source clones another checkout), downloads the wheels it
 #    needs into a cached wheel folder, runs the README's set-up command with that Python (timed; its
