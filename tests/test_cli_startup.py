@@ -59,6 +59,15 @@ def test_light_commands_import_no_torch(tmp_path: Path, args: list[str]) -> None
                    for m in modules)
 
 
+@pytest.mark.parametrize("command", ["extract", "remove", "find", "train"])
+def test_help_of_a_job_command_imports_no_torch(tmp_path: Path, command: str) -> None:
+    """Their option groups (cli/options.py) build values only when the command runs. (numpy
+    comes with the library's facade, through events.detect, for all but train.)"""
+    result = clapsep(tmp_path, command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert not {"torch", "laion_clap"} & imported(result.stderr)
+
+
 @pytest.mark.parametrize("args", [["presets", "list"], ["presets", "show", "dialogue"]])
 def test_presets_work_without_torch(tmp_path: Path, args: list[str]) -> None:
     result = clapsep(tmp_path, *args, torch_blocked=True)
