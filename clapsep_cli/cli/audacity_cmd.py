@@ -1,4 +1,5 @@
-"""``clapsep audacity``: extract from, and find in, Audacity's selection through mod-script-pipe."""
+"""``clapsep audacity``: extract from, and find in, Audacity's selection through mod-script-pipe (3.x); set up
+Audacity 4's extension."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ def audacity() -> None:
            clapsep audacity find "dog barking"
     or keep `clapsep audacity watch` running and use Tools > Apply Macro > clapsep-<preset>
     (extract) or clapsep-find-<preset> (find).
+
+    \b
+    Audacity 4 (no mod-script-pipe): `clapsep audacity setup` installs clapsep's extension;
+    then Effect > Extension > clapsep (extract, remove) and Analyze > Extension > clapsep (find).
     """
 
 
@@ -40,6 +45,60 @@ def _executor(server: str, model_name: str, device: str, precision: str, overlap
               ) -> Any:
     """The warm service's executor (``--server``), else a separator here."""
     return make_executor(server, model_name, device, precision, quiet=False, overlap=overlap, batch_size=batch_size)
+
+
+AUDACITY4_INSTEAD = ("this is Audacity 3's route (mod-script-pipe), which Audacity 4 does not have: in Audacity 4 "
+                     "use Effect > Extension > clapsep (Analyze > Extension > clapsep to find), which "
+                     "`clapsep audacity setup` installs")
+
+
+FOR_OPTION = click.option("--for", "major", type=click.Choice(["3", "4"]), callback=lambda c, p, v: v and int(v),
+                          help="The Audacity to set up (default: the one running, else the one installed).")
+CC_OPTION = click.option("--cc", metavar="COMPILER",
+                         help="Audacity 4: the C compiler that builds the extension's native library "
+                              "(default: $CC, cc, gcc, clang).")
+
+
+def _refuse_on_audacity4() -> None:
+    """One line and exit 1 where this user has Audacity 4 and not 3.x (extract, find, watch)."""
+    from clapsep_cli.bridges.audacity4 import setup as a4setup
+
+    if a4setup.only_audacity4():
+        raise ClapsepError(AUDACITY4_INSTEAD)
+
+
+def _which(major: int | None, implied: int | None = None) -> Any:
+    """The Audacity a set-up serves: ``--for``, else what the options imply, else what is found."""
+    from clapsep_cli.bridges.audacity4 import setup as a4setup
+
+    if major is not None:
+        return a4setup.Which(major, "--for")
+    if implied is not None:
+        return a4setup.Which(implied, "the options are Audacity 3's")
+    return a4setup.which_audacity() or a4setup.Which(3, "no Audacity was found; assuming 3.x")
+
+
+def _install_audacity4(names: tuple[str, ...], folder: Path | None, cc: str | None, check: bool, how: str
+                       ) -> None:
+    """Audacity 4's set-up: clapsep's extension bundle (effects in Effect/Analyze > Extension > clapsep)."""
+    from clapsep_cli.bridges.audacity4 import setup as a4setup
+    from clapsep_cli.queries import presets
+
+    chosen = [presets.load(n).name for n in names] if names else sorted(presets.available())
+    target = folder or a4setup.extensions_folder()
+    if check:
+        problems = a4setup.bundle_problems(chosen, target)
+        if problems:
+            raise ClapsepError(f"{problems[0]} (run `clapsep audacity setup --for 4`)")
+        click.echo(f"Audacity 4: clapsep's extension is installed in {target}")
+        return
+    bundle, removed = a4setup.install_bundle(chosen, target, compiler=cc)
+    click.echo(f"Audacity 4 ({how}): installed clapsep's extension in {bundle}")
+    for old in removed:
+        click.echo(f"removed an older one: {old}")
+    click.echo("Restart Audacity 4 to see its menu entries (run each on a selection):")
+    for line in a4setup.menu_lines(chosen):
+        click.echo(f"  {line}")
 
 
 @audacity.command()
@@ -64,6 +123,7 @@ def extract(query: str | None, preset: str | None, negative: tuple[str, ...], re
     from clapsep_cli.bridges.audacity.pipe import AudacityPipe
     from clapsep_cli.bridges.audacity.requests import StemMaker, extract_selection, make_request
 
+    _refuse_on_audacity4()
     req = make_request(query, preset, negative, residual)
     separate = StemMaker(_executor(server, model_name, device, precision, overlap, batch_size))
     with AudacityPipe() as pipe:
@@ -96,6 +156,7 @@ def find(query: str | None, preset: str | None, negative: tuple[str, ...], thres
     from clapsep_cli.bridges.audacity.pipe import AudacityPipe
     from clapsep_cli.bridges.audacity.requests import make_request
 
+    _refuse_on_audacity4()
     req = make_request(query, preset, negative, None)
     search = EventSearch(_executor(server, model_name, device, precision, overlap, batch_size),
                          detect_settings(threshold, min_duration, merge))
@@ -145,6 +206,7 @@ def watch(poll: float, once: bool, show_status: bool, residual: bool | None, thr
             raise ClapsepError("no `clapsep audacity watch` is running")
         click.echo(line)
         return
+    _refuse_on_audacity4()
     status.claim()
     try:
         status.write("loading the model")
@@ -166,11 +228,19 @@ def watch(poll: float, once: bool, show_status: bool, residual: bool | None, thr
               help="Path of mod-script-pipe.so (default: found in the usual places).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Audacity's audacity.cfg (default: the one Audacity uses for you).")
-@click.option("--check", is_flag=True, help="Only report; exit 1 if mod-script-pipe is not enabled.")
-def setup(module_path: Path | None, config_path: Path | None, check: bool) -> None:
-    """Enable mod-script-pipe in Audacity's settings (run it while Audacity is closed)."""
+@click.option("--check", is_flag=True, help="Only report; exit 1 if mod-script-pipe is not enabled "
+              "(Audacity 4: if clapsep's extension is not installed).")
+@FOR_OPTION
+@CC_OPTION
+def setup(module_path: Path | None, config_path: Path | None, check: bool, major: int | None, cc: str | None) -> None:
+    """Set up the Audacity you have: 3.x, enable mod-script-pipe in its settings (run it while
+    Audacity is closed); 4.x, install clapsep's extension (Effect > Extension > clapsep)."""
     from clapsep_cli.bridges.audacity import setup as aset
 
+    which = _which(major, 3 if module_path or config_path else None)
+    if which.major == 4:
+        _install_audacity4((), None, cc, check, which.how)
+        return
     module = aset.find_module(module_path)
     config = config_path or aset.config_file()
     if check:
@@ -192,13 +262,22 @@ def setup(module_path: Path | None, config_path: Path | None, check: bool) -> No
 @click.option("-p", "--preset", "names", multiple=True, metavar="NAME",
               help="Install the macro of this preset only (repeatable; default: every preset).")
 @click.option("--folder", type=click.Path(file_okay=False, path_type=Path),
-              help="Audacity's Macros folder (default: the one Audacity uses for you).")
-def install(names: tuple[str, ...], folder: Path | None) -> None:
-    """Write two Audacity macros per preset: Tools > Apply Macro > clapsep-<preset> (extract) and
-    clapsep-find-<preset> (find)."""
+              help="Audacity's Macros folder (Audacity 4: its extensions folder; default: the one Audacity "
+              "uses for you).")
+@FOR_OPTION
+@CC_OPTION
+def install(names: tuple[str, ...], folder: Path | None, major: int | None, cc: str | None) -> None:
+    """Audacity 3.x: write two Audacity macros per preset: Tools > Apply Macro > clapsep-<preset>
+    (extract) and clapsep-find-<preset> (find). Audacity 4: install clapsep's extension, with a
+    menu entry per preset in Effect > Extension > clapsep (extract, remove) and Analyze >
+    Extension > clapsep (find)."""
     from clapsep_cli.bridges.audacity import setup as aset
     from clapsep_cli.queries import presets
 
+    which = _which(major)
+    if which.major == 4:
+        _install_audacity4(names, folder, cc, False, which.how)
+        return
     chosen = [presets.load(n).name for n in names] if names else sorted(presets.available())
     written, removed = aset.install_macros(chosen, folder or aset.macros_folder())
     for path in written:

@@ -211,4 +211,102 @@ def install_bundle(presets: list[str], folder: Path, compiler: str | None = None
     return bundle, removed
 
 
+@dataclass(frozen=True)
+class Which:
+    """Which Audacity a set-up serves: its major version (3 or 4) and how that was found."""
 
+    major: int
+    how: str
+
+
+def _running_majors() -> set[int]:
+    """The majors of this user's Audacity processes that run in this root: a process called
+    ``audacity`` is 3.x; Audacity 4's is called ``main`` (its program is still ``audacity``)."""
+    found: set[int] = set()
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        proc = stat_file.parent
+        try:
+            text, owner = stat_file.read_text(), stat_file.stat().st_uid
+            if owner != os.getuid() or os.readlink(proc / "root") != "/":
+                continue
+            name, _, rest = text.partition("(")[2].rpartition(")")
+            if rest.split()[:1] == ["Z"]:
+                continue
+            if name.lower() == "audacity":
+                found.add(3)
+            elif name == "main":
+                argv0 = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                programs = {Path(argv0).name.lower(), Path(os.readlink(proc / "exe")).name.lower()}
+                if any(p.startswith("audacity") for p in programs):
+                    found.add(4)
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def _settings_majors(home: Path | None = None) -> dict[int, float]:
+    """The majors whose settings this user has, with when each was last written."""
+    config = _xdg("XDG_CONFIG_HOME", ".config", home)
+    places = {4: settings_files(home),
+              3: [config / "audacity" / "audacity.cfg", (Path.home() if home is None else home) / ".audacity-data"]}
+    found: dict[int, float] = {}
+    for major, paths in places.items():
+        times = [path.stat().st_mtime for path in paths if path.exists()]
+        if times:
+            found[major] = max(times)
+    return found
+
+
+def which_audacity(home: Path | None = None, spawn: bool = True) -> Which | None:
+    """The Audacity this user has: the one running (3.x or 4.x), else the ``audacity`` on PATH when
+    ``audacity --version`` says (4.x does; 3.x needs a display for it; ``spawn``), else the one whose
+    settings were written last, else a 3.x whose mod-script-pipe is installed; None when nothing shows."""
+    running = _running_majors()
+    if len(running) == 1:
+        major = running.pop()
+        return Which(major, f"Audacity {major} is running")
+    version = installed_version() if spawn else None
+    if version:
+        return Which(4 if int(version.split(".")[0]) >= 4 else 3, f"`audacity --version` says {version}")
+    settings = _settings_majors(home)
+    if settings:
+        major = max(settings, key=lambda m: settings[m])
+        both = " (the one used last)" if len(settings) > 1 else ""
+        return Which(major, f"Audacity {major}'s settings are here{both}")
+    from clapsep_cli.bridges.audacity.setup import find_module
+
+    try:
+        return Which(3, f"Audacity 3's mod-script-pipe is installed ({find_module()})")
+    except ClapsepError:
+        return None
+
+
+def only_audacity4(home: Path | None = None) -> bool:
+    """Whether this user has Audacity 4 and not 3.x, as far as can be told without starting a
+    program: an Audacity 4 runs and no 3.x, or none runs and only Audacity 4's settings exist."""
+    running = _running_majors()
+    if running:
+        return running == {4}
+    return set(_settings_majors(home)) == {4}
+
+
+def menu_lines(presets: list[str]) -> list[str]:
+    """Where the bundle's effects show in Audacity 4's menus, one line per kind."""
+    named = f"{presets[0]} ... {presets[-1]}" if len(presets) > 3 else ", ".join(presets)
+    lines = []
+    for group, verb in KINDS.values():
+        menu = "Analyze" if group == "analyze" else "Effect"
+        more = f", {verb}: <preset> ({len(presets)}: {named})" if presets else ""
+        lines.append(f"{menu} > Extension > clapsep > {verb} a sound{more}")
+    return lines
+
+
+def bundle_problems(presets: list[str], folder: Path, command: list[str] | None = None) -> list[str]:
+    """What keeps the bundle an install would write from being in ``folder`` (empty: it is)."""
+    files = bundle_files(entries(presets), command or clapsep_command())
+    bundle = folder / f"{BUNDLE_PREFIX}{digest(files)}"
+    if not bundle.is_dir():
+        others = [p.name for p in sorted(folder.glob(f"{BUNDLE_PREFIX}*")) if p.is_dir()]
+        return [f"no current clapsep bundle in {folder}" + (f" (an older one: {', '.join(others)})" if others else "")]
+    library = bundle / platform_folder() / f"{LIBRARY}{'.dylib' if sys.platform == 'darwin' else '.so'}"
+    return [] if library.is_file() else [f"{bundle}: its native library is missing"]
