@@ -1,10 +1,16 @@
 """The Audacity 4 extension in the real Audacity 4.0.1, under Xvfb, in the Debian unstable root that
 testbed/debian_unstable.sh builds (marker e2e; needs root, for chroot and mounts).
 
-A skeleton so far: it starts Audacity 4 in the root with clapsep's bundle installed and checks that
-Audacity registers the bundle's effects. What was checked by clicking (docs/editors.md, "Audacity
-4") is to come here next: select a range (xdotool drag), Effect > Extension > clapsep > Extract: dog,
-Apply, then the new track over the range, one Ctrl+Z, Cancel, Find's labels.
+test_audacity4_registers_the_bundles_effects: Audacity 4 registers the bundle's six effects at its
+first start. test_extract_by_clicking_adds_the_stem_undo_removes_it_a_failure_changes_nothing drives
+Audacity 4 as a user does (xdotool): opens a generated WAV (a tone and noise), drags a selection,
+clicks Effect > Extension > clapsep > Extract: dog and Apply, with a tiny random-weight model in a
+store in the root and this checkout's clapsep (bound read-only into the root) run by a venv the
+testbed left there. It checks that the new track's samples, read from the project's autosave
+database, equal the job's output, which equals `clapsep extract --start --end` over the range
+Audacity read; that one Ctrl+Z removes the track; and that a failing job (no model installed) shows
+Audacity's error dialog and leaves the project as it was. Screenshots of each step are kept in the
+test's tmp folder (printed on failure).
 
 Audacity 4 runs once per user: a second `audacity` hands off to a running one ("handoff acked by
 existing Audacity4"), even one with another HOME, and exits; so no other Audacity 4 of this user may
@@ -19,6 +25,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +39,16 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(os.environ.get("CLAPSEP_DEBIAN_ROOT", "/var/cache/clapsep/debian-unstable"))
 HOME = "/srv/clapsep-a4-e2e/home"  # inside the root
 DISPLAY = ":57"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _outside_usr(path: str) -> bool:
+    return not (path == "/" or path == "/usr" or path.startswith("/usr/"))
+
+
+# This checkout and the Python running the tests (its venv and base installation), read-only at
+# the same paths inside the root: the effect's jobs run this clapsep with this Python's packages.
+SHARED = sorted(p for p in {str(REPO), sys.prefix, sys.base_prefix} if _outside_usr(p))
 
 MOUNT = """set -e
 R={root}; V={view}
@@ -40,6 +57,7 @@ mount -t proc proc $R/proc
 mount --rbind /dev $R/dev && mount --make-rslave $R/dev
 mount -t tmpfs -o mode=1777 shm $R/dev/shm
 mkdir -p $V && mount --rbind $R $V
+for host in {shared}; do mkdir -p "$V$host" && mount --bind -o ro "$host" "$V$host"; done
 echo ready
 exec sleep infinity
 """
@@ -63,28 +81,54 @@ class Root:
 
     def __init__(self, tmp: Path):
         self.view = tmp / "root"
+        # The mount points that the shared paths need in the root, made here and removed by close().
+        self.made = sorted({ROOT / Path(*Path(p).parts[1:i]) for p in SHARED for i in range(2, len(Path(p).parts) + 1)
+                            if not (ROOT / Path(*Path(p).parts[1:i])).exists()}, key=lambda d: -len(d.parts))
         self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c",
-                                        MOUNT.format(root=ROOT, view=self.view)],
+                                        MOUNT.format(root=ROOT, view=self.view, shared=" ".join(SHARED))],
                                        stdout=subprocess.PIPE, text=True)
         assert self.holder.stdout is not None and self.holder.stdout.readline().strip() == "ready"
 
-    def run(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(self, script: str, timeout: float = 120, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
         env = ["HOME=" + HOME, "LANG=C.UTF-8", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DISPLAY=" + DISPLAY,
-               "XDG_RUNTIME_DIR=/srv/clapsep-a4-e2e/run", "QT_QPA_PLATFORM=xcb"]
+               "XDG_RUNTIME_DIR=/srv/clapsep-a4-e2e/run", "QT_QPA_PLATFORM=xcb",
+               *(f"{k}={v}" for k, v in (env or {}).items())]
         return subprocess.run(["nsenter", "-t", str(self.holder.pid), "-m", "chroot", str(self.view),
                                "/usr/bin/env", "-i", *env, "/bin/bash", "-c", script],
                               capture_output=True, text=True, timeout=timeout)
 
-    def close(self) -> None:
-        # Everything started in it is chrooted into the view: end those (by pid), then the namespace.
+    def processes(self) -> list[int]:
+        found = []
         for proc in Path("/proc").glob("[0-9]*"):
             try:
                 if os.readlink(proc / "root") == str(self.view):
-                    os.kill(int(proc.name), 15)
+                    found.append(int(proc.name))
             except OSError:
                 continue
+        return found
+
+    def close(self) -> None:
+        # Everything started in it is chrooted into the view: end those (by pid), then the namespace.
+        for signal in (15, 9):
+            for pid in self.processes():
+                try:
+                    os.kill(pid, signal)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + 5
+            while self.processes() and time.monotonic() < deadline:
+                time.sleep(0.2)
         self.holder.terminate()
         self.holder.wait(10)
+        for folder in self.made:  # deepest first; empty ones only
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        socket = ROOT / "tmp" / "Audacity4"  # Audacity 4's single-instance socket, left when it is killed
+        if socket.is_socket():
+            socket.unlink()
 
 
 @pytest.fixture
@@ -124,3 +168,232 @@ def test_audacity4_registers_the_bundles_effects(root: Root) -> None:
     files = sorted(str(p.relative_to(host_home)) for p in host_home.rglob("*") if ".cache" not in p.parts)
     assert titles == {"Extract a sound", "Extract: dog", "Remove a sound", "Remove: dog", "Find a sound",
                       "Find: dog"}, (log.read_text(errors="replace")[-3000:] if log.exists() else "no log", files[:40])
+
+
+# ---------------------------------------------------------------- clicking, as a user does
+# Screen positions in Audacity 4.0.1's main window at its first start on a 1600x1000 screen (no
+# window manager: the window sits at 0,0); dialogs are found by their window names.
+EFFECT_MENU = (380, 14)
+EXTENSION_ITEM = (400, 468)  # Effect > Extension
+CLAPSEP_ITEM = (622, 468)  # Extension > clapsep
+EXTRACT_DOG_ITEM = (809, 500)  # clapsep > Extract: dog (the second item)
+TRACK_ROW = 215  # y of the first track's middle; the clip spans 0-6 s from x=296, about 23.6 px a second
+EMPTY_X = 1050  # x in the timeline, right of every clip: track rows and the empty area differ in colour
+EMPTY_COLOUR = (33, 36, 51)
+RATE = 44100
+JOB_WRAPPER = """#!/bin/sh
+# The bundle's command in this test: clapsep's job, its folder kept (Audacity's effect removes it).
+[ -e {base}/fail ] && export CLAPSEP_HOME={base}/no-store
+{python} -m clapsep_cli.bridges.audacity4.job "$1"
+rc=$?
+n=$(date +%s%N)
+cp -r "$1" {base}/jobs/$n && echo "$n $rc" >> {base}/jobs/index
+exit $rc
+"""
+
+
+class Desktop:
+    """Audacity 4 in the root, driven with xdotool; screenshots numbered into ``shots``."""
+
+    def __init__(self, root: Root, shots: Path, env: dict[str, str]):
+        self.root, self.shots, self.env, self.count = root, shots, env, 0
+        shots.mkdir(parents=True, exist_ok=True)
+
+    def sh(self, script: str, timeout: float = 60) -> str:
+        done = self.root.run(script, timeout=timeout, env=self.env)
+        assert done.returncode == 0, f"{script}: {done.stderr[-2000:]}"
+        return done.stdout
+
+    def shot(self, name: str) -> Path:
+        self.count += 1
+        inside = "/srv/clapsep-a4-e2e/shot.png"
+        self.sh(f"import -window root {inside}")
+        target = self.shots / f"{self.count:02d}-{name}.png"
+        shutil.copy(ROOT / inside.lstrip("/"), target)
+        return target
+
+    def windows(self, pattern: str) -> list[str]:
+        out = self.root.run(f"xdotool search --name '{pattern}' 2>/dev/null", env=self.env).stdout
+        return out.split()
+
+    def wait_window(self, pattern: str, seconds: float, gone: bool = False) -> list[str]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = self.windows(pattern)
+            if bool(found) != gone:
+                return found
+            time.sleep(0.5)
+        raise AssertionError(f"window '{pattern}' {'still there' if gone else 'not seen'} after {seconds} s "
+                             f"(screenshots: {self.shots})")
+
+    def geometry(self, window: str) -> tuple[int, int, int, int]:
+        values = dict(line.split("=") for line in self.sh(f"xdotool getwindowgeometry --shell {window}").split())
+        return int(values["X"]), int(values["Y"]), int(values["WIDTH"]), int(values["HEIGHT"])
+
+    def click_from_corner(self, window: str, right: int, bottom: int) -> None:
+        """Click a point given from the window's bottom right corner (a dialog's buttons)."""
+        x, y, width, height = self.geometry(window)
+        self.sh(f"xdotool mousemove {x + width - right} {y + height - bottom} click 1")
+
+    def tracks(self) -> int:
+        """How many track rows the main window shows: runs of one colour, not the empty area's, at
+        least 40 px tall, down the timeline right of the clips (rows are 114 px, between lines)."""
+        from PIL import Image
+
+        image = Image.open(self.shot("tracks")).convert("RGB")
+        column = [image.getpixel((EMPTY_X, y)) for y in range(150, 760)]
+        rows, run = 0, 1
+        for above, colour in zip(column, column[1:] + [None]):
+            if colour == above:
+                run += 1
+                continue
+            if run >= 40 and above != EMPTY_COLOUR:
+                rows += 1
+            run = 1
+        return rows
+
+    def wait_tracks(self, count: int, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (shown := self.tracks()) != count:
+            assert time.monotonic() < deadline, f"{shown} tracks shown, not {count} (screenshots: {self.shots})"
+            time.sleep(1)
+
+    def extract_dog(self) -> None:
+        """Effect > Extension > clapsep > Extract: dog, then Apply in its dialog."""
+        x, y = EFFECT_MENU
+        self.sh(f"xdotool mousemove {x} {y} click 1")
+        time.sleep(1)
+        steps = [EXTENSION_ITEM, (EXTENSION_ITEM[0] + 160, EXTENSION_ITEM[1]), CLAPSEP_ITEM,
+                 (EXTRACT_DOG_ITEM[0] - 110, CLAPSEP_ITEM[1]), EXTRACT_DOG_ITEM]
+        for x, y in steps:  # along the menus, as a hand moves, so no submenu closes on the way
+            self.sh(f"xdotool mousemove {x} {y}")
+            time.sleep(0.6)
+        self.shot("menu")
+        self.sh("xdotool click 1")
+        [dialog] = self.wait_window("^Extract: dog$", 15)
+        self.shot("dialog")
+        self.click_from_corner(dialog, 57, 32)  # Apply
+
+
+class Autosave:
+    """Audacity 4's database of the unsaved project (SessionData/*.aup4unsaved, SQLite): the
+    current state of the project (``autosave``: the document, strings in UTF-32) and its audio
+    (``sampleblocks``: float32 samples when the project's format is 32-bit float)."""
+
+    def __init__(self, home: Path):
+        self.folder = home / ".local/share/Audacity/Audacity4/SessionData"
+
+    def read(self) -> tuple[bytes, list[tuple[int, bytes]]]:
+        import sqlite3
+
+        [path] = self.folder.glob("*.aup4unsaved")
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            doc = db.execute("select doc from autosave").fetchone()[0]
+            blocks = db.execute("select blockid, samples from sampleblocks order by blockid").fetchall()
+        return doc, blocks
+
+
+def test_extract_by_clicking_adds_the_stem_undo_removes_it_a_failure_changes_nothing(
+        root: Root, tiny_store: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    if not _outside_usr(sys.base_prefix):
+        pytest.skip(f"the jobs run this Python inside the root: it must be installed outside /usr, not "
+                    f"{sys.base_prefix}")
+    python = str(Path(sys.prefix) / "bin" / "python")
+    base = "/srv/clapsep-a4-e2e"
+    host_base = ROOT / base.lstrip("/")
+    host_home = ROOT / HOME.lstrip("/")
+    shutil.copytree(tiny_store, host_base / "store")
+    (host_base / "jobs").mkdir()
+    wrapper = host_base / "job.sh"
+    wrapper.write_text(JOB_WRAPPER.format(base=base, python=python))
+    a4setup.install_bundle(["dog"], host_home / ".local/share/Audacity/Audacity4/extensions",
+                           command=["/bin/sh", f"{base}/job.sh"])
+    seconds = np.arange(6 * RATE) / RATE
+    tone = (0.3 * np.sin(2 * np.pi * 440 * seconds)
+            + 0.05 * np.random.default_rng(0).standard_normal(seconds.size)).astype("float32")
+    sf.write(host_base / "tone.wav", tone, RATE, subtype="FLOAT")
+    env = {"PYTHONPATH": str(REPO), "CLAPSEP_HOME": f"{base}/store", "CLAPSEP_SERVER": "never",
+           "HF_HUB_OFFLINE": "1"}
+    desk = Desktop(root, tmp_path / "shots", env)
+    print(f"screenshots: {desk.shots}")
+    desk.sh(f"Xvfb {DISPLAY} -screen 0 1600x1000x24 -nolisten tcp >/dev/null 2>&1 & sleep 1; "
+            f"audacity {base}/tone.wav >{base}/audacity.log 2>&1 & echo started")
+    try:
+        desk.wait_window("^tone.* - Audacity", 120)
+        [welcome] = desk.wait_window("^Getting started$", 30)
+        for _ in range(3):  # its three pages: Next, Next, Next
+            desk.click_from_corner(welcome, 79, 23)
+            time.sleep(1)
+        desk.wait_window("^Getting started$", 10, gone=True)
+        autosave = Autosave(host_home)
+        doc, blocks = autosave.read()
+        assert desk.tracks() == 1
+
+        # Select about 1-3 s with the mouse, then Extract: dog.
+        desk.sh(f"xdotool mousemove 320 {TRACK_ROW} mousedown 1 mousemove 340 {TRACK_ROW} "
+                f"mousemove 367 {TRACK_ROW} mouseup 1")
+        time.sleep(0.5)
+        desk.extract_dog()
+        deadline = time.monotonic() + 180
+        while not (host_base / "jobs/index").exists():
+            assert time.monotonic() < deadline, f"no job ran (screenshots: {desk.shots})"
+            time.sleep(0.5)
+        name, rc = (host_base / "jobs/index").read_text().split()
+        assert rc == "0", (host_base / "jobs" / name / "job.log").read_text()[-2000:]
+        desk.wait_tracks(2, 30)
+        desk.shot("extracted")
+
+        # What Audacity read is the selected range of the file; the job's stem is `clapsep extract`'s.
+        job_folder = host_base / "jobs" / name
+        job = json.loads((job_folder / "job.json").read_text())
+        [source] = job["inputs"]
+        first, frames = round(job["start"] * RATE), source["frames"]
+        assert 0.5 < job["start"] < 1.5 and 2.5 < job["end"] < 3.5
+        assert abs(frames - (job["end"] - job["start"]) * RATE) <= 1
+        np.testing.assert_array_equal(np.fromfile(job_folder / "in0.f32", "<f4"), tone[first:first + frames])
+        stem = np.fromfile(job_folder / "out0.f32", "<f4")
+        assert stem.shape == (frames,) and np.abs(stem).max() > 0
+        desk.sh(f"cd /tmp && {python} -m clapsep_cli extract -p dog --start {first / RATE!r} "
+                f"--end {(first + frames) / RATE!r} --bit-depth 32f -o {base}/cli.wav {base}/tone.wav", timeout=300)
+        cli, rate = sf.read(host_base / "cli.wav", dtype="float32")
+        assert rate == RATE
+        np.testing.assert_array_equal(cli, stem)
+
+        # The project's new track holds exactly those samples: its blocks are the new ones.
+        doc_after, blocks_after = autosave.read()
+        assert "tone.dog".encode("utf-32-le") in doc_after and "tone.dog".encode("utf-32-le") not in doc
+        new = [samples for block, samples in blocks_after if block > max(b for b, _ in blocks)]
+        np.testing.assert_array_equal(np.frombuffer(b"".join(new), "<f4"), stem)
+
+        # One Ctrl+Z removes the track.
+        desk.sh("xdotool mousemove 130 700 click 1 && sleep 0.3 && xdotool key ctrl+z")
+        desk.wait_tracks(1, 15)
+        desk.shot("undone")
+
+        # A failing job (no model installed): Audacity's error dialog with clapsep's line; nothing changes.
+        doc_undone, blocks_undone = autosave.read()
+        (host_base / "fail").touch()
+        desk.extract_dog()
+        deadline = time.monotonic() + 120
+        while len((host_base / "jobs/index").read_text().split()) < 4:
+            assert time.monotonic() < deadline, f"the failing job did not run (screenshots: {desk.shots})"
+            time.sleep(0.5)
+        assert (host_base / "jobs/index").read_text().split()[3] == "1"
+        [error] = desk.wait_window("^Extract: dog$", 20)
+        desk.shot("error")
+        assert desk.tracks() == 1
+        desk.click_from_corner(error, 83, 31)  # OK
+        desk.wait_window("^Extract: dog$", 10, gone=True)
+        assert desk.tracks() == 1
+        assert autosave.read() == (doc_undone, blocks_undone)
+    except BaseException:
+        try:
+            desk.shot("failure")
+        finally:
+            log = host_base / "audacity.log"
+            print(f"screenshots kept in {desk.shots}; Audacity's log: "
+                  f"{log.read_text(errors='replace')[-1500:] if log.exists() else 'none'}")
+        raise
