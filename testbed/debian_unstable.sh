@@ -30,6 +30,9 @@
 # /proc, /dev (with /dev/pts and /dev/shm), /sys and the caches are mounted into the root only while
 # it is used, in a mount namespace of this script's own (so they vanish with it, even on SIGKILL), and
 # unmounted on exit too. A log of every step is kept in <root>/srv/clapsep-py<X.Y>/logs/.
+# The whole script is one block, so bash has read all of it before it runs: a checkout that rewrites this
+# file during a run cannot change what the run does.
+{
 set -Eeuo pipefail
 
 ARGS=("$@")
@@ -58,7 +61,7 @@ PYTEST_FILES=(tests/test_cli_startup.py tests/test_cli_messages.py tests/test_cl
               tests/test_safety.py)
 PYTEST_GLOBS=('tests/test_golden*.py' 'tests/test_stem_golden*.py' 'tests/test_reference*.py')
 
-usage() { sed -n '2,/^set -Eeuo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^# The whole script/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case $1 in
@@ -140,6 +143,7 @@ mount_root() {  # $1: a root to use with chroot
   cp -L /etc/resolv.conf "$r/etc/resolv.conf" 2>/dev/null || true
 }
 
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
   local rc=$? r
   for r in "${MOUNTED_ROOTS[@]}"; do
@@ -381,3 +385,5 @@ printf '  %s\n' "${RESULTS[@]}"
 echo "  root: $ROOT_SECONDS s (cached root: $ROOT); whole run: $((SECONDS - START)) s"
 ((FAILED)) && { echo "FAILED (logs under $ROOT/srv/clapsep-py*/logs)"; exit 1; }
 echo "all steps passed"
+exit
+}
