@@ -16,8 +16,9 @@ command line, the Audacity and REAPER bridges, ``evaluate`` and ``embed`` all go
 Queries are built by :func:`request` (texts, a preset, reference clips, negatives) and turned
 into removals by :func:`removal`; the same rules hold wherever a request comes from. A job is
 planned by :func:`plan` (no model needed: every input probed, every output decided) and run by
-an executor, a :class:`Separator` here or a :class:`Cluster` of Ray workers, which report to the
-same :class:`Progress`.
+an :class:`Executor` (a :class:`Separator` here, a :class:`Cluster` of Ray workers, or the warm
+service's :class:`~clapsep_cli.service.client.ServiceExecutor`; front ends get theirs from
+:func:`clapsep_cli.service.choose.choose_executor`), which all report to the same :class:`Progress`.
 """
 
 from __future__ import annotations
@@ -29,19 +30,10 @@ from clapsep_cli.engine.options import DEFAULT_OVERLAP
 from clapsep_cli.errors import AudioError, ClapsepError, SettingError
 from clapsep_cli.events.detect import DetectOptions, Event
 from clapsep_cli.events.formats import EVENT_FORMATS
+from clapsep_cli.jobs.data import DEFAULT_NAME, NAME_FIELDS, EventPlan, FileResult, Item, Job, OutputPlan
 from clapsep_cli.jobs.executor import Executor
-from clapsep_cli.jobs.plan import (
-    DEFAULT_NAME,
-    NAME_FIELDS,
-    EventPlan,
-    FileResult,
-    Item,
-    Job,
-    OutputPlan,
-    check_references,
-    plan_job,
-)
-from clapsep_cli.jobs.progress import Progress
+from clapsep_cli.jobs.plan import check_references, plan_job
+from clapsep_cli.jobs.progress import Cancelled, Progress
 from clapsep_cli.models.precision import DEFAULT_PRECISION
 from clapsep_cli.queries.request import DEFAULT_REMOVE_METHOD, REMOVE_METHODS, Request, removal, request
 from clapsep_cli.queries.spec import AudioRef, Query
@@ -51,9 +43,10 @@ if TYPE_CHECKING:
     from clapsep_cli.jobs.separator import Separator
 
 __all__ = ["DEFAULT_NAME", "DEFAULT_OVERLAP", "DEFAULT_PRECISION", "DEFAULT_REMOVE_METHOD", "EVENT_FORMATS",
-           "NAME_FIELDS", "REMOVE_METHODS", "AudioError", "AudioRef", "ClapsepError", "Cluster", "DetectOptions",
-           "Event", "EventPlan", "Executor", "FileResult", "Item", "Job", "OutputPlan", "Progress", "Query", "Region",
-           "Request", "Separator", "SettingError", "check_references", "plan", "removal", "request"]
+           "NAME_FIELDS", "REMOVE_METHODS", "AudioError", "AudioRef", "Cancelled", "ClapsepError", "Cluster",
+           "DetectOptions", "Event", "EventPlan", "Executor", "FileResult", "Item", "Job", "OutputPlan", "Progress",
+           "Query", "Region", "Request", "Separator", "SettingError", "check_references", "plan", "removal",
+           "request"]
 
 plan = plan_job  # Check every input and decide every output of a job, without a model.
 

@@ -205,6 +205,39 @@ def test_find_on_the_cluster_gives_the_events_and_files_of_a_local_find(cluster:
         assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
 
 
+ERRORS_DRIVER = """
+import sys
+from pathlib import Path
+from clapsep_cli import api
+
+address, source, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+plan = api.OutputPlan(out_dir=out)
+for where, executor in (("ray", api.Cluster(address, device="cpu", max_workers=1)),
+                        ("here", api.Separator(device="cpu"))):
+    result = executor.extract([source], api.request("dog"), plan).results[0]
+    print(where, result.status, type(result.problem).__name__, result.error, sep="|")
+try:
+    api.Cluster(address, "nonexistent", device="cpu", max_workers=1).extract([source], api.request("dog"), plan)
+except api.ClapsepError as err:
+    print("missing", type(err).__name__, err, sep="|")
+"""
+
+
+def test_errors_from_workers_keep_their_class_and_message(cluster: LocalCluster, tmp_path: Path) -> None:
+    bad = write_audio(tmp_path / "bad.wav", tone(3.0, 16000), 16000)
+    with sf.SoundFile(bad, "r+") as f:  # planning probes the header; the NaN is found as a worker reads
+        f.seek(16000)
+        f.write(np.full((100, 1), np.nan, np.float32))
+    proc = cluster.popen([sys.executable, "-c", ERRORS_DRIVER, cluster.address, str(bad), str(tmp_path / "out")],
+                         env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rc, stdout, err = finish(proc)
+    assert rc == 0, err
+    lines = dict(line.split("|", 1) for line in stdout.strip().splitlines())
+    assert lines["ray"] == lines["here"]
+    assert lines["ray"].startswith(f"failed|AudioError|{bad}: sample 16000 (1.000 s)")
+    assert lines["missing"].startswith("ModelMissingError|model 'nonexistent' is not installed; ")
+
+
 def test_a_worker_killed_mid_file_is_replaced_and_the_job_completes(cluster: LocalCluster, sources: Path,
                                                                     local: tuple[Path, dict], tmp_path: Path) -> None:
     """``auto`` through RAY_ADDRESS; with --json, whose stdout must stay one JSON document

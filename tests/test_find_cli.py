@@ -180,7 +180,7 @@ def test_extract_where_found_keeps_the_sound_only_inside_its_events(tmp_path: Pa
 
     src = burst_file(tmp_path / "a.wav", 44100, [(2.0, 4.0), (15.0, 16.5)])
     everywhere = plan_job([src], api.request("tone"), api.OutputPlan(name_template="{stem}.all.{ext}"))
-    found = plan_job([src], api.request("tone"), api.OutputPlan(residual=True, where=api.DetectOptions()))
+    found = plan_job([src], api.request("tone"), api.OutputPlan(residual=True, gate=api.DetectOptions()))
     for job in (everywhere, found):
         Runner(StandIn(), torch.zeros(1, 8), EngineOptions()).run(job.results)
     events = found.results[0].events

@@ -36,7 +36,7 @@ from click.testing import CliRunner
 from clapsep_cli import api, resources
 from clapsep_cli.audio.reader import AudioInfo, probe
 from clapsep_cli.audio.region import END_TOLERANCE, Region
-from clapsep_cli.bridges.reaper.jobs import Heartbeat, read_job
+from clapsep_cli.bridges.reaper.job_files import Heartbeat, read_job
 from clapsep_cli.bridges.reaper.lua import lua_literal, lua_string
 from clapsep_cli.bridges.reaper.setup import (
     ASK_FILE,

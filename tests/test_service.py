@@ -21,10 +21,13 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import AuthenticationError, Connection
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from clapsep_cli import api
-from clapsep_cli.errors import ClapsepError
+from clapsep_cli.errors import AudioError, ClapsepError, ModelMissingError
+from clapsep_cli.jobs.data import to_data
 from clapsep_cli.service import client, protocol
 from tests.helpers import as_written, stems, tone, write_audio
 
@@ -128,6 +131,31 @@ def test_the_service_writes_the_bytes_of_an_in_process_run_and_the_cli_imports_n
     assert there.stdout.replace(str(tmp_path / "there"), "OUT") == here.stdout.replace(str(tmp_path / "here"), "OUT")
     assert stems(tmp_path / "there") == stems(tmp_path / "here")
     assert len(list((tmp_path / "here").iterdir())) == (4 if "--residual" in command else 2)
+
+
+def test_the_json_report_through_the_service_is_the_in_process_one_but_for_timings(
+        warm: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    src = sources(tmp_path / "src")
+    (src / "broken.wav").write_text("not audio")
+    with sf.SoundFile(src / "mix.wav", "r+") as f:  # one more that fails as it is read, not as it is planned
+        f.seek(RATE)
+        f.write(np.full((10, 2), np.nan, np.float32))
+
+    def report(name: str, server: str) -> dict:
+        done = clapsep("extract", "dog barking", "mix.wav", "talk.flac", "broken.wav", "--out-dir", tmp_path / name,
+                       "--json", server=server, cwd=src)
+        assert done.returncode == 1, done.stderr
+        data = json.loads(done.stdout.replace(str(tmp_path / name), "OUT"))
+        for key in ("timings", "query_embeddings"):
+            data.pop(key)
+        for result in data["results"]:
+            result.pop("processing_seconds", None)
+            result.pop("realtime_factor", None)
+        return data
+
+    here, there = report("here", "never"), report("there", "require")
+    assert there == here
+    assert [r["status"] for r in here["results"]] == ["failed", "ok", "failed"] and here["failed"] == 2
 
 
 def test_a_region_of_a_file_named_relative_to_the_client_lands_where_and_as_the_client_means(
@@ -325,7 +353,7 @@ class StopAt:
     def __init__(self, error: BaseException):
         self.error, self.ended = error, []
 
-    def start_job(self, files: int, where: str) -> None:
+    def start_job(self, files: int, place: str) -> None:
         pass
 
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
@@ -388,12 +416,11 @@ def reply_to(payload: bytes) -> dict | None:
             return None
 
 
-def good_job(src: Path) -> dict:
-    return {**protocol.hello(), "verb": "run", "cwd": str(src), "session": {"model": "default", "device": "cpu",
+def good_job(src: Path, model: str = "default") -> dict:
+    """A run request as a client sends it: the job it planned, whole."""
+    return {**protocol.hello(), "verb": "run", "cwd": str(src), "session": {"model": model, "device": "cpu",
                                                                           "precision": "auto"},
-            "job": {"items": protocol.encode([api.Item(src / "mix.wav")]),
-                    "request": protocol.encode(api.request("dog")), "plan": protocol.encode(api.OutputPlan()),
-                    "region": protocol.encode(api.Region())}}
+            "job": to_data(api.plan([src / "mix.wav"], api.request("dog"), api.OutputPlan(overwrite=True)))}
 
 
 @pytest.mark.parametrize("payload,answer", [
@@ -423,10 +450,11 @@ def run_raw(message: dict) -> list[dict]:
 
 
 @pytest.mark.parametrize("spoil,answer", [
-    ("unknown-type", "unknown type 'Popen' in a message"),
+    ("unknown-type", "in a message: unknown type 'Popen'"),
     ("query-not-a-query", "'request.query' has the wrong type (int)"),
-    ("inside-the-query", "a Query in a message is malformed"),
-    ("items-not-items", "'items' has the wrong type (PosixPath)"),
+    ("inside-the-query", "in a message: a Query is malformed"),
+    ("results-not-results", "'results' has the wrong type (PosixPath)"),
+    ("plan-not-planned", "a pending result's plan has the wrong type (NoneType)"),
     ("no-such-folder", "the client's folder cannot be entered"),
 ])
 def test_a_job_of_the_wrong_shape_fails_alone(warm: subprocess.Popen[bytes], tmp_path: Path, spoil: str,
@@ -439,15 +467,83 @@ def test_a_job_of_the_wrong_shape_fails_alone(warm: subprocess.Popen[bytes], tmp
         message["job"]["request"] = {"$": "Request", "query": 5}
     elif spoil == "inside-the-query":
         message["job"]["request"] = {"$": "Request", "query": {"$": "Query", "positive": 5}}
-    elif spoil == "items-not-items":
-        message["job"]["items"] = {"$path": "/etc"}
+    elif spoil == "results-not-results":
+        message["job"]["results"] = {"$path": "/etc"}
+    elif spoil == "plan-not-planned":
+        message["job"]["results"][0]["planned"] = None
     else:
         message["cwd"] = str(tmp_path / "gone")
     events = run_raw(message)
     assert [e["event"] for e in events] == ["queued", "error"]
     assert answer in events[-1]["error"]["template"]
-    done = run_raw(good_job(src))[-1]
-    assert done["event"] == "done" and done["results"][0]["status"] == "ok"
+    assert run_raw(good_job(src))[-1]["event"] == "done"
+
+
+def test_the_service_runs_the_clients_plan_and_sends_each_result_once(warm: subprocess.Popen[bytes],
+                                                                       tmp_path: Path) -> None:
+    src = sources(tmp_path / "src")
+    events = run_raw(good_job(src))
+    kinds = [e["event"] for e in events]
+    assert kinds[:3] == ["queued", "start_job", "start_file"] and kinds[-2:] == ["end_file", "done"]
+    assert set(kinds[3:-2]) <= {"advance", "log"}
+    assert events[-2]["index"] == 0 and events[-2]["result"]["status"] == "ok"  # the one result, once
+    assert set(events[-1]) == {"event", "ran"} and "results" not in json.dumps(events[-1])
+    assert events[-1]["ran"]["model_loaded"] is True
+
+
+def test_a_file_changed_between_plan_and_run_fails_clearly_there(warm: subprocess.Popen[bytes],
+                                                                 tmp_path: Path) -> None:
+    src = sources(tmp_path / "src")
+    write_audio(src / "same.wav", tone(3.0, RATE, 1, seed=5), RATE)
+    job = api.plan([src / "mix.wav", src / "talk.flac", src / "same.wav"], api.request("dog"),
+                   api.OutputPlan(out_dir=tmp_path / "out"))
+    write_audio(src / "mix.wav", tone(2.0, RATE, 2, seed=1), RATE)  # another size
+    stat = (src / "same.wav").stat()
+    os.utime(src / "same.wav", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same size, touched
+    seen = []
+
+    class Ends:
+        def start_job(self, files: int, place: str) -> None:
+            pass
+
+        def start_file(self, path: Path, segments: int, seconds: float) -> None:
+            pass
+
+        def advance(self, segments: int) -> None:
+            pass
+
+        def end_file(self, result: api.FileResult) -> None:
+            seen.append(result.input.name)
+
+    client.ServiceExecutor(device="cpu").run(job, Ends())
+    assert [r.status for r in job.results] == ["failed", "ok", "failed"] and seen == ["talk.flac"]
+    assert job.results[0].error == (f"{src / 'mix.wav'}: changed since the job was planned (its size differs); "
+                                    "run it again")
+    assert job.results[2].error == (f"{src / 'same.wav'}: changed since the job was planned (its modification time "
+                                    "differs); run it again")
+    assert type(job.results[0].problem) is AudioError
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["talk.dog.flac"]
+
+
+def test_errors_keep_their_class_and_message_across_the_service(warm: subprocess.Popen[bytes],
+                                                                tmp_path: Path) -> None:
+    src = sources(tmp_path / "src")
+    with pytest.raises(ModelMissingError, match=r"^model 'nonexistent' is not installed; "):
+        client.ServiceExecutor("nonexistent", device="cpu").extract([src / "mix.wav"], api.request("dog"),
+                                                                     api.OutputPlan(out_dir=tmp_path / "out"))
+    bad = src / "bad.wav"
+    write_audio(bad, tone(2.0, RATE, 1), RATE)
+    job = api.plan([bad], api.request("dog"), api.OutputPlan(out_dir=tmp_path / "out"))
+    with sf.SoundFile(bad, "r+") as f:  # samples become NaN, its size and time kept: it fails as it is read there
+        f.seek(RATE)
+        f.write(np.full(1000, np.nan, np.float32))
+    stat = bad.stat()
+    os.utime(bad, ns=(stat.st_atime_ns, job.results[0].planned.mtime_ns))
+    client.ServiceExecutor(device="cpu").run(job)
+    here = api.Separator(device="cpu").extract([bad], api.request("dog"), api.OutputPlan(out_dir=tmp_path / "here"))
+    assert job.results[0].status == here.results[0].status == "failed"
+    assert type(job.results[0].problem) is type(here.results[0].problem) is AudioError
+    assert job.results[0].error == here.results[0].error
 
 
 def test_a_truncated_or_unauthenticated_message_costs_only_its_connection(warm: subprocess.Popen[bytes]) -> None:

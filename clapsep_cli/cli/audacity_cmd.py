@@ -212,7 +212,7 @@ def watch(poll: float, once: bool, show_status: bool, residual: bool | None, thr
         status.write("loading the model")
         separator = _executor(server, model_name, device, precision, overlap, batch_size)
         detect = detect_settings(threshold, min_duration, merge)
-        if hasattr(separator, "model"):  # here, not in the service: load now, so the first request is quick
+        if separator.holds_model:  # here, not in the service: load now, so the first request is quick
             separator.model  # noqa: B018
         kinds = [Extracting(StemMaker(separator), residual), Finding(EventSearch(separator, detect))]
         if not once:

@@ -89,13 +89,13 @@ def server_option(f: F) -> F:
                              "$CLAPSEP_SERVER.")(f)
 
 
-def make_executor(server: str, model_name: str, device: str, precision: str, quiet: bool, **engine: Any) -> Any:
-    """Where a job runs: the warm service's executor where ``server`` (``auto``, ``never``,
-    ``require``) says so, else a ``Separator`` here (:func:`clapsep_cli.service.client.executor`);
-    what loading says goes to stderr unless ``quiet``."""
-    from clapsep_cli.service import client
+def make_executor(server: str, model_name: str, device: str, precision: str, quiet: bool, **settings: Any) -> Any:
+    """Where a job runs, as :func:`clapsep_cli.service.choose.choose_executor` chooses it for
+    ``server`` (``auto``, ``never``, ``require``) and ``settings`` (``ray``, ``ray_cpus``,
+    ``ray_workers``, ``overlap``, ``batch_size``); what loading says goes to stderr unless ``quiet``."""
+    from clapsep_cli.service.choose import choose_executor
 
-    return client.executor(server, model_name, device=device, precision=precision, **engine,
+    return choose_executor(server, model_name, device=device, precision=precision, **settings,
                            log=None if quiet else lambda msg: click.echo(msg, err=True))
 
 

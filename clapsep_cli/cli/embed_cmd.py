@@ -42,7 +42,7 @@ def embed(texts: tuple[str, ...], names: tuple[str, ...], all_presets: bool, exp
     sep = make_separator(model_name, device, precision, quiet=json_output)
     rows = []
     for name, query in jobs:
-        vector = sep.conditioning(query)[0]
+        vector = sep.session.conditioning(query)[0]
         row = {"name": name, "query": query.describe()}
         if export_dir is not None:
             export_dir.mkdir(parents=True, exist_ok=True)
@@ -53,4 +53,4 @@ def embed(texts: tuple[str, ...], names: tuple[str, ...], all_presets: bool, exp
             click.echo(f"{name}: cached" + (f" -> {row['file']}" if "file" in row else ""))
     if json_output:
         emit_json({"model": sep.model.installed.name, "embedded": rows,
-                   "from_cache": sep.cache.hits, "computed": sep.cache.misses})
+                   "from_cache": sep.session.cache.hits, "computed": sep.session.cache.misses})

@@ -240,7 +240,7 @@ def stem_plan_options(f: F) -> F:
         found = detect_settings(threshold, min_duration, merge) if where == "found" else None
         if found is None and (alone := given("threshold", "min_duration", "merge")):
             raise ClapsepError(f"{' and '.join(alone)} shape what --where found keeps: give --where found too")
-        return api.OutputPlan(**plan, residual=req.residual if residual is None else residual, where=found)
+        return api.OutputPlan(**plan, residual=req.residual if residual is None else residual, gate=found)
 
     return collect("plan", options, build, uses=["req"])(f)
 

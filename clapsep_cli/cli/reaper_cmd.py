@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clapsep_cli.bridges.reaper import jobs, setup
+from clapsep_cli.bridges.reaper import job_files, setup
 
 
 @click.group()
@@ -39,4 +39,4 @@ def install(resource_path: Path | None) -> None:
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
 def run(job: Path) -> None:
     """Run a job file written by a REAPER action (the actions call this; log and result go beside it)."""
-    jobs.run_job_file(job)
+    job_files.run_job_file(job)

@@ -73,14 +73,9 @@ def _executor(opts: JobOptions) -> Any:
     """Where the job runs: in the warm service (``--server``), here, or on the Ray cluster
     ``--ray`` names."""
     engine, placement = opts.engine, opts.placement
-    if placement.ray is not None:
-        if placement.server == "require":
-            raise ClapsepError("--ray runs the job on a Ray cluster, not in the clapsep service: leave out --server")
-        return api.Cluster(placement.ray, engine.model, device=engine.device, precision=engine.precision,
-                           overlap=engine.overlap, batch_size=engine.batch_size, worker_cpus=placement.ray_cpus,
-                           max_workers=placement.ray_workers)
     return make_executor(placement.server, engine.model, engine.device, engine.precision, quiet=opts.reporting.json,
-                         overlap=engine.overlap, batch_size=engine.batch_size)
+                         overlap=engine.overlap, batch_size=engine.batch_size, ray=placement.ray,
+                         ray_cpus=placement.ray_cpus, ray_workers=placement.ray_workers)
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:

@@ -1,12 +1,17 @@
-"""Extraction jobs on a Ray cluster: the driver plans, Ray actors separate, stems land on shared storage.
+"""Jobs on a Ray cluster: :class:`Cluster`, the executor whose workers are Ray actors; stems land
+on shared storage.
 
-The driver (this process) plans the job exactly as a local run does (:meth:`Separator.plan`, no
-model), starts a pool of worker actors (one model load each: one per GPU where the cluster has
-GPUs, else one per ``worker_cpus`` CPUs) and hands each one pending file at a time. A worker
-separates with the same :class:`~clapsep_cli.jobs.run.Runner` and streaming engine as a local
-run, writing stems atomically where the plan says (next to the sources or under the output
-folder, which all nodes must see at the same paths). Results come back into the job in input
-order, so the report is the local one plus a ``ray`` section.
+The driver (this process) plans the job exactly as a local run does (:func:`~clapsep_cli.api.plan`,
+no model). :meth:`Cluster.run` starts a pool of :class:`Worker` actors (each a
+:class:`~clapsep_cli.jobs.session.Session`, one model load: one per GPU where the cluster has
+GPUs, else one per ``worker_cpus`` CPUs), has the first compute the query's conditioning vector
+and hands each worker one pending file at a time with it, as plain data
+(:func:`~clapsep_cli.jobs.data.to_data`). A worker separates with the same
+:class:`~clapsep_cli.jobs.run.Runner` and streaming engine as a local run, writing stems
+atomically where the plan says (next to the sources or under the output folder, which all
+nodes must see at the same paths), and sends its result back as plain data; errors keep their
+class and message. Results come back into the job in input order, so the report is the local
+one plus a ``ray`` section.
 
 Faults: a worker process that dies is restarted by Ray and its file retried (Ray's actor
 restarts and task retries); the stem of a killed attempt is never published, and its temporary
@@ -33,7 +38,8 @@ import torch
 from clapsep_cli.audio import atomic
 from clapsep_cli.engine.options import DEFAULT_OVERLAP, EngineOptions
 from clapsep_cli.errors import ClapsepError, SettingError, first_line
-from clapsep_cli.jobs.plan import FileResult, Job, pending
+from clapsep_cli.jobs.data import FileResult, Job, from_data, pending, to_data
+from clapsep_cli.jobs.executor import Executor
 from clapsep_cli.jobs.progress import Progress
 from clapsep_cli.jobs.run import Runner, segments_of
 from clapsep_cli.jobs.session import Session
@@ -59,7 +65,7 @@ def require_ray() -> Any:
     return ray
 
 
-class Cluster:
+class Cluster(Executor):
     """Runs jobs on the Ray cluster at ``address``: ``auto`` (the one ``RAY_ADDRESS`` names, else
     one Ray finds on this machine), ``local`` (start one on this machine, on 127.0.0.1 only) or a
     cluster address (``host:port``, ``ray://host:port``).
@@ -150,13 +156,13 @@ class Cluster:
             states = ray.get([a.ready.remote() for a in actors])
             for state in states:
                 if "error" in state:
-                    raise ClapsepError(state["error"], setting=state.get("setting"))
+                    raise from_data(state["error"])
             # The query's conditioning vector, computed once (on the first worker) for all of them.
             answer = ray.get(actors[0].condition.remote(job.request.query))
         except ray.exceptions.RayError as err:
             raise ClapsepError(f"a Ray worker could not start: {first_line(err)}") from None
         if "error" in answer:
-            raise ClapsepError(answer["error"], setting=answer.get("setting"))
+            raise from_data(answer["error"])
         cond, invert = answer["condition"], job.request.invert
         job.model_loaded = True
         job.device, job.precision = states[0]["device"], states[0]["precision"]
@@ -174,12 +180,12 @@ class Cluster:
             while queue and idle:
                 index, actor = queue.pop(), idle.pop()
                 result = job.results[index]
-                running[actor.separate.remote(_shipped(result), cond, invert)] = (index, actor)
+                running[actor.separate.remote(to_data(result), cond, invert)] = (index, actor)
             done, _ = ray.wait(list(running), num_returns=1)
             index, actor = running.pop(done[0])
             result = job.results[index]
             try:
-                _settle(result, ray.get(done[0]))
+                result.take(from_data(ray.get(done[0])))
                 idle.append(actor)
             except ray.exceptions.ActorUnavailableError as err:  # killed mid-call and restarting
                 unavailable[index] += 1
@@ -219,7 +225,7 @@ class Worker:
             self.state = {"device": str(self.session.device), "precision": self.session.precision,
                           "load_seconds": self.session.load_seconds}
         except ClapsepError as err:  # reported by the driver as the local run reports it
-            self.state = {"error": err.template, "setting": err.setting}
+            self.state = {"error": to_data(err)}
 
     def ready(self) -> dict[str, Any]:
         return self.state
@@ -229,13 +235,19 @@ class Worker:
         try:
             vector = self.session.conditioning(query)
         except ClapsepError as err:
-            return {"error": err.template, "setting": err.setting}
+            return {"error": to_data(err)}
         return {"condition": vector, "seconds": self.session.query_seconds}
 
-    def separate(self, result: FileResult, condition: torch.Tensor, invert: bool) -> dict[str, Any]:
+    def separate(self, data: Any, condition: torch.Tensor, invert: bool) -> Any:
+        """Separate one planned result (:func:`~clapsep_cli.jobs.data.to_data` of a
+        :class:`FileResult`); the result, filled in, as data (a library error fails the file)."""
+        result = from_data(data)
         session = self.session
-        Runner(session.model, condition, session.options, invert=invert).run([result])
-        return _outcome(result)
+        try:
+            Runner(session.model, condition, session.options, invert=invert).run([result])
+        except ClapsepError as err:
+            result.settle("failed", err)
+        return to_data(result)
 
     def stats(self) -> dict[str, Any]:
         return self.session.embedding_counts()
@@ -249,33 +261,6 @@ def _report(progress: Progress, result: FileResult, overlap: float) -> None:
     if result.status == "ok":
         progress.advance(segments)
     progress.end_file(result)
-
-
-def _shipped(result: FileResult) -> FileResult:
-    """What a worker needs of a pending result (its plan; no error objects)."""
-    return FileResult(result.input, target=result.target, residual=result.residual, rate=result.rate,
-                      channels=result.channels, offset_frames=result.offset_frames, planned=result.planned)
-
-
-def _outcome(result: FileResult) -> dict[str, Any]:
-    """A worker's result as plain data (library errors do not all survive pickling)."""
-    out = {"status": result.status, "frames": result.frames, "seconds": result.seconds,
-           "clipped_samples": result.clipped_samples, "extra": result.extra, "events": result.events}
-    if result.problem is not None:
-        out.update(error=result.problem.template, setting=result.problem.setting)
-    elif result.error:
-        out.update(error=result.error, setting=None)
-    return out
-
-
-def _settle(result: FileResult, outcome: dict[str, Any]) -> None:
-    if "error" in outcome:
-        result.settle(outcome["status"], ClapsepError(outcome["error"], setting=outcome["setting"]))
-    else:
-        result.status = outcome["status"]
-    result.frames, result.seconds = outcome["frames"], outcome["seconds"]
-    result.clipped_samples, result.extra = outcome["clipped_samples"], outcome["extra"]
-    result.events = outcome["events"]
 
 
 def _check_reachable(address: str) -> None:

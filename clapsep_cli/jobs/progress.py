@@ -1,12 +1,19 @@
 """What a running job reports as it goes: the :class:`Progress` protocol every executor
-calls (local, Ray, the service) and every front end implements. Torch-free."""
+calls (local, Ray, the service) and every front end implements, and :class:`Cancelled`, which a
+progress raises to stop the job. Torch-free."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Protocol
 
-from clapsep_cli.jobs.plan import FileResult
+from clapsep_cli.jobs.data import FileResult
+
+
+class Cancelled(Exception):
+    """Nobody waits for the job any more (its client cancelled or hung up, the service stops, the
+    REAPER action was stopped): raised from a :class:`Progress` call, it stops the job before its
+    next file or segment; the message says why."""
 
 
 class Progress(Protocol):
@@ -16,8 +23,8 @@ class Progress(Protocol):
     ``end_file``. A cluster reports each file as it finishes on a worker, all three calls at
     once."""
 
-    def start_job(self, files: int, where: str) -> None:
-        """``files`` are to be separated; ``where`` is ``""`` in this process, else where they
+    def start_job(self, files: int, place: str) -> None:
+        """``files`` are to be separated; ``place`` is ``""`` in this process, else where they
         run (``"on 2 Ray workers"``)."""
 
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
@@ -32,7 +39,7 @@ class Progress(Protocol):
 
 
 class NoProgress:
-    def start_job(self, files: int, where: str) -> None:
+    def start_job(self, files: int, place: str) -> None:
         pass
 
     def start_file(self, path: Path, segments: int, seconds: float) -> None:

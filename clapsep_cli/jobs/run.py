@@ -21,7 +21,7 @@ from clapsep_cli.engine.stream import Batcher, Source
 from clapsep_cli.errors import AudioError, ClapsepError
 from clapsep_cli.events.detect import Detector, Event
 from clapsep_cli.events.formats import EventFormat
-from clapsep_cli.jobs.plan import FileResult, Planned, pending
+from clapsep_cli.jobs.data import FileResult, Planned, pending
 from clapsep_cli.jobs.progress import NoProgress, Progress
 from clapsep_cli.network.architecture import SAMPLE_RATE
 

@@ -1,25 +1,34 @@
-"""The library's local executor: a :class:`Separator`, one model on one device that separates
-files, folders and in-memory audio (re-exported by :mod:`clapsep_cli.api`)."""
+"""The library's local executor: a :class:`Separator`, which holds a
+:class:`~clapsep_cli.jobs.session.Session` (one model on one device) and separates files,
+folders and in-memory audio with it, in this process (re-exported by :mod:`clapsep_cli.api`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
 from clapsep_cli.audio.reader import BLOCK, first_non_finite
+from clapsep_cli.engine.options import DEFAULT_OVERLAP, EngineOptions
 from clapsep_cli.engine.stream import separate_stream
 from clapsep_cli.errors import AudioError, SettingError
 from clapsep_cli.events.detect import DetectOptions, Detector, Event
+from clapsep_cli.jobs.data import Job
 from clapsep_cli.jobs.executor import Executor
 from clapsep_cli.jobs.plan import check_references
+from clapsep_cli.jobs.progress import Progress
+from clapsep_cli.jobs.run import Runner
 from clapsep_cli.jobs.session import Session
+from clapsep_cli.models import store
+from clapsep_cli.models.loaded import ClapSep
+from clapsep_cli.models.precision import DEFAULT_PRECISION
 from clapsep_cli.queries.request import Request
 from clapsep_cli.queries.spec import Query
 
 
-class Separator(Session, Executor):
+class Separator(Executor):
     """One model on one device with fixed engine settings; separates any number of requests.
 
     ``model``: an installed model's name; ``device``: ``auto`` (CUDA, then MPS, then the CPU),
@@ -31,8 +40,70 @@ class Separator(Session, Executor):
     device or precision this machine does not have.
 
     The model is loaded on first use, so inputs and outputs are checked before anything
-    expensive happens (see :class:`~clapsep_cli.jobs.session.Session`).
+    expensive happens: the separator's :attr:`session`
+    (:class:`~clapsep_cli.jobs.session.Session`) holds it.
     """
+
+    holds_model = True
+
+    def __init__(self, model: str = store.DEFAULT_MODEL, *, device: str = "auto",
+                 precision: str = DEFAULT_PRECISION, overlap: float = DEFAULT_OVERLAP,
+                 batch_size: int | None = None, log: Callable[[str], None] | None = None):
+        self.session = Session(model, device=device, precision=precision, overlap=overlap, batch_size=batch_size,
+                               log=log)
+
+    @classmethod
+    def of(cls, session: Session) -> Separator:
+        """A separator running jobs with ``session``."""
+        separator = cls.__new__(cls)
+        separator.session = session
+        return separator
+
+    def with_engine(self, overlap: float, batch_size: int | None) -> Separator:
+        """A separator on this one's model (loaded once, shared) with other engine settings."""
+        return Separator.of(self.session.with_engine(overlap, batch_size))
+
+    # What the session holds, read through the separator.
+    @property
+    def model_name(self) -> str:
+        return self.session.model_name
+
+    @property
+    def device(self) -> torch.device:
+        return self.session.device
+
+    @property
+    def precision(self) -> str:
+        return self.session.precision
+
+    @property
+    def options(self) -> EngineOptions:
+        return self.session.options
+
+    @property
+    def loaded(self) -> bool:
+        return self.session.loaded
+
+    @property
+    def model(self) -> ClapSep:
+        """The loaded model (loading it on first use)."""
+        return self.session.model
+
+    def run(self, job: Job, progress: Progress | None = None) -> Job:
+        """Separate the planned job's pending files here (loading the model only if there are any)."""
+        session = self.session
+        started = time.perf_counter()
+        job.model, job.precision, job.device = session.model_name, session.precision, str(session.device)
+        if job.pending:
+            before, counts = session.query_seconds, session.embedding_counts()
+            cond = session.conditioning(job.request.query)
+            job.query_seconds = session.query_seconds - before
+            Runner(session.model, cond, session.options, progress, invert=job.request.invert).run(job.results)
+            after = session.embedding_counts()  # this job's, however many the session ran before
+            job.embeddings = {**after, **{k: after[k] - counts[k] for k in ("from_cache", "computed")}}
+        job.model_loaded, job.load_seconds = session.loaded, session.load_seconds
+        job.total_seconds += time.perf_counter() - started
+        return job
 
     def condition(self, req: Request | Query) -> torch.Tensor:
         """The conditioning vector (1, 1024) of a request: positive and negative CLAP
@@ -40,7 +111,7 @@ class Separator(Session, Executor):
         reference clip, before any model is loaded."""
         query = req.query if isinstance(req, Request) else req
         check_references(query)
-        return self.conditioning(query)
+        return self.session.conditioning(query)
 
     def separate(self, audio: np.ndarray, rate: int, req: Request) -> tuple[np.ndarray, np.ndarray]:
         """Separate in-memory audio: ``audio`` is (frames,) or (frames, channels) at ``rate``.

@@ -1,10 +1,10 @@
-"""A session: one model on one device with fixed engine settings, loaded on first use; the local
-executor of planned jobs (a :class:`~clapsep_cli.jobs.cluster.Cluster` is the other one).
+"""A session: one model on one device with fixed engine settings, loaded on first use, and the
+one place a query becomes its conditioning vector (:meth:`Session.conditioning`; runners take
+it ready).
 
-Both executors take a :class:`~clapsep_cli.jobs.plan.Job` from
-:func:`~clapsep_cli.jobs.plan.plan_job` and a :class:`~clapsep_cli.jobs.run.Progress`, and
-fill in the job. A query becomes its conditioning vector here, in :meth:`Session.conditioning`,
-and nowhere else; the runner takes it ready.
+A session runs nothing itself: the local executor, :class:`~clapsep_cli.jobs.separator.Separator`,
+holds one and runs planned jobs with it (so do the service's separators); each Ray
+:class:`~clapsep_cli.jobs.cluster.Worker` holds one and runs the files the driver hands it.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ from typing import Any
 import torch
 
 from clapsep_cli.engine.options import DEFAULT_OVERLAP, for_device
-from clapsep_cli.jobs.plan import Job
-from clapsep_cli.jobs.progress import Progress
-from clapsep_cli.jobs.run import Runner
 from clapsep_cli.models import store
 from clapsep_cli.models.loaded import ClapSep, load_model, resolve_device, resolve_precision
 from clapsep_cli.models.precision import DEFAULT_PRECISION
@@ -86,18 +83,3 @@ class Session:
         """Where this session's query embeddings came from, and whether the text encoder loaded."""
         return {"from_cache": self.cache.hits, "computed": self.cache.misses,
                 "text_encoder_loaded": self.model.text_encoder_loaded}
-
-    def run(self, job: Job, progress: Progress | None = None) -> Job:
-        """Separate the planned job's pending files (loading the model only if there are any)."""
-        started = time.perf_counter()
-        job.model, job.precision, job.device = self.model_name, self.precision, str(self.device)
-        if job.pending:
-            before, counts = self.query_seconds, self.embedding_counts()
-            cond = self.conditioning(job.request.query)
-            job.query_seconds = self.query_seconds - before
-            Runner(self.model, cond, self.options, progress, invert=job.request.invert).run(job.results)
-            after = self.embedding_counts()  # this job's, however many the session ran before
-            job.embeddings = {**after, **{k: after[k] - counts[k] for k in ("from_cache", "computed")}}
-        job.model_loaded, job.load_seconds = self.loaded, self.load_seconds
-        job.total_seconds += time.perf_counter() - started
-        return job

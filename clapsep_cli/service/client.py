@@ -1,5 +1,6 @@
-"""Clients of the warm service: find it, start it, ask its status, stop it, and run jobs on it
-through :class:`ServiceExecutor`, an executor like :class:`~clapsep_cli.api.Separator` (``run``,
+"""Clients of the warm service: find it, start it, ask its status, stop it, say whether a job
+should go to it (:func:`usable`), and run jobs on it through :class:`ServiceExecutor`, an
+:class:`~clapsep_cli.api.Executor` like :class:`~clapsep_cli.api.Separator` (``run``,
 ``extract``, ``find``) whose work happens in the service. Torch-free, so a command line that
 hands its job to a warm service starts in a fraction of a second.
 """
@@ -19,7 +20,7 @@ from typing import Any
 from clapsep_cli import __version__, api
 from clapsep_cli.audio import atomic
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.jobs.executor import Executor
+from clapsep_cli.jobs.data import RUN_FIELDS, FileResult, to_data
 from clapsep_cli.models.store import DEFAULT_MODEL
 from clapsep_cli.service import protocol
 
@@ -175,17 +176,7 @@ def usable(mode: str, log: Callable[[str], None] | None = None) -> bool:
     return matches
 
 
-def executor(mode: str, model: str = DEFAULT_MODEL, *, log: Callable[[str], None] | None = None,
-             **settings: Any) -> api.Executor:
-    """Where a job runs for ``mode`` (see :func:`usable`): a :class:`ServiceExecutor`, else a
-    :class:`~clapsep_cli.api.Separator` in this process. ``settings``: ``device``,
-    ``precision``, ``overlap``, ``batch_size``."""
-    if usable(mode, log):
-        return ServiceExecutor(model, log=log, **settings)
-    return api.Separator(model, log=log, **settings)
-
-
-class ServiceExecutor(Executor):
+class ServiceExecutor(api.Executor):
     """Runs planned jobs in the service (``extract`` and ``find`` as on every
     :class:`~clapsep_cli.api.Executor`): the same settings as a
     :class:`~clapsep_cli.api.Separator`, the same results (the stems are the same bytes), the
@@ -200,9 +191,9 @@ class ServiceExecutor(Executor):
         self.log = log or (lambda _line: None)
 
     def run(self, job: api.Job, progress: api.Progress | None = None) -> api.Job:
-        """Run the planned ``job`` in the service (which plans it again, in this process's folder,
-        and must find the same inputs) and fill in its results. A job with nothing to separate
-        never contacts the service."""
+        """Run the planned ``job`` in the service (its plan as it is, in this process's folder; a
+        file changed since it was planned fails there) and fill in its results. A job with
+        nothing to separate never contacts the service."""
         started = time.perf_counter()
         job.model, job.device, job.precision = self.settings["model"], None, None
         if job.pending:
@@ -212,10 +203,7 @@ class ServiceExecutor(Executor):
             with conn:
                 _send_job(conn, {**protocol.hello(), "verb": "run", "client": os.getpid(), "cwd": os.getcwd(),
                                  "path": os.environ.get("PATH"), "umask": atomic.umask_bits(),
-                                 "session": self.settings,
-                                 "job": {"items": protocol.encode(job.items),
-                                         "request": protocol.encode(job.request),
-                                         "plan": protocol.encode(job.plan), "region": protocol.encode(job.region)}})
+                                 "session": self.settings, "job": to_data(job)})
                 _Reception(conn, job, progress, self.log).follow()
         job.total_seconds += time.perf_counter() - started
         return job
@@ -231,8 +219,10 @@ def _send_job(conn: Connection, message: dict[str, Any]) -> None:
 
 
 class _Reception:
-    """Follows one job's messages from the service into the job and its progress (``alive``,
-    the service's heartbeat, only shows it lives; silence beyond the bound is :class:`Unresponsive`)."""
+    """Follows one job's messages from the service into the job and its progress: each result
+    once (``end_file``, or ``settled`` for a file that changed since it was planned), then what
+    the run filled in (``done``). ``alive``, the service's heartbeat, only shows it lives; silence
+    beyond the bound is :class:`Unresponsive`."""
 
     def __init__(self, conn: Connection, job: api.Job, progress: api.Progress | None,
                  log: Callable[[str], None]):
@@ -267,34 +257,32 @@ class _Reception:
             self.log(str(message.get("line")))
         elif event in ("start_job", "start_file", "advance") and self.progress is not None:
             if event == "start_job":
-                self.progress.start_job(message["files"], message["where"])
+                self.progress.start_job(message["files"], message["place"])
             elif event == "start_file":
                 self.progress.start_file(Path(message["path"]), message["segments"], message["seconds"])
             else:
                 self.progress.advance(message["segments"])
-        elif event == "end_file":
-            result = self.job.results[message["index"]]
-            protocol.apply_result(result, message["result"])
-            if self.progress is not None:
+        elif event in ("end_file", "settled"):
+            result = self._result(message)
+            if event == "end_file" and self.progress is not None:
                 self.progress.end_file(result)
-        elif event in ("done", "cancelled"):
-            self._settle(message)
-            if event == "cancelled":
-                raise ClapsepError(f"the job was stopped in the clapsep service ({message.get('reason')})")
+        elif event == "done":
+            ran = protocol.decode(message.get("ran"))
+            for name in RUN_FIELDS:
+                setattr(self.job, name, ran[name])
             return True
+        elif event == "cancelled":
+            raise ClapsepError(f"the job was stopped in the clapsep service ({message.get('reason')})")
         elif event in ("error", "mismatch"):
             raise (protocol.error_from(message.get("error")) if event == "error" else
                    ClapsepError(f"the clapsep service cannot run this job: {message.get('reason')}"))
         return False
 
-    def _settle(self, message: dict[str, Any]) -> None:
-        results = message.get("results") or []
-        if len(results) != len(self.job.results) and message.get("event") == "done":
-            raise ClapsepError("the inputs changed between planning and running the job; run it again")
-        for result, data in zip(self.job.results, results):
-            protocol.apply_result(result, data)
-        for name, value in (message.get("job") or {}).items():
-            setattr(self.job, name, value)
+    def _result(self, message: dict[str, Any]) -> FileResult:
+        """The job's result the message fills in (with what the service made of it)."""
+        result = self.job.results[protocol.expect(message.get("index"), int, "'index'")]
+        result.take(protocol.expect(protocol.decode(message.get("result")), FileResult, "'result'"))
+        return result
 
     def _cancel(self) -> None:
         """Ask the service to stop the job, and take what it finished (bounded wait)."""
@@ -309,9 +297,9 @@ class _Reception:
                     continue
                 heard = time.monotonic()
                 message = protocol.receive(self.conn)
-                if message.get("event") in ("done", "cancelled", "error"):
-                    if message.get("event") != "error":
-                        self._settle(message)
+                if message.get("event") in ("end_file", "settled"):
+                    self._result(message)  # what it finished before it stopped
+                elif message.get("event") in ("done", "cancelled", "error"):
                     return
         except (EOFError, OSError, ClapsepError):
             return

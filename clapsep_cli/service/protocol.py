@@ -6,13 +6,19 @@ user's alone, mode 0700, and the socket 0600), framed and authenticated by the s
 library's :mod:`multiprocessing.connection`: length-prefixed messages and its HMAC
 challenge-response in both directions, with a 32-byte key in a 0600 file beside the socket that
 the service writes anew each time it starts. Payloads are JSON (never pickles: a message that
-passed the handshake is still only data), at most :data:`MAX_MESSAGE` bytes, and decode only
-into the plan's own types (:data:`WIRE_TYPES`).
+passed the handshake is still only data), at most :data:`MAX_MESSAGE` bytes; jobs, results and
+errors in them are in the job's one plain-data form (:func:`~clapsep_cli.jobs.data.to_data`),
+which decodes only into the job's own types (:data:`~clapsep_cli.jobs.data.WIRE_TYPES`) and
+errors keep their class.
+
+A ``run`` request carries the planned job (its results with their plans); the service runs that
+plan and sends each result back once, as its file ends (``end_file``), or before the run where
+the file changed since it was planned (``settled``); ``done`` carries only what the run filled
+in besides (:data:`~clapsep_cli.jobs.data.RUN_FIELDS`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -29,22 +35,15 @@ from typing import Any
 import platformdirs
 
 from clapsep_cli import __version__
-from clapsep_cli.audio.region import Region
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.events.detect import DetectOptions, Event
-from clapsep_cli.jobs.plan import EventPlan, FileResult, Item, OutputPlan
-from clapsep_cli.queries.request import Request
-from clapsep_cli.queries.spec import AudioRef, Query
+from clapsep_cli.jobs.data import from_data
 
-PROTOCOL = 1
-MAX_MESSAGE = 1 << 20  # bytes; a job of thousands of files fits, a larger message is refused
+PROTOCOL = 2
+MAX_MESSAGE = 1 << 24  # bytes; a planned job of thousands of files fits, a larger message is refused
 HANDSHAKE_SECONDS = 10.0  # a peer that says nothing for this long during the handshake is dropped
 SILENCE_SECONDS = 10.0  # a client takes a service that says nothing for this long for stopped or hung
 SILENCE_ENV = "CLAPSEP_SERVICE_TIMEOUT"  # seconds, instead of SILENCE_SECONDS
 HEARTBEAT_SECONDS = 1.0  # while a client's job waits or runs, the service says it is alive this often
-WIRE_TYPES = {cls.__name__: cls for cls in (Request, Query, AudioRef, OutputPlan, EventPlan, DetectOptions, Item,
-                                            Region, Event)}
-_RESULT_FIELDS = [f.name for f in dataclasses.fields(FileResult) if f.name not in ("planned", "problem")]
 
 
 class ProtocolError(ClapsepError):
@@ -224,46 +223,13 @@ def hello() -> dict[str, Any]:
 
 # --- values ------------------------------------------------------------------------------------
 
-def encode(value: Any) -> Any:
-    """``value`` as JSON-ready data: the :data:`WIRE_TYPES` dataclasses, paths and tuples tagged."""
-    if dataclasses.is_dataclass(value) and type(value).__name__ in WIRE_TYPES:
-        fields = {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return {"$": type(value).__name__, **fields}
-    if isinstance(value, Path):
-        return {"$path": str(value)}
-    if isinstance(value, tuple):
-        return {"$tuple": [encode(v) for v in value]}
-    if isinstance(value, list):
-        return [encode(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): encode(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"{type(value).__name__} does not travel to the clapsep service")
-
-
 def decode(data: Any) -> Any:
-    """The inverse of :func:`encode`; :class:`ProtocolError` for anything else."""
-    if isinstance(data, list):
-        return [decode(v) for v in data]
-    if not isinstance(data, dict):
-        return data
-    if "$path" in data and len(data) == 1 and isinstance(data["$path"], str):
-        return Path(data["$path"])
-    if "$tuple" in data and len(data) == 1 and isinstance(data["$tuple"], list):
-        return tuple(decode(v) for v in data["$tuple"])
-    if "$" in data:
-        cls = WIRE_TYPES.get(data["$"]) if isinstance(data["$"], str) else None
-        if cls is None:
-            raise ProtocolError(f"unknown type {data['$']!r} in a message")
-        fields = {k: decode(v) for k, v in data.items() if k != "$"}
-        try:
-            return cls(**fields)
-        except ClapsepError:
-            raise
-        except (TypeError, ValueError) as err:
-            raise ProtocolError(f"a {cls.__name__} in a message is malformed ({err})") from None
-    return {k: decode(v) for k, v in data.items()}
+    """:func:`~clapsep_cli.jobs.data.from_data`; :class:`ProtocolError` for data that is not one
+    of the job's types or does not fit it."""
+    try:
+        return from_data(data)
+    except ValueError as err:
+        raise ProtocolError(f"in a message: {err}") from None
 
 
 def expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
@@ -275,28 +241,10 @@ def expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
     return value
 
 
-def error_data(err: ClapsepError) -> dict[str, Any]:
-    return {"template": err.template, "setting": err.setting}
-
-
 def error_from(data: Any) -> ClapsepError:
-    """The :class:`ClapsepError` :func:`error_data` describes (any message, for a bad one)."""
-    if isinstance(data, dict) and isinstance(data.get("template"), str):
-        setting = data.get("setting")
-        return ClapsepError(data["template"], setting=setting if isinstance(setting, str) else None)
-    return ClapsepError(f"the clapsep service failed ({data!r})")
-
-
-def result_data(result: FileResult) -> dict[str, Any]:
-    """One file's outcome, for the client to copy into its own result (:func:`apply_result`)."""
-    data = {name: encode(getattr(result, name)) for name in _RESULT_FIELDS}
-    data["problem"] = error_data(result.problem) if result.problem else None
-    return data
-
-
-def apply_result(result: FileResult, data: dict[str, Any]) -> None:
-    """Copy a :func:`result_data` into ``result`` (its plan stays the client's)."""
-    for name in _RESULT_FIELDS:
-        if name in data:
-            setattr(result, name, decode(data[name]))
-    result.problem = error_from(data["problem"]) if data.get("problem") else None
+    """The error an ``error`` message carries, of its own class (any message, for a bad one)."""
+    try:
+        err = from_data(data)
+    except (ValueError, ClapsepError):
+        err = None
+    return err if isinstance(err, ClapsepError) else ClapsepError(f"the clapsep service failed ({data!r})")

@@ -3,9 +3,11 @@ the jobs of every client (the command line, the Audacity and REAPER bridges) one
 in order of arrival, streaming their progress back.
 
 Each connection is one request (after the handshake, see :mod:`.protocol`): ``status``, ``stop``
-or ``run``. A ``run`` is queued; one worker thread plans and runs the jobs in turn, each in its
-client's folder and with its client's ``PATH``, through a :class:`~clapsep_cli.api.Separator`
-kept per model, device and precision. While its job waits or runs, the client may send
+or ``run``. A ``run`` carries a job its client planned; it is queued, and one worker thread runs
+the jobs in turn, each in its client's folder and with its client's ``PATH``, through a
+:class:`~clapsep_cli.api.Separator` kept per model, device and precision. The client's plan is
+run as it is: only what can have changed since is checked (each file's size and modification
+time, :func:`~clapsep_cli.jobs.plan.unchanged`). While its job waits or runs, the client may send
 ``cancel``; a client that hangs up cancels it too; the service says ``alive`` to it every
 :data:`~.protocol.HEARTBEAT_SECONDS`, so a client can tell a stopped or hung service from a
 long job. A bad request gets an error reply and costs only its own connection.
@@ -31,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 from clapsep_cli import __version__, api
 from clapsep_cli.audio.atomic import file_lock
 from clapsep_cli.errors import ClapsepError
+from clapsep_cli.jobs.data import RUN_FIELDS, Planned, to_data
+from clapsep_cli.jobs.plan import unchanged
 from clapsep_cli.service import protocol
 from clapsep_cli.service.protocol import ProtocolError, expect
 
@@ -40,10 +44,6 @@ if TYPE_CHECKING:
 DEFAULT_IDLE = 15 * 60.0  # seconds without a job before the service exits and gives its memory back
 STOP_SECONDS = 30.0  # how long a stopping service waits for its running job to stop
 POLL = 0.25  # seconds between checks of the stop flag, the idle clock and a client's cancel
-
-
-class Cancelled(Exception):
-    """The job's client cancelled it, hung up, or the service is stopping."""
 
 
 class AlreadyRunning(ClapsepError):
@@ -79,25 +79,26 @@ class Ticket:
 
     def check(self) -> None:
         if self.cancelled.is_set():
-            raise Cancelled(self.reason)
+            raise api.Cancelled(self.reason)
 
     def describe(self) -> dict[str, Any]:
         spec = self.request.get("job", {})
-        return {"client": self.client, "items": len(spec.get("items", [])), "queued_at": self.queued_at,
+        return {"client": self.client, "items": len(spec.get("results", [])), "queued_at": self.queued_at,
                 "started_at": self.started_at}
 
 
 class WireProgress:
-    """A job's :class:`~clapsep_cli.api.Progress`, sent to its client; it stops the job (raises
-    :class:`Cancelled`) before the next file or segment once the client cancelled."""
+    """A job's :class:`~clapsep_cli.api.Progress`, sent to its client (each file's result once,
+    with ``end_file``); it stops the job (raises :class:`~clapsep_cli.api.Cancelled`) before the
+    next file or segment once the client cancelled."""
 
     def __init__(self, ticket: Ticket, job: api.Job):
         self.ticket = ticket
         self.index = {id(r): i for i, r in enumerate(job.results)}
 
-    def start_job(self, files: int, where: str) -> None:
+    def start_job(self, files: int, place: str) -> None:
         self.ticket.check()
-        self.ticket.send({"event": "start_job", "files": files, "where": where})
+        self.ticket.send({"event": "start_job", "files": files, "place": place})
 
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
         self.ticket.check()
@@ -108,8 +109,7 @@ class WireProgress:
         self.ticket.send({"event": "advance", "segments": segments})
 
     def end_file(self, result: api.FileResult) -> None:
-        self.ticket.send({"event": "end_file", "index": self.index[id(result)],
-                          "result": protocol.result_data(result)})
+        self.ticket.send({"event": "end_file", "index": self.index[id(result)], "result": to_data(result)})
 
 
 class Service:
@@ -200,7 +200,7 @@ class Service:
                 ticket = self.queue.get_nowait()
             except queue.Empty:
                 return
-            ticket.send({"event": "error", "error": {"template": reason, "setting": None}})
+            ticket.send({"event": "error", "error": to_data(ClapsepError(reason))})
             ticket.done.set()
 
     # --- requests --------------------------------------------------------------------------
@@ -222,17 +222,15 @@ class Service:
             except (AuthenticationError, EOFError, OSError):
                 return  # not our user, or gone
             except ProtocolError as err:
-                _reply(conn, {"event": "error", "error": protocol.error_data(err)})
+                _reply(conn, {"event": "error", "error": to_data(err)})
                 return
             try:
                 self._dispatch(conn, message)
             except ProtocolError as err:
-                _reply(conn, {"event": "error", "error": protocol.error_data(err)})
+                _reply(conn, {"event": "error", "error": to_data(err)})
             except Exception as err:  # noqa: BLE001 - one request's failure, the service goes on
                 self.say(traceback.format_exc())
-                _reply(conn, {"event": "error", "error": {"template": f"internal error in the clapsep service "
-                                                                      f"({type(err).__name__}: {err})",
-                                                          "setting": None}})
+                _reply(conn, {"event": "error", "error": to_data(_internal(err))})
 
     def _dispatch(self, conn: Connection, message: dict[str, Any]) -> None:
         verb = message.get("verb")
@@ -285,7 +283,7 @@ class Service:
             with contextlib.suppress(ValueError):
                 self.waiting.remove(ticket)
             if self.stopping.is_set():
-                ticket.send({"event": "error", "error": {"template": "the clapsep service stopped", "setting": None}})
+                ticket.send({"event": "error", "error": to_data(ClapsepError("the clapsep service stopped"))})
                 ticket.done.set()
                 continue
             self.current, ticket.started_at = ticket, time.time()
@@ -298,33 +296,27 @@ class Service:
                 ticket.done.set()
 
     def _run(self, ticket: Ticket) -> dict[str, Any]:
-        """Plan and run one job; the message that ends it (done, cancelled or error)."""
-        job: api.Job | None = None
+        """Run one planned job; the message that ends it (done, cancelled or error). Each result
+        goes to the client once: a file changed since it was planned fails before the run
+        (``settled``), the others as they end (``end_file``)."""
         try:
             ticket.check()
-            spec = ticket.request["job"]
             session = self._session(expect(ticket.request.get("session"), dict, "'session'"))
             with _client_context(ticket.request):
-                req = expect(protocol.decode(spec.get("request")), api.Request, "'request'")
-                expect(req.query, api.Query, "'request.query'")
-                job = api.plan(_items(spec), req,
-                               expect(protocol.decode(spec.get("plan")), (api.OutputPlan, api.EventPlan), "'plan'"),
-                               expect(protocol.decode(spec.get("region")), api.Region, "'region'"))
+                job = _job(ticket.request.get("job"))
+                for index, result in enumerate(job.results):
+                    if result.status == "pending" and not unchanged(result):
+                        ticket.send({"event": "settled", "index": index, "result": to_data(result)})
                 session.run(job, WireProgress(ticket, job))
-            return {"event": "done", "results": [protocol.result_data(r) for r in job.results],
-                    "job": {"model": job.model, "device": job.device, "precision": job.precision,
-                            "model_loaded": job.model_loaded, "load_seconds": job.load_seconds,
-                            "query_seconds": job.query_seconds, "embeddings": job.embeddings}}
-        except Cancelled as why:
+            return {"event": "done", "ran": to_data({name: getattr(job, name) for name in RUN_FIELDS})}
+        except api.Cancelled as why:
             self.say(f"job of client {ticket.client} cancelled: {why}")
-            return {"event": "cancelled", "reason": str(why),
-                    "results": [protocol.result_data(r) for r in job.results] if job else []}
+            return {"event": "cancelled", "reason": str(why)}
         except ClapsepError as err:
-            return {"event": "error", "error": protocol.error_data(err)}
+            return {"event": "error", "error": to_data(err)}
         except Exception as err:  # noqa: BLE001 - one job's failure, the service goes on
             self.say(traceback.format_exc())
-            return {"event": "error", "error": {"template": f"internal error in the clapsep service "
-                                                            f"({type(err).__name__}: {err})", "setting": None}}
+            return {"event": "error", "error": to_data(_internal(err))}
 
     def _session(self, wanted: dict[str, Any]) -> api.Separator:
         """The separator for these settings: one per model, device and precision, shared by every
@@ -380,9 +372,22 @@ class Service:
                 "jobs_done": self.jobs_done, "rss_bytes": resident_bytes()}
 
 
-def _items(spec: dict[str, Any]) -> list[api.Item]:
-    items = expect(protocol.decode(spec.get("items")), list, "'items'")
-    return [expect(i, api.Item, "an item") for i in items]
+def _job(data: Any) -> api.Job:
+    """The planned job a ``run`` request carries, checked for the types the run relies on."""
+    job = expect(protocol.decode(expect(data, dict, "'job'")), api.Job, "'job'")
+    expect(job.request, api.Request, "'request'")
+    expect(job.request.query, api.Query, "'request.query'")
+    expect(job.plan, (api.OutputPlan, api.EventPlan), "'plan'")
+    for result in expect(job.results, list, "'results'"):
+        expect(result, api.FileResult, "a result")
+        expect(result.input, Path, "a result's input")
+        if result.status == "pending":
+            expect(result.planned, Planned, "a pending result's plan")
+    return job
+
+
+def _internal(err: Exception) -> ClapsepError:
+    return ClapsepError(f"internal error in the clapsep service ({type(err).__name__}: {err})")
 
 
 def _heartbeat(ticket: Ticket, last: float) -> float:

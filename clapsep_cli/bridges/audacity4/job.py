@@ -35,7 +35,7 @@ import numpy as np
 
 from clapsep_cli import api
 from clapsep_cli.errors import ClapsepError
-from clapsep_cli.service import client
+from clapsep_cli.service.choose import EDITOR_SERVER, SERVER_ENV, choose_executor
 
 KINDS = ("extract", "remove", "find")
 FORMAT_VERSION = 1
@@ -147,12 +147,7 @@ def executor(log: Callable[[str], None]) -> api.Executor:
     """The warm service, started on the first job (``CLAPSEP_SERVER``: ``require`` by default, as
     for every editor's click; ``auto`` uses only a running one, ``never`` runs here); here, saying
     why, when it cannot be used."""
-    try:
-        if client.usable(os.environ.get("CLAPSEP_SERVER", "require"), log):
-            return client.ServiceExecutor(log=log)
-    except ClapsepError as err:
-        log(f"not using the clapsep service: {err}")
-    return api.Separator(log=log)
+    return choose_executor(os.environ.get(SERVER_ENV, EDITOR_SERVER), fallback=True, log=log)
 
 
 def _failed(result: api.FileResult, source: Path) -> ClapsepError:

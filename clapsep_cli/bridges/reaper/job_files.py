@@ -1,4 +1,6 @@
-"""Job files of the REAPER actions, and running them."""
+"""Job files of the REAPER actions, and running them: read (:func:`read_job`), planned as one
+job of items, run by the executor :func:`~clapsep_cli.service.choose.choose_executor` gives an
+editor (the warm service, started on the first click), and answered with a Lua result file."""
 
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from clapsep_cli.bridges.reaper.lua import lua_literal
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.queries import presets
 from clapsep_cli.service import client
+from clapsep_cli.service.choose import EDITOR_SERVER, SERVER_ENV, choose_executor
 
 JOB_VERSION = 2
+REMOVED = "the job file was removed"  # why a job stops: the action was stopped
 STEM_FORMAT, STEM_DEPTH = "wav", "32f"
 HEARTBEAT_SECONDS = 1.0
 
@@ -176,10 +180,6 @@ def free_stem_path(source: Path, tag: str, out_dir: Path, chosen: set[Path] = fr
         n += 1
 
 
-class Cancelled(Exception):
-    """The action removed the job file: it was stopped, nobody waits for the result."""
-
-
 class ItemLog:
     """The job's progress (:class:`~clapsep_cli.api.Progress`) as lines in its log, one item
     after another, asking ``cancelled()`` before each item starts."""
@@ -188,12 +188,12 @@ class ItemLog:
         self.results, self.log, self.cancelled = job.results, log, cancelled
         self.told = 0  # items logged
 
-    def start_job(self, files: int, where: str) -> None:
+    def start_job(self, files: int, place: str) -> None:
         pass
 
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
         if self.cancelled():
-            raise Cancelled
+            raise api.Cancelled(REMOVED)
         while self.results[self.told].status != "pending":  # items the job does not separate
             self.up_to(1)
         self._item()
@@ -254,31 +254,22 @@ def find_items(job: JobFile, log: Callable[[str], None], cancelled: Callable[[],
 def run_items(planned: api.Job, log: Callable[[str], None], cancelled: Callable[[], bool]) -> list[api.FileResult]:
     """Run a planned job of items (one model load, shared batches), logging each item; a failing
     item is recorded, not raised. Before each item and at the end, ``cancelled()`` is asked; if
-    true, the stems written so far are removed and :class:`Cancelled` is raised."""
+    true, the stems written so far are removed and :class:`~clapsep_cli.api.Cancelled` is raised."""
     progress = ItemLog(planned, log, cancelled)
+    # The warm service, started on the first click so the next ones answer at once
+    # (CLAPSEP_SERVER=auto uses only a running one, never runs here); here when it cannot be used.
+    executor = choose_executor(os.environ.get(SERVER_ENV, EDITOR_SERVER), fallback=True, log=log)
+    if isinstance(executor, client.ServiceExecutor):
+        log("running in the clapsep service")
     try:
-        executor(log).run(planned, progress)
+        executor.run(planned, progress)
         if cancelled():
-            raise Cancelled
-    except Cancelled:
+            raise api.Cancelled(REMOVED)
+    except api.Cancelled:
         remove_stems(planned.results)
         raise
     progress.up_to(len(planned.results) - progress.told)
     return planned.results
-
-
-def executor(log: Callable[[str], None]) -> api.Executor:
-    """Where a click's job runs: the warm service, started on the first click so the next ones
-    answer at once (``CLAPSEP_SERVER=auto`` uses only a running one, ``never`` runs here); here
-    too when the service cannot be used (another clapsep's, say), as the log then says."""
-    try:
-        chosen = client.executor(os.environ.get("CLAPSEP_SERVER", "require"), log=log)
-    except ClapsepError as err:
-        log(f"not using the clapsep service: {err}")
-        return api.Separator(log=log)
-    if isinstance(chosen, client.ServiceExecutor):
-        log("running in the clapsep service")
-    return chosen
 
 
 def remove_stems(results: list[api.FileResult]) -> None:
@@ -387,7 +378,7 @@ def run_job_file(job_path: Path) -> None:
             with job_environment(job):
                 results = run(job, log, lambda: not job_path.exists())
             outcome = {"state": "done", "items": [entry(r) for r in results]}
-        except Cancelled:
+        except api.Cancelled:
             pass
         except ClapsepError as err:
             log(f"error: {err}")
