@@ -267,9 +267,7 @@ class _Reception:
             if event == "end_file" and self.progress is not None:
                 self.progress.end_file(result)
         elif event == "done":
-            ran = protocol.decode(message.get("ran"))
-            for name in RUN_FIELDS:
-                setattr(self.job, name, ran[name])
+            self._ran(message)
             return True
         elif event == "cancelled":
             raise ClapsepError(f"the job was stopped in the clapsep service ({message.get('reason')})")
@@ -277,6 +275,13 @@ class _Reception:
             raise (protocol.error_from(message.get("error")) if event == "error" else
                    ClapsepError(f"the clapsep service cannot run this job: {message.get('reason')}"))
         return False
+
+    def _ran(self, message: dict[str, Any]) -> None:
+        """What the run filled in besides the results (:data:`~clapsep_cli.jobs.data.RUN_FIELDS`)."""
+        ran = protocol.expect(protocol.decode(message.get("ran")), dict, "'ran'")
+        for name in RUN_FIELDS:
+            if name in ran:
+                setattr(self.job, name, ran[name])
 
     def _result(self, message: dict[str, Any]) -> FileResult:
         """The job's result the message fills in (with what the service made of it)."""
@@ -299,7 +304,10 @@ class _Reception:
                 message = protocol.receive(self.conn)
                 if message.get("event") in ("end_file", "settled"):
                     self._result(message)  # what it finished before it stopped
-                elif message.get("event") in ("done", "cancelled", "error"):
+                elif message.get("event") == "done":  # it finished first
+                    self._ran(message)
+                    return
+                elif message.get("event") in ("cancelled", "error"):
                     return
         except (EOFError, OSError, ClapsepError):
             return
