@@ -30,7 +30,7 @@ def test_a_preset_and_texts_combine_by_one_rule() -> None:
     req = api.request("a puppy yelps", preset="dog", negative=["rain"])
     assert req.query.positive == dog.query.positive + ("a puppy yelps",)
     assert req.query.negative == dog.query.negative + ("rain",)
-    assert req.query.slug() == dog.suffix and req.residual == dog.residual
+    assert req.query.tag == dog.tag and req.residual == dog.residual
     assert api.request(preset="dog", audio_weight=0.9).query.audio_weight == 0.9
     plain = api.request("dog barking", "")
     assert plain.query.positive == ("dog barking",) and not plain.residual and plain.method is None
@@ -42,10 +42,10 @@ def test_removal_by_negative_query_swaps_the_sides_and_by_subtraction_inverts() 
     req = api.request("wind noise", negative=["speech"])
     negative = api.removal(req)
     assert (negative.query.positive, negative.query.negative) == (("speech",), ("wind noise",))
-    assert negative.query.slug() == "without_wind_noise" and not negative.invert
+    assert negative.query.tag == "without_wind_noise" and not negative.invert
     subtract = api.removal(req, "subtract")
     assert (subtract.query.positive, subtract.query.negative) == (("wind noise",), ("speech",))
-    assert subtract.invert and subtract.query.slug() == "without_wind_noise"
+    assert subtract.invert and subtract.query.tag == "without_wind_noise"
     with pytest.raises(SettingError) as caught:
         api.removal(req, "erase")
     assert caught.value.setting == "method"

@@ -40,9 +40,9 @@ def test_the_tokenizer_hint_is_a_command_that_works(empty_home: Path, tiny_files
 def test_preset_errors_name_the_preset_not_a_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLAPSEP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    result = CliRunner().invoke(main, ["presets", "new", "mine", "-q", "a dog", "--suffix", "Not A Tag"])
+    result = CliRunner().invoke(main, ["presets", "new", "mine", "-q", "a dog", "--tag", "Not A Tag"])
     assert result.exit_code == 1
-    assert "preset 'mine': 'suffix' must be a file-name tag" in result.output
+    assert "preset 'mine': 'tag' must be a file-name tag" in result.output
     assert ".tmp" not in result.output
 
 

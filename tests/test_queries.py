@@ -128,7 +128,9 @@ def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ('positive = ["a"]\ncolour = "red"\n', "unknown key 'colour'"),
     ('positive = "a"\nnegative = [1]\n', "'negative' must be a list of non-empty strings"),
     ('description = "x"\n', "needs at least one of"),
-    ('positive = ["a"]\nsuffix = "Not A Tag"\n', "'suffix' must be a file-name tag"),
+    ('positive = ["a"]\ntag = "Not A Tag"\n', "'tag' must be a file-name tag"),
+    ('positive = ["a"]\nsuffix = "Not A Tag"\n', "'suffix' must be a file-name tag"),  # the old name, still read
+    ('positive = ["a"]\ntag = "a"\nsuffix = "b"\n', "give 'tag' only"),
     ('positive = ["a"]\nresidual = "yes"\n', "'residual' must be true or false"),
     ('positive = ["a"]\naudio_weight = 2\n', "'audio_weight' must be a number between 0 and 1"),
     ('positive = ["a"\n', "not valid TOML"),
@@ -209,3 +211,11 @@ def test_embed_exports_the_conditioning_vector(home: Path, tmp_path: Path) -> No
     expected = condition(model, presets.load("birds").query, EmbeddingCache(None, "-"), TINY.joint_embed_dim)[0]
     assert np.allclose(vec, expected.numpy(), atol=1e-6)
     assert np.load(tmp_path / "vec" / "dog_bark.npy")[TINY.joint_embed_dim:].tolist() == [0.0] * TINY.joint_embed_dim
+
+
+def test_a_preset_file_s_old_suffix_key_still_names_its_tag(config_home: Path) -> None:
+    config_home.mkdir(parents=True)
+    (config_home / "old.toml").write_text('positive = ["people talking"]\nsuffix = "spoken"\n')
+    (config_home / "new.toml").write_text('positive = ["people talking"]\ntag = "spoken"\n')
+    assert presets.load("old").tag == presets.load("old").query.tag == "spoken"
+    assert presets.load("new").query.tag == "spoken"

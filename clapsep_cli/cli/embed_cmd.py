@@ -34,7 +34,7 @@ def embed(texts: tuple[str, ...], names: tuple[str, ...], all_presets: bool, exp
             raise ClapsepError(f"invalid preset: {bad[0]}")
         jobs += [(p.name, api.request(preset=p).query) for p in good]
     jobs += [(n, api.request(preset=n).query) for n in names]
-    jobs += [(q.slug(), q) for q in (api.request(t).query for t in texts)]
+    jobs += [(q.tag, q) for q in (api.request(t).query for t in texts)]
     if not jobs:
         raise ClapsepError("nothing to embed: give TEXTS, -p PRESET or --all-presets")
     for _, query in jobs:

@@ -148,7 +148,7 @@ def naming_options(noun: str, removal: bool = False) -> list[Decorator]:
     fields = dict(api.NAME_FIELDS)
     default = ""  # click's own "[default: ...]" for extract and find
     if removal:  # the same template, but its {query} is remove's own: say what it gives
-        fields["query"] = "without_ and the query's tag (a preset's suffix, else the texts)"
+        fields["query"] = "without_ and the query's tag (a preset's tag, else the texts)"
         default = (f" Default: {api.DEFAULT_NAME}, so `remove \"wind noise\" take.wav` writes "
                    "take.without_wind_noise.wav.")
     return [

@@ -21,7 +21,7 @@ def list_(json_output: bool) -> None:
     if json_output:
         emit_json({"user_dir": str(presets.user_dir()),
                    "presets": [{"name": p.name, "source": p.source, "description": p.description,
-                                "suffix": p.suffix, "residual": p.residual, "query": p.query.describe(),
+                                "tag": p.tag, "residual": p.residual, "query": p.query.describe(),
                                 "path": str(p.path)} for p in good],
                    "invalid": bad})
     else:
@@ -50,12 +50,13 @@ def show(name: str) -> None:
 @click.option("--positive", "-q", multiple=True, metavar="TEXT", help="What to keep (repeatable).")
 @click.option("--negative", "-n", multiple=True, metavar="TEXT", help="What to reject (repeatable).")
 @click.option("--description", "-d", default="", help="One line saying what the preset is for.")
-@click.option("--suffix", help="Tag used in stem file names (default: the preset name).")
+@click.option("--tag", "--suffix", "tag", help="Tag used in stem file names (default: the preset name; --suffix is "
+              "its old name).")
 @click.option("--residual/--no-residual", default=None, help="Also write the residual when this preset is used.")
 @click.option("--audio-weight", type=click.FloatRange(0.0, 1.0), help="Weight of reference audio against text.")
 @click.option("--from", "base", metavar="PRESET", help="Start from an existing preset's settings.")
 @click.option("--overwrite", is_flag=True, help="Replace a user preset of the same name.")
-def new(name: str, positive: tuple[str, ...], negative: tuple[str, ...], description: str, suffix: str | None,
+def new(name: str, positive: tuple[str, ...], negative: tuple[str, ...], description: str, tag: str | None,
         residual: bool | None, audio_weight: float | None, base: str | None, overwrite: bool) -> None:
     """Create a user preset NAME (it overrides a shipped preset of that name)."""
     if base:
@@ -65,7 +66,7 @@ def new(name: str, positive: tuple[str, ...], negative: tuple[str, ...], descrip
         description = description or start.description
         residual = start.residual if residual is None else residual
         audio_weight = start.query.audio_weight if audio_weight is None else audio_weight
-    text = presets.to_toml(description, list(positive), list(negative), suffix, residual, audio_weight)
+    text = presets.to_toml(description, list(positive), list(negative), tag, residual, audio_weight)
     click.echo(str(presets.create(name, text, overwrite)))
 
 

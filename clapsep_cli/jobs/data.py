@@ -33,7 +33,7 @@ from clapsep_cli.queries.spec import AudioRef, Query
 DEFAULT_NAME = "{stem}.{query}.{ext}"
 NAME_FIELDS = {
     "stem": "the source's name without its extension",
-    "query": "the query's tag (a preset's suffix, else the texts)",
+    "query": "the query's tag (a preset's tag, else the texts)",
     "ext": "the output format's extension",
     "name": "the source's full file name",
     "suffix": "the source's extension, without the dot",
@@ -43,7 +43,7 @@ NAME_FIELDS = {
 def output_path(template: str, out_dir: Path | None, source: Path, query: Query, extension: str) -> Path:
     """The file ``template`` (fields: :data:`NAME_FIELDS`) names for ``source``, in ``out_dir``
     (default: beside the source)."""
-    fields = {"stem": source.stem, "query": query.slug(), "ext": extension, "name": source.name,
+    fields = {"stem": source.stem, "query": query.tag, "ext": extension, "name": source.name,
               "suffix": source.suffix.lstrip(".")}
     try:
         name = template.format(**fields)
@@ -141,7 +141,7 @@ class Item:
 class Planned:
     """One input, probed, with its outputs decided: all that separating it needs besides the
     model and the condition. ``bounded``: the region has an end (read up to it, not to the
-    decoder's end); ``label`` tags the stems' metadata and names the events. Stems have a
+    decoder's end); ``tag`` tags the stems' metadata and names the events. Stems have a
     format and a clip policy (and ``gate``, to keep the sound only where it is found); events
     have ``detect``, and a format where a file is written. ``size`` and ``mtime_ns``: the file
     as it was probed (an executor in another process checks that it is the same file)."""
@@ -155,7 +155,7 @@ class Planned:
     target: Path | None
     residual: Path | None
     overwrite: bool
-    label: str
+    tag: str
     detect: DetectOptions | None = None  # find events (no stems)
     gate: DetectOptions | None = None  # stems kept only inside the events these find
     size: int = 0

@@ -72,13 +72,13 @@ def plan_file(item: Item, query: Query, plan: OutputPlan | EventPlan, region: Re
         target = plan.path(item.path, query, item.output)
         _refuse_source_overwrite(item.path, [target])
         return Planned(info, first, last, region.end is not None, plan.format, None, target, None, plan.overwrite,
-                       query.slug(), plan.detect, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+                       query.tag, plan.detect, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     fmt = choose_format(info, plan.fmt, plan.bit_depth)
     clip = resolve_clip(plan.clip, fmt)
     target, residual = plan.paths(item.path, query, fmt, item.output)
     _refuse_source_overwrite(item.path, [target, residual])
     return Planned(info, first, last, region.end is not None, fmt, clip, target, residual, plan.overwrite,
-                   query.slug(), gate=plan.gate, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+                   query.tag, gate=plan.gate, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
 def _stat(path: Path) -> os.stat_result:

@@ -119,12 +119,12 @@ class _FileRun:
 
     def __init__(self, source: Path, p: Planned, invert: bool):
         self.source, self.invert = source, invert
-        info, overwrite, label = p.info, p.overwrite, p.label
-        self.writers = [StemWriter(p.target, info.rate, info.channels, p.fmt, p.clip, overwrite, label)]
+        info, overwrite, tag = p.info, p.overwrite, p.tag
+        self.writers = [StemWriter(p.target, info.rate, info.channels, p.fmt, p.clip, overwrite, tag)]
         if p.residual is not None:
             try:
                 self.writers.append(StemWriter(p.residual, info.rate, info.channels, p.fmt, p.clip,
-                                                        overwrite, f"{label} residual"))
+                                                        overwrite, f"{tag} residual"))
             except BaseException:
                 self.abort()
                 raise
@@ -185,7 +185,7 @@ class _Gate:
     def __init__(self, p: Planned):
         assert p.gate is not None and p.target is not None
         self.planned = p
-        self.detector = Detector(p.gate, p.label, offset=p.first / p.info.rate, rate=p.info.rate)
+        self.detector = Detector(p.gate, p.tag, offset=p.first / p.info.rate, rate=p.info.rate)
         self.spool = tempfile.TemporaryFile(dir=p.target.parent)
         self.events: list[Event] = []
 
@@ -240,7 +240,7 @@ class _FileFind:
     def __init__(self, source: Path, p: Planned):
         assert p.detect is not None
         self.source, self.planned = source, p
-        self.detector = Detector(p.detect, p.label, offset=p.first / p.info.rate)
+        self.detector = Detector(p.detect, p.tag, offset=p.first / p.info.rate)
         self.events: list[Event] = []
 
     def write(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -256,7 +256,7 @@ class _FileFind:
         if p.target is not None:
             assert isinstance(p.fmt, EventFormat)
             try:
-                atomic.write_text(p.target, p.fmt.render(self.events, self.source, p.label), p.overwrite)
+                atomic.write_text(p.target, p.fmt.render(self.events, self.source, p.tag), p.overwrite)
             except FileExistsError:
                 raise ClapsepError(f"{p.target}: appeared while finding ({{setting}} replaces it)",
                                    setting="overwrite") from None

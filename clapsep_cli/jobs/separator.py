@@ -133,7 +133,7 @@ class Separator(Executor):
         channels) at ``rate``: the :class:`Event` s, in seconds from its start, that
         :meth:`find` gives for a file. Raises as :meth:`separate` does."""
         wave = _checked(audio, rate)
-        detector = Detector(options or DetectOptions(), req.query.slug())
+        detector = Detector(options or DetectOptions(), req.query.tag)
         stream = separate_stream(self.model, self.condition(req), _blocks(wave.reshape(len(wave), -1)), rate,
                                  self.options, model_rate=True)
         events = [e for target, mixture in stream for e in detector.push(target, mixture)]

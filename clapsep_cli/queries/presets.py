@@ -8,7 +8,8 @@ A preset file ``NAME.toml``::
     positive_audio = ["refs/voice.wav@0-4"]            # optional reference clips (relative
     negative_audio = []                                #   paths are relative to the file)
     audio_weight = 0.5                                 # optional, see queries.py
-    suffix = "dialogue"                                # optional tag in stem names (default: NAME)
+    tag = "dialogue"                                   # optional tag in stem names (default: NAME;
+                                                       #   `suffix`, its old name, is read too)
     residual = false                                   # optional: also write the residual
 
 User presets live in ``<user config dir>/clapsep/presets`` and override shipped presets of the
@@ -35,8 +36,8 @@ from clapsep_cli.audio import atomic
 from clapsep_cli.errors import ClapsepError
 from clapsep_cli.queries.spec import AudioRef, Query, slugify
 
-KEYS = {"description", "positive", "negative", "positive_audio", "negative_audio", "audio_weight", "suffix",
-        "residual"}
+KEYS = {"description", "positive", "negative", "positive_audio", "negative_audio", "audio_weight", "tag",
+        "suffix", "residual"}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 
 
@@ -57,7 +58,7 @@ class Preset:
     source: str  # "shipped" | "user"
     description: str
     query: Query
-    suffix: str
+    tag: str
     residual: bool
 
 
@@ -99,17 +100,20 @@ def parse(path: Path, source: str, name: str | None = None) -> Preset:
     number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
     if weight is not None and (not number or not 0 <= weight <= 1):
         raise ClapsepError(f"{path}: 'audio_weight' must be a number between 0 and 1")
-    suffix = data.get("suffix", slugify(name))
-    if not isinstance(suffix, str) or slugify(suffix) != suffix:
-        raise ClapsepError(f"{path}: 'suffix' must be a file-name tag such as {slugify(str(suffix))!r}")
+    if "tag" in data and "suffix" in data:
+        raise ClapsepError(f"{path}: give 'tag' only ('suffix' is its old name)")
+    key = "suffix" if "suffix" in data else "tag"
+    tag = data.get(key, slugify(name))
+    if not isinstance(tag, str) or slugify(tag) != tag:
+        raise ClapsepError(f"{path}: '{key}' must be a file-name tag such as {slugify(str(tag))!r}")
     residual = data.get("residual", False)
     if not isinstance(residual, bool):
         raise ClapsepError(f"{path}: 'residual' must be true or false")
     if not (positive or negative or refs["positive_audio"] or refs["negative_audio"]):
         raise ClapsepError(f"{path}: a preset needs at least one of positive, negative, positive_audio, negative_audio")
     query = Query(positive, negative, refs["positive_audio"], refs["negative_audio"],
-                  None if weight is None else float(weight), label=suffix)
-    return Preset(name, path, source, description, query, suffix, residual)
+                  None if weight is None else float(weight), given_tag=tag)
+    return Preset(name, path, source, description, query, tag, residual)
 
 
 def available() -> dict[str, Path]:
@@ -146,14 +150,14 @@ def load_all() -> tuple[list[Preset], list[str]]:
     return good, bad
 
 
-def to_toml(description: str, positive: list[str], negative: list[str], suffix: str | None = None,
+def to_toml(description: str, positive: list[str], negative: list[str], tag: str | None = None,
             residual: bool | None = None, audio_weight: float | None = None) -> str:
     """A preset file's text. Strings are written as JSON strings, which are valid TOML."""
     lines = [f"description = {json.dumps(description, ensure_ascii=False)}",
              f"positive = {json.dumps(positive, ensure_ascii=False)}",
              f"negative = {json.dumps(negative, ensure_ascii=False)}"]
-    if suffix is not None:
-        lines.append(f"suffix = {json.dumps(suffix)}")
+    if tag is not None:
+        lines.append(f"tag = {json.dumps(tag)}")
     if residual is not None:
         lines.append(f"residual = {'true' if residual else 'false'}")
     if audio_weight is not None:

@@ -32,7 +32,7 @@ class Request:
     @property
     def tag(self) -> str:
         """What stems and editor tracks are tagged with (see :meth:`Query.slug`)."""
-        return self.query.slug()
+        return self.query.tag
 
 
 def request(*texts: str, preset: str | presets.Preset | None = None, negative: Sequence[str] = (),
@@ -57,7 +57,7 @@ def request(*texts: str, preset: str | presets.Preset | None = None, negative: S
     q = base.query
     merged = Query(q.positive + given["positive"], q.negative + given["negative"],
                    q.positive_audio + given["positive_audio"], q.negative_audio + given["negative_audio"],
-                   q.audio_weight if audio_weight is None else audio_weight, label=base.suffix)
+                   q.audio_weight if audio_weight is None else audio_weight, given_tag=base.tag)
     return Request(merged, residual=base.residual)
 
 
@@ -71,9 +71,9 @@ def removal(req: Request, method: str = DEFAULT_REMOVE_METHOD) -> Request:
     if method not in REMOVE_METHODS:
         raise SettingError("method", f"must be one of {', '.join(REMOVE_METHODS)} (got {method!r})")
     q = req.query
-    label = "without_" + q.slug()
+    tag = "without_" + q.tag
     if method == "negative":
-        q = Query(q.negative, q.positive, q.negative_audio, q.positive_audio, q.audio_weight, label=label)
+        q = Query(q.negative, q.positive, q.negative_audio, q.positive_audio, q.audio_weight, given_tag=tag)
     else:
-        q = replace(q, label=label)
+        q = replace(q, given_tag=tag)
     return Request(q, residual=False, method=method)

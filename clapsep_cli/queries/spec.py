@@ -72,7 +72,7 @@ class Query:
     positive_audio: tuple[AudioRef, ...] = ()
     negative_audio: tuple[AudioRef, ...] = ()
     audio_weight: float | None = None
-    label: str | None = field(default=None, compare=False)
+    given_tag: str | None = field(default=None, compare=False)  # a preset's or removal's tag
 
     def __post_init__(self) -> None:
         if not (self.positive or self.negative or self.positive_audio or self.negative_audio):
@@ -83,10 +83,12 @@ class Query:
         if self.audio_weight is not None and not 0.0 <= self.audio_weight <= 1.0:
             raise SettingError("audio_weight", "must be between 0 and 1")
 
-    def slug(self) -> str:
-        """File-name tag: ``dog_barking``, ``without_wind``, ``like_ref`` ..."""
-        if self.label:
-            return slugify(self.label)
+    @property
+    def tag(self) -> str:
+        """The query's tag, in stem names and on events: ``dog_barking``, ``without_wind``,
+        ``like_ref`` ... (the given tag, else one made from the texts or clips)."""
+        if self.given_tag:
+            return slugify(self.given_tag)
         if self.positive:
             return slugify("+".join(self.positive))
         if self.positive_audio:
@@ -99,7 +101,7 @@ class Query:
             "positive": list(self.positive), "negative": list(self.negative),
             "positive_audio": [str(a) for a in self.positive_audio],
             "negative_audio": [str(a) for a in self.negative_audio],
-            "audio_weight": self.audio_weight, "label": self.label,
+            "audio_weight": self.audio_weight, "label": self.given_tag,  # the JSON key users read
         }
 
 
