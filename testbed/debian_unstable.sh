@@ -362,7 +362,7 @@ EOF" || true
       for g in "${PYTEST_GLOBS[@]}"; do
         for f in "$host_top"/clapsep/$g; do [[ -e $f ]] && files+=("${f#"$host_top"/clapsep/}"); done
       done
-      step pytest ".venv/bin/python -m pytest -q -p no:cacheprovider --durations=5 -m 'not slow and not e2e' ${files[*]}" ||
+      step pytest ".venv/bin/python -m pytest -q -p no:cacheprovider --basetemp=$top/work/pytest --durations=5 -m 'not slow and not e2e' ${files[*]}" ||
         true
       pytest_line=$(grep -E '^=*.*[0-9]+ (passed|failed|error|errors|skipped|deselected)' "$logs/pytest.log" |
                     tail -n1 | sed -E 's/^=+ //; s/ =+$//') || true
@@ -373,14 +373,14 @@ EOF" || true
   ((${#failed[@]})) && FAILED=1
   RESULTS+=("$(printf 'Python %-5s download %4ss  install %4ss  venv %5s  total %4ss  pytest: %s  failed: %s' \
     "$v" "$download_s" "$install_s" "$venv" "$((SECONDS - t0))" "$pytest_line" "${failed[*]:-none}")")
-  if ((! KEEP)) && ((! ${#failed[@]})); then rm -rf --one-file-system "$host_top/clapsep/.venv"; fi
+  if ((! KEEP)) && ((! ${#failed[@]})); then rm -rf --one-file-system "$host_top/clapsep/.venv" "$host_top/work"; fi
 }
 
 SHA=$(git -C "$SOURCE" rev-parse --verify "$REF^{commit}")  # once: the branch may move during the run
 for v in "${PYTHONS[@]}"; do run_python "$v"; done
 
 echo
-echo "clapsep on Debian $SUITE ($(cat "$ROOT/etc/debian_version" 2>/dev/null)), ref $REF:"
+echo "clapsep on Debian $SUITE ($(cat "$ROOT/etc/debian_version" 2>/dev/null)), $REF = ${SHA:0:12} of $SOURCE:"
 printf '  %s\n' "${RESULTS[@]}"
 echo "  root: $ROOT_SECONDS s (cached root: $ROOT); whole run: $((SECONDS - START)) s"
 ((FAILED)) && { echo "FAILED (logs under $ROOT/srv/clapsep-py*/logs)"; exit 1; }
