@@ -12,6 +12,10 @@ tests' tiny one, for a smoke run).
 
     python benchmarks/warm_latency.py --out bench-out --repeat 5
     python benchmarks/warm_latency.py --out bench-out --repeat 5 --audacity --baseline /tmp/before
+    python benchmarks/warm_latency.py --out bench-out --repeat 5 --audacity --audacity4   # as root
+
+--audacity4: Audacity 4.0.1 in the Debian root (testbed/debian_unstable.sh), warm only, from the
+click on Apply until the track is there (Audacity's progress window closes).
 """
 
 from __future__ import annotations
@@ -145,6 +149,82 @@ def audacity_rows(args: argparse.Namespace, store: Path, source: Path) -> dict[s
     return rows
 
 
+def audacity4_rows(args: argparse.Namespace, store: Path, source: Path) -> dict[str, tuple[float | None, float]]:
+    """Audacity 4.0.1 in the Debian root, set up as tests/test_audacity4_e2e.py does: from the click
+    on Apply (Effect > Extension > clapsep > Extract: dog) until the project's database holds the new
+    track's audio and Audacity's progress window has closed, the warm service serving: the effect's
+    first job starts it and loads the model (not timed). Only warm: Audacity's environment is fixed
+    when it starts."""
+    from clapsep_cli.bridges.audacity4 import setup as a4setup
+    from tests import test_audacity4_e2e as a4
+
+    reason = a4._usable() or (None if a4._outside_usr(sys.base_prefix) else "needs a Python installed outside /usr")
+    if reason:
+        raise SystemExit(f"--audacity4: {reason}")
+    base = a4.ROOT / "srv/clapsep-a4-e2e"
+    shutil.rmtree(base, ignore_errors=True)
+    (base / "run").mkdir(parents=True, mode=0o700)
+    home = a4.ROOT / a4.HOME.lstrip("/")
+    job = [str(Path(sys.prefix) / "bin" / "python"), "-m", "clapsep_cli.bridges.audacity4.job"]
+    a4setup.install_bundle(["dog"], home / ".local/share/Audacity/Audacity4/extensions", command=job)
+    work = Path(tempfile.mkdtemp(prefix="cs-a4-", dir="/tmp"))
+    root = a4.Root(work, shared=[*a4.SHARED, str(args.out.resolve())])
+    desk = a4.Desktop(root, work / "shots", {"PYTHONPATH": str(ROOT), "CLAPSEP_HOME": str(store.resolve()),
+                                             "HF_HUB_OFFLINE": "1"})
+    autosave = a4.Autosave(home)
+    px_per_second, zero = 23.88, 296  # the timeline at Audacity 4's first start (1600x1000 screen)
+
+    def select_5s() -> None:
+        x20, x25 = round(zero + 20 * px_per_second), round(zero + 25 * px_per_second)
+        desk.sh(f"xdotool mousemove {x20} {a4.TRACK_ROW} mousedown 1 mousemove {x20 + 40} {a4.TRACK_ROW} "
+                f"mousemove {x25} {a4.TRACK_ROW} mouseup 1")
+
+    def select_all() -> None:
+        desk.sh("xdotool mousemove 130 700 click 1 && sleep 0.3 && xdotool key ctrl+a")
+
+    def click_to_stem(select: Callable[[], None]) -> float:
+        select()
+        time.sleep(0.5)
+        newest = max(block for block, _ in autosave.read()[1])  # the effect's audio gets higher ids
+        desk.extract_dog()
+        clicked = time.perf_counter()
+        # Done: the project's database holds new audio (Audacity writes it when it applies the
+        # effect's edit) and the progress window has closed.
+        def done() -> bool:
+            if max(block for block, _ in autosave.read()[1]) <= newest:
+                return False
+            return not root.run("xdotool search --onlyvisible --name '^Audacity$'", env=desk.env).stdout.strip()
+
+        while not done():
+            if time.perf_counter() - clicked > 600:
+                raise SystemExit(f"--audacity4: no stem after 600 s (screenshots: {desk.shots})")
+            time.sleep(0.05)
+        took = time.perf_counter() - clicked
+        desk.sh("xdotool mousemove 130 700 click 1 && sleep 0.3 && xdotool key ctrl+z")  # the track goes
+        time.sleep(1.5)
+        return took
+
+    rows: dict[str, tuple[float | None, float]] = {}
+    try:
+        desk.sh(f"Xvfb {a4.DISPLAY} -screen 0 1600x1000x24 -nolisten tcp >/dev/null 2>&1 & sleep 1; "
+                f"audacity {source.resolve()} >/srv/clapsep-a4-e2e/audacity.log 2>&1 & echo started")
+        desk.wait_window(f"^{source.stem}.* - Audacity", 120)
+        [welcome] = desk.wait_window("^Getting started$", 30)
+        for _ in range(3):
+            desk.click_from_corner(welcome, 79, 23)
+            time.sleep(1)
+        desk.wait_window("^Getting started$", 10, gone=True)
+        click_to_stem(select_5s)  # starts the service, which loads the model
+        for name, select in {"5 s selection (20-25 s)": select_5s, "60 s selection (all)": select_all}.items():
+            times = [click_to_stem(select) for _ in range(args.repeat)]
+            rows[f"Audacity 4 (Effect > Extension > clapsep > Extract: dog), {name}"] = (None, statistics.median(times))
+    finally:
+        root.close()
+        shutil.rmtree(base, ignore_errors=True)
+        print(f"Audacity 4 screenshots: {desk.shots}", file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
@@ -152,13 +232,16 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny model instead of the full size")
     parser.add_argument("--audacity", action="store_true", help="the Audacity cases only (real Audacity, Xvfb)")
     parser.add_argument("--baseline", type=Path, help="with --audacity: another checkout to time too (DIR/.venv)")
+    parser.add_argument("--audacity4", action="store_true",
+                        help="Audacity 4.0.1 in the Debian root (as root; tests/test_audacity4_e2e.py's set-up), warm")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / ("store-tiny" if args.tiny else "store")
     (make_tiny_store if args.tiny else make_store)(store)
     source = make_source(args.out / "sixty_seconds.wav", 1.0)
-    if args.audacity:
-        print_rows(args, audacity_rows(args, store, source), None)
+    if args.audacity or args.audacity4:
+        rows = audacity_rows(args, store, source) if args.audacity else {}
+        print_rows(args, {**rows, **(audacity4_rows(args, store, source) if args.audacity4 else {})}, None)
         return
     runtime = Path(tempfile.mkdtemp(prefix="cs-bench-", dir="/tmp"))  # this run's own service
     env = {**os.environ, "CLAPSEP_HOME": str(store), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
@@ -187,14 +270,17 @@ def main() -> None:
     print_rows(args, rows, status["rss_bytes"])
 
 
-def print_rows(args: argparse.Namespace, rows: dict[str, tuple[float, float]], rss: int | None) -> None:
+def print_rows(args: argparse.Namespace, rows: dict[str, tuple[float | None, float]], rss: int | None) -> None:
     memory = f"; service resident memory {rss / 2**20:.0f} MiB" if rss is not None else ""
     print(f"{'tiny' if args.tiny else 'full-size'} model, CPU ({os.cpu_count()} cores), median of {args.repeat} "
           f"whole client processes{memory}")
     print("| click-to-stem | cold (`--server never`) | warm (service up) | speed-up |")
     print("|---|---|---|---|")
     for name, (cold, warm) in rows.items():
-        print(f"| {name} | {cold:.2f} s | {warm:.2f} s | {cold / warm:.1f}x |")
+        if cold is None:
+            print(f"| {name} | - | {warm:.2f} s | - |")
+        else:
+            print(f"| {name} | {cold:.2f} s | {warm:.2f} s | {cold / warm:.1f}x |")
 
 
 if __name__ == "__main__":

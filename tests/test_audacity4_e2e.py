@@ -55,6 +55,7 @@ R={root}; V={view}
 mount --make-rprivate /
 mount -t proc proc $R/proc
 mount --rbind /dev $R/dev && mount --make-rslave $R/dev
+mount --rbind /sys $R/sys && mount --make-rslave $R/sys
 mount -t tmpfs -o mode=1777 shm $R/dev/shm
 mkdir -p $V && mount --rbind $R $V
 for host in {shared}; do mkdir -p "$V$host" && mount --bind -o ro "$host" "$V$host"; done
@@ -79,13 +80,13 @@ def _usable() -> str | None:
 class Root:
     """A mount namespace with the root mounted, and commands run chrooted in it."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, shared: list[str] = SHARED):
         self.view = tmp / "root"
         # The mount points that the shared paths need in the root, made here and removed by close().
-        self.made = sorted({ROOT / Path(*Path(p).parts[1:i]) for p in SHARED for i in range(2, len(Path(p).parts) + 1)
+        self.made = sorted({ROOT / Path(*Path(p).parts[1:i]) for p in shared for i in range(2, len(Path(p).parts) + 1)
                             if not (ROOT / Path(*Path(p).parts[1:i])).exists()}, key=lambda d: -len(d.parts))
         self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c",
-                                        MOUNT.format(root=ROOT, view=self.view, shared=" ".join(SHARED))],
+                                        MOUNT.format(root=ROOT, view=self.view, shared=" ".join(sorted(shared)))],
                                        stdout=subprocess.PIPE, text=True)
         assert self.holder.stdout is not None and self.holder.stdout.readline().strip() == "ready"
 
