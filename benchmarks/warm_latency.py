@@ -156,9 +156,9 @@ def audacity4_rows(args: argparse.Namespace, store: Path, source: Path) -> dict[
     first job starts it and loads the model (not timed). Only warm: Audacity's environment is fixed
     when it starts."""
     from clapsep_cli.bridges.audacity4 import setup as a4setup
-    from tests import test_audacity4_e2e as a4
+    from testbed import live_audacity4 as a4
 
-    reason = a4._usable() or (None if a4._outside_usr(sys.base_prefix) else "needs a Python installed outside /usr")
+    reason = a4.usable() or (None if a4.outside_usr(sys.base_prefix) else "needs a Python installed outside /usr")
     if reason:
         raise SystemExit(f"--audacity4: {reason}")
     base = a4.ROOT / "srv/clapsep-a4-e2e"
