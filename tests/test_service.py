@@ -750,9 +750,11 @@ def test_a_service_stopped_mid_job_is_told_within_the_bound_and_drops_the_job_wh
 def test_a_job_queued_behind_a_long_one_hears_the_service_and_waits_past_the_bound(
         warm: subprocess.Popen[bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(protocol.SILENCE_ENV, f"{SILENCE:g}")
-    write_audio(tmp_path / "long.wav", tone(240.0, RATE, 2, seed=3), RATE)
+    # Long enough to outlast the bound on a fast, quiet machine too: 15 min, separated with half-segment
+    # overlap (180 network segments).
+    write_audio(tmp_path / "long.wav", tone(900.0, 16000, 1, seed=3), 16000)
     write_audio(tmp_path / "short.wav", tone(1.0, RATE, 1), RATE)
-    executor = client.ServiceExecutor(device="cpu")
+    executor = client.ServiceExecutor(device="cpu", overlap=0.5)
     long_job: list[api.Job] = []
     first = threading.Thread(target=lambda: long_job.append(
         executor.extract([tmp_path / "long.wav"], api.request("dog"), api.OutputPlan(out_dir=tmp_path / "a"))))
