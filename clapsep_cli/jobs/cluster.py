@@ -208,7 +208,12 @@ class Cluster(Executor):
                 for i in queue:
                     job.results[i].settle("failed", ClapsepError(f"{job.results[i].input}: every Ray worker was lost"))
                 queue.clear()
-        stats = ray.get([a.stats.remote() for a in idle]) if idle else []
+        stats = []
+        for actor in idle:
+            try:
+                stats.append(ray.get(actor.stats.remote()))
+            except ray.exceptions.RayActorError:  # still restarting after a kill: its counts died with it
+                continue
         job.embeddings = {"from_cache": sum(s["from_cache"] for s in stats),
                           "computed": sum(s["computed"] for s in stats),
                           "text_encoder_loaded": any(s["text_encoder_loaded"] for s in stats)}
