@@ -28,6 +28,7 @@ import soundfile as sf
 from clapsep_cli import api
 from clapsep_cli.errors import AudioError, ClapsepError, ModelMissingError
 from clapsep_cli.jobs.data import to_data
+from clapsep_cli.jobs.progress import NoProgress
 from clapsep_cli.service import client, protocol
 from tests.helpers import as_written, stems, tone, write_audio
 
@@ -502,16 +503,7 @@ def test_a_file_changed_between_plan_and_run_fails_clearly_there(warm: subproces
     os.utime(src / "same.wav", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same size, touched
     seen = []
 
-    class Ends:
-        def start_job(self, files: int, place: str) -> None:
-            pass
-
-        def start_file(self, path: Path, segments: int, seconds: float) -> None:
-            pass
-
-        def advance(self, segments: int) -> None:
-            pass
-
+    class Ends(NoProgress):
         def end_file(self, result: api.FileResult) -> None:
             seen.append(result.input.name)
 
