@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from clapsep_cli import api
 from clapsep_cli.bridges.audacity4 import job as a4job
 from clapsep_cli.bridges.audacity4 import setup as a4setup
 from clapsep_cli.errors import ClapsepError
@@ -235,6 +236,25 @@ def test_job_writes_the_stem_as_raw_frames_of_the_selected_length(tmp_path: Path
     assert json.loads((tmp_path / "result.json").read_text()) == outcome
     assert "clapsep-progress" in (tmp_path / "out.txt").read_text()
 
+
+def test_remove_job_lands_clapsep_removes_stem(tmp_path: Path) -> None:
+    """Remove: dog is `clapsep remove -p dog`: the removal request (everything but the sound, by the
+    CLI's default method), its stem landing; not the extraction's residual."""
+    audio = np.random.default_rng(2).standard_normal((8000, 1)).astype("float32")
+    write_job(tmp_path, "remove", audio)
+    asked = []
+
+    class Recording(FakeExecutor):
+        def extract(self, paths: list[Path], req: object, plan: object, progress: object = None) -> object:
+            asked.append(req)
+            done = super().extract(paths, req, plan, progress)
+            target = done.results[0].target
+            sf.write(target, audio / 4, 8000, subtype="FLOAT")  # the residual stays audio / 2
+            return done
+
+    a4job.run_job(a4job.read_job(tmp_path), out=open(tmp_path / "out.txt", "w"), make_executor=lambda log: Recording())
+    assert asked == [api.removal(api.request(preset="dog"))]
+    np.testing.assert_allclose(np.fromfile(tmp_path / "out0.f32", dtype="<f4").reshape(-1, 1), audio / 4, atol=1e-7)
 
 def test_find_job_cuts_events_at_the_range_end(tmp_path: Path) -> None:
     write_job(tmp_path, "find", np.zeros((16000, 1), "float32"), threshold=0.2)

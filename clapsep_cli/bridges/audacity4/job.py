@@ -181,11 +181,11 @@ def run_job(job: Job, out: TextIO = sys.stdout,
             events += [{"input": index, "start": e.start, "end": min(e.end, job.end - job.start),
                         "confidence": e.confidence} for e in result.events]
             continue
-        remove = job.kind == "remove"
-        plan = api.OutputPlan(output=job.folder / f"stem{index}.wav", residual=remove, fmt="wav", bit_depth="32f",
-                              overwrite=True)
-        result = run.extract([wav], req, plan, progress=progress).results[0]
-        stem = result.residual if remove else result.target
+        # remove: `clapsep remove`'s request (everything but the sound), as the CLI makes it.
+        plan = api.OutputPlan(output=job.folder / f"stem{index}.wav", fmt="wav", bit_depth="32f", overwrite=True)
+        asked = api.removal(req) if job.kind == "remove" else req
+        result = run.extract([wav], asked, plan, progress=progress).results[0]
+        stem = result.target
         if result.status != "ok" or stem is None:
             raise _failed(result, wav)
         audio, rate = sf.read(stem, dtype="float32", always_2d=True)
