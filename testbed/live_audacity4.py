@@ -11,12 +11,17 @@ is the root's own path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(os.environ.get("CLAPSEP_DEBIAN_ROOT", "/var/cache/clapsep/debian-unstable"))
 HOME = "/srv/clapsep-a4-e2e/home"  # inside the root
@@ -121,13 +126,23 @@ EFFECT_MENU = (380, 14)
 EXTENSION_ITEM = (400, 468)  # Effect > Extension
 CLAPSEP_ITEM = (622, 468)  # Extension > clapsep
 EXTRACT_DOG_ITEM = (809, 500)  # clapsep > Extract: dog (the second item)
+REMOVE_DOG_ITEM = (809, 564)  # clapsep > Remove: dog (the fourth item)
+ANALYZE_MENU = (437, 14)
+ANALYZE_EXTENSION_ITEM = (447, 180)  # Analyze > Extension (the menu's last item)
+ANALYZE_CLAPSEP_ITEM = (620, 180)  # Extension > clapsep
+FIND_DOG_ITEM = (801, 212)  # clapsep > Find: dog (the second item)
 TRACK_ROW = 215  # y of the first track's middle; the clip spans 0-6 s from x=296, about 23.6 px a second
+ZERO_X, PX_PER_SECOND = 296, 23.99  # the timeline's 0 s and its zoom at the first start (the project's viewstate_zoom)
 EMPTY_X = 1050  # x in the timeline, right of every clip: track rows and the empty area differ in colour
 EMPTY_COLOUR = (33, 36, 51)
 RATE = 44100
 JOB_WRAPPER = """#!/bin/sh
 # The bundle's command in this test: clapsep's job, its folder kept (Audacity's effect removes it).
+# It notes its folder in {base}/started, and while {base}/hold exists it waits before starting clapsep:
+# a job that lasts as long as a test needs (the tiny model separates a minute of audio in half a second).
 [ -e {base}/fail ] && export CLAPSEP_HOME={base}/no-store
+echo "$1" >> {base}/started
+while [ -e {base}/hold ]; do sleep 0.1; done
 {python} -m clapsep_cli.bridges.audacity4.job "$1"
 rc=$?
 n=$(date +%s%N)
@@ -202,21 +217,88 @@ class Desktop:
             assert time.monotonic() < deadline, f"{shown} tracks shown, not {count} (screenshots: {self.shots})"
             time.sleep(1)
 
-    def extract_dog(self) -> None:
-        """Effect > Extension > clapsep > Extract: dog, then Apply in its dialog."""
-        x, y = EFFECT_MENU
-        self.sh(f"xdotool mousemove {x} {y} click 1")
+    def open(self, path: str, log: str) -> None:
+        """Start Xvfb and Audacity 4 with the audio file ``path`` (inside the root, its output to
+        ``log``), and leave its "Getting started" window (three pages: Next, Next, Next)."""
+        self.sh(f"Xvfb {DISPLAY} -screen 0 1600x1000x24 -nolisten tcp >/dev/null 2>&1 & sleep 1; "
+                f"audacity {path} >{log} 2>&1 & echo started")
+        self.wait_window(f"^{Path(path).stem}.* - Audacity", 120)
+        [welcome] = self.wait_window("^Getting started$", 30)
+        for _ in range(3):
+            self.click_from_corner(welcome, 79, 23)
+            time.sleep(1)
+        self.wait_window("^Getting started$", 10, gone=True)
+
+    def select(self, start: float, end: float) -> None:
+        """Drag over the first track from ``start`` to ``end`` seconds (Audacity keeps what the
+        pixels say: the job's start and end are the selection)."""
+        x0, x1 = (round(ZERO_X + t * PX_PER_SECOND) for t in (start, end))
+        self.sh(f"xdotool mousemove {x0} {TRACK_ROW} mousedown 1 mousemove {x0 + 20} {TRACK_ROW} "
+                f"mousemove {x1} {TRACK_ROW} mouseup 1")
+        time.sleep(0.5)
+
+    def effect(self, menu: tuple[int, int], steps: list[tuple[int, int]], title: str) -> None:
+        """Open ``menu``, move along ``steps`` (the last one the entry), click it, then Apply in
+        the effect's dialog, titled ``title``."""
+        self.sh(f"xdotool mousemove {menu[0]} {menu[1]} click 1")
         time.sleep(1)
-        steps = [EXTENSION_ITEM, (EXTENSION_ITEM[0] + 160, EXTENSION_ITEM[1]), CLAPSEP_ITEM,
-                 (EXTRACT_DOG_ITEM[0] - 110, CLAPSEP_ITEM[1]), EXTRACT_DOG_ITEM]
         for x, y in steps:  # along the menus, as a hand moves, so no submenu closes on the way
             self.sh(f"xdotool mousemove {x} {y}")
             time.sleep(0.6)
         self.shot("menu")
         self.sh("xdotool click 1")
-        [dialog] = self.wait_window("^Extract: dog$", 15)
+        [dialog] = self.wait_window(f"^{title}$", 15)
         self.shot("dialog")
         self.click_from_corner(dialog, 57, 32)  # Apply
+
+    def _clapsep_entry(self, item: tuple[int, int]) -> list[tuple[int, int]]:
+        return [EXTENSION_ITEM, (EXTENSION_ITEM[0] + 160, EXTENSION_ITEM[1]), CLAPSEP_ITEM,
+                (EXTRACT_DOG_ITEM[0] - 110, CLAPSEP_ITEM[1]), item]
+
+    def extract_dog(self) -> None:
+        """Effect > Extension > clapsep > Extract: dog, then Apply in its dialog."""
+        self.effect(EFFECT_MENU, self._clapsep_entry(EXTRACT_DOG_ITEM), "Extract: dog")
+
+    def remove_dog(self) -> None:
+        """Effect > Extension > clapsep > Remove: dog, then Apply in its dialog."""
+        self.effect(EFFECT_MENU, self._clapsep_entry(REMOVE_DOG_ITEM), "Remove: dog")
+
+    def find_dog(self) -> None:
+        """Analyze > Extension > clapsep > Find: dog, then Apply in its dialog (its Threshold as it is)."""
+        steps = [ANALYZE_EXTENSION_ITEM, (ANALYZE_EXTENSION_ITEM[0] + 110, ANALYZE_EXTENSION_ITEM[1]),
+                 ANALYZE_CLAPSEP_ITEM, (FIND_DOG_ITEM[0] - 60, ANALYZE_CLAPSEP_ITEM[1]), FIND_DOG_ITEM]
+        self.effect(ANALYZE_MENU, steps, "Find: dog")
+
+    def progress(self, seconds: float = 15) -> str:
+        """The progress window Audacity shows while an effect's job runs ("Applying …", a bar and
+        Cancel): a window named "Audacity"."""
+        return self.wait_window("^Audacity$", seconds)[0]
+
+    def cancel(self) -> None:
+        """Click Cancel in the progress window."""
+        self.click_from_corner(self.progress(), 83, 34)
+
+    def alive(self) -> bool:
+        """Audacity's process runs (Audacity 4's is called ``main``) and its main window is there."""
+        names = []
+        for pid in self.root.processes():
+            with contextlib.suppress(OSError):
+                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        return "main" in names and bool(self.windows(" - Audacity"))
+
+    @contextlib.contextmanager
+    def kept_on_failure(self, log: Path) -> Iterator[None]:
+        """On any failure inside: a last screenshot, and where the screenshots are and the end of
+        Audacity's ``log`` printed."""
+        try:
+            yield
+        except BaseException:
+            try:
+                self.shot("failure")
+            finally:
+                print(f"screenshots kept in {self.shots}; Audacity's log: "
+                      f"{log.read_text(errors='replace')[-1500:] if log.exists() else 'none'}")
+            raise
 
 
 class Autosave:
@@ -235,5 +317,100 @@ class Autosave:
             doc = db.execute("select doc from autosave").fetchone()[0]
             blocks = db.execute("select blockid, samples from sampleblocks order by blockid").fetchall()
         return doc, blocks
+
+    def project(self) -> Element:
+        """The project as it is now (the ``project`` element of the autosaved document)."""
+        import sqlite3
+
+        [path] = self.folder.glob("*.aup4unsaved")
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            names, doc = db.execute("select dict, doc from autosave").fetchone()
+        [project] = parse_document(names, doc).children
+        return project
+
+    def tracks(self) -> list[Element]:
+        """The project's tracks, in order (``wavetrack``, ``labeltrack`` ...)."""
+        return [e for e in self.project().children if e.tag.endswith("track")]
+
+    def audio(self, name: str) -> Any:
+        """The samples of the mono 32-bit float audio track ``name`` from 0 s to its last clip's end
+        (float32; silence between clips), from its clips' blocks, offsets and trims."""
+        import numpy as np
+
+        [track] = [t for t in self.tracks() if t.tag == "wavetrack" and t.attrs["name"] == name]
+        rate = track.attrs["rate"]
+        samples = dict(self.read()[1])
+        placed = []
+        for clip in track.find("waveclip"):
+            [sequence] = clip.find("sequence")
+            data = np.frombuffer(b"".join(samples[b.attrs["blockid"]] for b in sequence.find("waveblock")), "<f4")
+            assert data.size == sequence.attrs["numsamples"], (name, clip.attrs)
+            left, right = round(clip.attrs["trimLeft"] * rate), round(clip.attrs["trimRight"] * rate)
+            placed.append((round((clip.attrs["offset"] + clip.attrs["trimLeft"]) * rate), data[left:data.size - right]))
+        out = np.zeros(max(first + data.size for first, data in placed), "float32")
+        for first, data in placed:
+            out[first:first + data.size] = data
+        return out
+
+    def labels(self, name: str) -> list[tuple[float, float, str]]:
+        """The labels of the label track ``name``: (start, end, text), in order."""
+        [track] = [t for t in self.tracks() if t.tag == "labeltrack" and t.attrs["name"] == name]
+        return [(label.attrs["t"], label.attrs["t1"], label.attrs["title"]) for label in track.find("label")]
+
+
+@dataclass
+class Element:
+    tag: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    children: list[Element] = field(default_factory=list)
+
+    def find(self, tag: str) -> list[Element]:
+        return [child for child in self.children if child.tag == tag]
+
+
+def parse_document(names_blob: bytes, doc: bytes) -> Element:
+    """Audacity's binary project document (its ProjectSerializer: tags and attributes by name id,
+    the names in ``names_blob``; strings UTF-32) as a tree under an element with no tag."""
+    names: dict[int, str] = {}
+    i = 0
+    while i < len(names_blob):
+        kind, i = names_blob[i], i + 1
+        if kind == 0:  # the character size
+            i += 1
+            continue
+        assert kind == 15, f"unknown name record {kind}"
+        ident, size = struct.unpack_from("<HH", names_blob, i)
+        names[ident] = names_blob[i + 4:i + 4 + size].decode("utf-32-le")
+        i += 4 + size
+    top = Element("")
+    stack, i = [top], 0
+    numbers = {4: ("<i", 4), 6: ("<i", 4), 8: ("<i", 4), 7: ("<q", 8), 9: ("<f", 8), 10: ("<d", 12)}
+    while i < len(doc):
+        kind = doc[i]
+        if kind in (11, 12):  # data, raw text (the XML header)
+            (size,) = struct.unpack_from("<i", doc, i + 1)
+            i += 5 + size
+            continue
+        name = names[struct.unpack_from("<H", doc, i + 1)[0]]
+        i += 3
+        if kind == 1:
+            stack[-1].children.append(Element(name))
+            stack.append(stack[-1].children[-1])
+        elif kind == 2:
+            assert stack.pop().tag == name
+        elif kind == 3:
+            (size,) = struct.unpack_from("<i", doc, i)
+            stack[-1].attrs[name] = doc[i + 4:i + 4 + size].decode("utf-32-le")
+            i += 4 + size
+        elif kind == 5:
+            stack[-1].attrs[name] = bool(doc[i])
+            i += 1
+        elif kind in numbers:  # float and double are followed by their digits (an int)
+            form, size = numbers[kind]
+            stack[-1].attrs[name] = struct.unpack_from(form, doc, i)[0]
+            i += size
+        else:
+            raise ValueError(f"unknown field type {kind} at {i - 3}")
+    return top
 
 
