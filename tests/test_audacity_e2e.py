@@ -171,8 +171,8 @@ def test_the_stem_lands_at_the_requested_range_while_the_user_works_on(
         steps.append(([w[0] for w in waves()], [text for _, _, text in label_texts()]))
     assert steps == [(["walk", "Audio 1"], ["clapsep:dog #id done: walk.dog"]),
                      (["walk", "Audio 1"], ["clapsep:dog #id 0%"]),
-                     (["walk"], ["clapsep:dog #id 0%"]),
-                     (["walk"], [])]
+                     (["walk"], ["clapsep:dog #id 0%"]),  # Audacity 3.2 applies a Nyquist Prompt sent through
+                     ([], [])]  # the pipe with no undo step of its own: the label went into the import's
 
 
 def test_a_deleted_source_track_fails_the_request_and_inserts_nothing(

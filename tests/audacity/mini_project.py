@@ -140,7 +140,7 @@ class MiniProject:
                 if p.get("Selected") == "1":
                     self.selection = (start, end)
                 lane.labels[index] = (float(p.get("Start", start)), float(p.get("End", end)), p.get("Text", text))
-                lane.labels.sort()
+                lane.labels.sort(key=lambda label: label[0])  # stable, by start only, as Audacity sorts
                 return ok()
             index -= len(lane.labels)
         return failed("LabelIndex was invalid.")

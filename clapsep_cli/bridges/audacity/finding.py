@@ -18,6 +18,7 @@ from clapsep_cli import api
 from clapsep_cli.bridges.audacity.pipe import AudacityPipe
 from clapsep_cli.bridges.audacity.project import Label, Track, select_tracks, tracks
 from clapsep_cli.bridges.audacity.requests import (
+    Seen,
     Taken,
     mark_selection,
     name_new_track,
@@ -65,14 +66,16 @@ class Found:
 def find_selection(pipe: AudacityPipe, req: api.Request, find: Find,
                    report: Callable[[str], None] = lambda text: None) -> Found:
     """Mark the selection as a find request and serve it at once."""
-    return find_request(pipe, mark_selection(pipe, f"{FIND_PREFIX}{req.tag}"), req, find, report)
+    request, seen = mark_selection(pipe, f"{FIND_PREFIX}{req.tag}")
+    return find_request(pipe, request, req, find, report, seen)
 
 
 def find_request(pipe: AudacityPipe, request: Label, req: api.Request, find: Find,
-                 report: Callable[[str], None] = lambda text: None) -> Found:
-    """Serve the find ``request``: its events as labels over its range."""
+                 report: Callable[[str], None] = lambda text: None, seen: Seen | None = None) -> Found:
+    """Serve the find ``request`` (``seen``: the project as just listed, if known): its events
+    as labels over its range."""
     return serve(pipe, request, lambda taken, folder, progress: place_events(
-        pipe, taken, req.tag, find(taken.audio, req, progress), folder), report)
+        pipe, taken, req.tag, find(taken.audio, req, progress), folder), report, seen)
 
 
 def place_events(pipe: AudacityPipe, taken: Taken, tag: str, events: list[api.Event], folder: Path) -> Found:

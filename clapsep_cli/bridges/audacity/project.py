@@ -79,11 +79,20 @@ def chosen_sources(now: list[Track]) -> list[Track]:
     return chosen
 
 
-def export_selection(pipe: AudacityPipe, path: Path, channels: int) -> Path:
+def export_settings(pipe: AudacityPipe) -> dict[str, str]:
+    """The user's values of the settings :func:`export_selection` sets for a while (Audacity's
+    default for one never set)."""
+    return {name: DEFAULTS[name] if value is None else value
+            for name, value in ((name, pipe.preference(name)) for name in DEFAULTS)}
+
+
+def export_selection(pipe: AudacityPipe, path: Path, channels: int, settings: dict[str, str] | None = None) -> Path:
     """Export the selected span of the selected tracks as 32-bit float WAV, from the very start
     of the selection (Audacity can be set to skip leading silence); the user's settings are
-    put back afterwards."""
-    with _preferences(pipe, {WAV_ENCODING: str(SF_FORMAT_FLOAT), SKIP_LEADING_SILENCE: "0"}):
+    put back afterwards (``settings``: as :func:`export_settings` read them, to spare asking
+    again; read now if None)."""
+    settings = export_settings(pipe) if settings is None else settings
+    with _preferences(pipe, {WAV_ENCODING: str(SF_FORMAT_FLOAT), SKIP_LEADING_SILENCE: "0"}, settings):
         pipe.command(f'Export2: Filename="{path}" NumChannels={channels}')
     if _frames(path) == 0:
         raise ClapsepError(EMPTY_RANGE)
@@ -117,12 +126,10 @@ def _frames(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _preferences(pipe: AudacityPipe, values: dict[str, str]) -> Iterator[None]:
-    """Set Audacity preferences for a while (one never set before is left at its default);
-    only those that differ are set, and put back."""
-    previous = {name: pipe.preference(name) for name in values}
-    changed = {name: DEFAULTS[name] if value is None else value for name, value in previous.items()
-               if (DEFAULTS[name] if value is None else value) != values[name]}
+def _preferences(pipe: AudacityPipe, values: dict[str, str], previous: dict[str, str]) -> Iterator[None]:
+    """Set Audacity preferences to ``values`` for a while: only those whose ``previous`` values
+    differ are set, and put back."""
+    changed = {name: value for name, value in previous.items() if value != values[name]}
     try:
         for name in changed:
             pipe.command(f'SetPreference: Name="{name}" Value="{values[name]}"')

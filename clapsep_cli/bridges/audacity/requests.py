@@ -23,6 +23,7 @@ from clapsep_cli.bridges.audacity.project import (
     decimal_text,
     export_channels,
     export_selection,
+    export_settings,
     kept_selection,
     labels,
     locate,
@@ -36,6 +37,7 @@ from clapsep_cli.bridges.audacity.setup import REQUEST_PREFIX, request_command
 from clapsep_cli.errors import ClapsepError
 
 REQUEST = re.compile(rf"^{REQUEST_PREFIX}([a-z0-9][a-z0-9_-]{{0,47}})$")
+TAKEN = re.compile(r"(.* #[0-9a-f]{6}) 0%")  # a request label marked and taken at once
 PROGRESS_STEP = 25  # percent between progress updates of a request label
 PROGRESS_EVERY = 5.0  # seconds at least between them (each is an undo step in Audacity 3.2)
 T = TypeVar("T")
@@ -59,6 +61,7 @@ class Taken:
     end: str
     sources: tuple[Track, ...]
     audio: Path
+    settings: dict[str, str]  # the user's export settings then: the check after the job puts them back
 
     @property
     def base(self) -> str:
@@ -104,42 +107,55 @@ class StemMaker:
         return stems
 
 
-def mark_selection(pipe: AudacityPipe, text: str) -> Label:
-    """Mark the selection as the request ``text`` (a label, as the macros do); the label."""
-    chosen_sources(tracks(pipe))
+@dataclass(frozen=True)
+class Seen:
+    """The project as just listed, so that the next step need not ask Audacity again."""
+
+    tracks: list[Track]
+    labels: list[Label]
+
+
+def mark_selection(pipe: AudacityPipe, text: str) -> tuple[Label, Seen]:
+    """Mark the selection as the request ``text``, taken at once (a label, as the macros do,
+    with its id and 0%: no other label has that text); the label, and the project as seen."""
+    now = tracks(pipe)
+    chosen_sources(now)
     with tempfile.TemporaryDirectory(prefix="clapsep-audacity-") as tmp:
         check_selection(pipe, Path(tmp))  # an empty range stops here, before Nyquist's dialog
-    before = {label_key(lb) for lb in labels(pipe)}
-    pipe.command(request_command(text))
-    added = [lb for lb in labels(pipe) if lb.text == text and label_key(lb) not in before]
+    marked = f"{text} #{secrets.token_hex(3)} 0%"
+    pipe.command(request_command(marked))
+    listing = labels(pipe)
+    added = [lb for lb in listing if lb.text == marked]
     if not added:
         raise ClapsepError("Audacity did not add the request label (is a time range selected?)")
-    return added[0]
+    return added[0], Seen(now, listing)
 
 
 def extract_selection(pipe: AudacityPipe, req: api.Request, separate: Separate,
                       report: Callable[[str], None] = lambda text: None) -> list[Track]:
     """Mark the selection as an extraction request and serve it at once; the added tracks
     (times to six digits, as Audacity reports them)."""
-    return extract_request(pipe, mark_selection(pipe, f"{REQUEST_PREFIX}{req.tag}"), req, separate, report)
+    request, seen = mark_selection(pipe, f"{REQUEST_PREFIX}{req.tag}")
+    return extract_request(pipe, request, req, separate, report, seen)
 
 
 def extract_request(pipe: AudacityPipe, request: Label, req: api.Request, separate: Separate,
-                    report: Callable[[str], None] = lambda text: None) -> list[Track]:
-    """Serve the extraction ``request``: its stems as tracks over its range; the added tracks."""
+                    report: Callable[[str], None] = lambda text: None, seen: Seen | None = None) -> list[Track]:
+    """Serve the extraction ``request`` (``seen``: the project as just listed, if known): its
+    stems as tracks over its range; the added tracks."""
     return serve(pipe, request, lambda taken, folder, progress: finish(
-        pipe, taken, separate(taken.audio, req, folder, progress), folder), report)
+        pipe, taken, separate(taken.audio, req, folder, progress), folder), report, seen)
 
 
 def serve(pipe: AudacityPipe, request: Label, work: Callable[[Taken, Path, api.Progress], T],
-          report: Callable[[str], None] = lambda text: None) -> T:
+          report: Callable[[str], None] = lambda text: None, seen: Seen | None = None) -> T:
     """Take ``request`` and do ``work`` on it (given the taken request, a scratch folder and the
     label's progress; it runs the job and lands the outcome); what ``work`` returns. A failure
     is written into the request label (so it is not served again) and raised."""
     with tempfile.TemporaryDirectory(prefix="clapsep-audacity-") as tmp:
         folder = Path(tmp)
         try:
-            taken = take(pipe, request, folder)
+            taken = take(pipe, request, folder, seen)
         except PipeError:
             raise
         except ClapsepError as err:
@@ -154,24 +170,26 @@ def serve(pipe: AudacityPipe, request: Label, work: Callable[[Taken, Path, api.P
             raise
 
 
-def take(pipe: AudacityPipe, request: Label, folder: Path) -> Taken:
-    """Give the request (and its copies) an id and the range it printed, and export the
-    selected tracks over that range."""
+def take(pipe: AudacityPipe, request: Label, folder: Path, seen: Seen | None = None) -> Taken:
+    """Give the request (and its copies) an id, unless it was marked taken, and export the
+    selected tracks over the range it printed (``seen``: the project as just listed, if known)."""
     if not request.end > request.start:
         raise ClapsepError("the request covers no time: select a time range, not a point")
-    now = tracks(pipe)
-    sources = chosen_sources(now)
-    head = f"{request.text} #{secrets.token_hex(3)}"
+    seen = seen or Seen(tracks(pipe), labels(pipe))
+    sources = chosen_sources(seen.tracks)
+    marked = TAKEN.fullmatch(request.text)
+    head = marked.group(1) if marked else f"{request.text} #{secrets.token_hex(3)}"
     start, end = decimal_text(request.start), decimal_text(request.end)
     with kept_selection(pipe, None):  # the track selection stays as it is
-        listing = labels(pipe)
-        for n in range(sum(_same_request(lb, request) for lb in listing)):
+        listing = seen.labels
+        for n in range(0 if marked else sum(_same_request(lb, request) for lb in listing)):
             listing = listing if n == 0 else labels(pipe)  # each change may reorder the labels
             copy = next(lb for lb in listing if _same_request(lb, request))
             pipe.command(f'SetLabel: Label={copy.index} Text="{quotable(head)} 0%" Start={start} End={end}')
         pipe.command(f"SelectTime: Start={start} End={end}")
-        audio = export_selection(pipe, folder / "request.wav", export_channels(sources))
-    return Taken(head, start, end, tuple(sources), audio)
+        settings = export_settings(pipe)
+        audio = export_selection(pipe, folder / "request.wav", export_channels(sources), settings)
+    return Taken(head, start, end, tuple(sources), audio, settings)
 
 
 @contextlib.contextmanager
@@ -188,7 +206,7 @@ def verified(pipe: AudacityPipe, taken: Taken, folder: Path) -> Iterator[Verifie
     with kept_selection(pipe, now) as added:
         select_tracks(pipe, [t.index for t in sources], len(now))
         pipe.command(f"SelectTime: Start={taken.start} End={taken.end}")
-        again = export_selection(pipe, folder / "again.wav", export_channels(list(taken.sources)))
+        again = export_selection(pipe, folder / "again.wav", export_channels(list(taken.sources)), taken.settings)
         if not same_audio(taken.audio, again):
             raise ClapsepError(f"the audio of {track_names(sources)} over {taken.span} changed while the job ran; "
                                "nothing inserted")
