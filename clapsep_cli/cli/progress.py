@@ -52,10 +52,10 @@ class RichProgress:
         if self._out is not None:
             self._out.close()
 
-    def start_job(self, files: int, where: str) -> None:
+    def start_job(self, files: int, place: str) -> None:
         self._job_started = time.perf_counter()
-        if files > 1 or where:
-            self._overall = self._progress.add_task(f"files {where}".strip(), total=files, speed="")
+        if files > 1 or place:
+            self._overall = self._progress.add_task(f"files {place}".strip(), total=files, speed="")
 
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
         self._seconds_per_segment = seconds / max(segments, 1)

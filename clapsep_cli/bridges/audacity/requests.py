@@ -284,7 +284,7 @@ class LabelProgress:
         self.total = self.done = self.shown = 0
         self.last = time.monotonic()
 
-    def start_job(self, files: int, where: str) -> None:
+    def start_job(self, files: int, place: str) -> None:
         pass
 
     def start_file(self, path: Path, segments: int, seconds: float) -> None:
