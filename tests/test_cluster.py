@@ -169,6 +169,27 @@ def test_cluster_stems_are_byte_identical_to_a_local_run(cluster: LocalCluster, 
     assert_loopback_only(cluster)
 
 
+def test_the_json_report_on_the_cluster_is_the_local_one_for_bad_inputs_too(cluster: LocalCluster, sources: Path,
+                                                                           tmp_path: Path) -> None:
+    """A file that is no audio fails as it is planned, one with a NaN as a worker reads it."""
+    broken = tmp_path / "broken.wav"
+    broken.write_text("not audio")
+    nan = write_audio(tmp_path / "nan.wav", tone(3.0, 16000), 16000)
+    with sf.SoundFile(nan, "r+") as f:
+        f.seek(16000)
+        f.write(np.full((100, 1), np.nan, np.float32))
+    files = [sources / "a02.wav", broken, nan]
+    reports = {}
+    for where, extra in (("local", ["--device", "cpu"]), ("ray", ["--ray", cluster.address])):
+        rc, stdout, err = finish(clapsep(cluster, "extract", "dog barking", *files, "--out-dir", tmp_path / where,
+                                         "--json", *extra))
+        assert rc == 1, err
+        reports[where] = json.loads(stdout)
+    assert [r["status"] for r in reports["local"]["results"]] == ["ok", "failed", "failed"]
+    assert shape(reports["ray"], tmp_path / "ray") == shape(reports["local"], tmp_path / "local")
+    assert set(reports["ray"]) == set(reports["local"]) | {"ray"}
+
+
 def test_remove_on_the_cluster_matches_a_local_remove(cluster: LocalCluster, sources: Path, tmp_path: Path) -> None:
     """Without --json and not on a terminal: the local run's lines on stdout, no bar; --report."""
     files = [sources / n for n in ("a02.wav", "a08.ogg", "a16.flac")]
