@@ -13,6 +13,7 @@ os.environ["XDG_RUNTIME_DIR"] = __import__("tempfile").mkdtemp(prefix="csrt-", d
 
 import importlib.util  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 from collections.abc import Iterator
@@ -24,6 +25,10 @@ from clapsep_cli.models import install, store
 from clapsep_cli.network.architecture import RELEASED, TINY, ModelConfig
 from testbed import official
 from tests.helpers import Artefacts
+
+# A run started in the background of a non-interactive shell (`sh -c '... &'`) inherits Ctrl-C
+# ignored, and Python then keeps it so; the Ctrl-C tests, and the processes they start, need it back.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
