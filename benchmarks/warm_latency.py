@@ -172,12 +172,9 @@ def audacity4_rows(args: argparse.Namespace, store: Path, source: Path) -> dict[
     desk = a4.Desktop(root, work / "shots", {"PYTHONPATH": str(ROOT), "CLAPSEP_HOME": str(store.resolve()),
                                              "HF_HUB_OFFLINE": "1"})
     autosave = a4.Autosave(home)
-    px_per_second, zero = 23.88, 296  # the timeline at Audacity 4's first start (1600x1000 screen)
 
     def select_5s() -> None:
-        x20, x25 = round(zero + 20 * px_per_second), round(zero + 25 * px_per_second)
-        desk.sh(f"xdotool mousemove {x20} {a4.TRACK_ROW} mousedown 1 mousemove {x20 + 40} {a4.TRACK_ROW} "
-                f"mousemove {x25} {a4.TRACK_ROW} mouseup 1")
+        desk.select(20, 25)
 
     def select_all() -> None:
         desk.sh("xdotool mousemove 130 700 click 1 && sleep 0.3 && xdotool key ctrl+a")
@@ -206,14 +203,7 @@ def audacity4_rows(args: argparse.Namespace, store: Path, source: Path) -> dict[
 
     rows: dict[str, tuple[float | None, float]] = {}
     try:
-        desk.sh(f"Xvfb {a4.DISPLAY} -screen 0 1600x1000x24 -nolisten tcp >/dev/null 2>&1 & sleep 1; "
-                f"audacity {source.resolve()} >/srv/clapsep-a4-e2e/audacity.log 2>&1 & echo started")
-        desk.wait_window(f"^{source.stem}.* - Audacity", 120)
-        [welcome] = desk.wait_window("^Getting started$", 30)
-        for _ in range(3):
-            desk.click_from_corner(welcome, 79, 23)
-            time.sleep(1)
-        desk.wait_window("^Getting started$", 10, gone=True)
+        desk.open(str(source.resolve()), "/srv/clapsep-a4-e2e/audacity.log")
         click_to_stem(select_5s)  # starts the service, which loads the model
         for name, select in {"5 s selection (20-25 s)": select_5s, "60 s selection (all)": select_all}.items():
             times = [click_to_stem(select) for _ in range(args.repeat)]
